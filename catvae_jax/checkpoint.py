@@ -1,0 +1,108 @@
+"""Orbax checkpoints in WORKDIR/checkpoints/<step>/: train state, loop position and config.
+
+Kept: the best checkpoint by validation loss and the two latest. A newest checkpoint that cannot
+be read (half-written, corrupt) is skipped with a warning and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.sharding import NamedSharding
+
+from catvae_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
+    return epath.Path(workdir) / "checkpoints"
+
+
+class Checkpoints:
+    """A CheckpointManager for one workdir. `read_only` managers never write or delete."""
+
+    def __init__(self, workdir: str | epath.Path, *, read_only: bool = False):
+        policy = ocp.checkpoint_managers
+        options = ocp.CheckpointManagerOptions(
+            best_fn=lambda m: m["val_loss"],
+            best_mode="min",
+            preservation_policy=policy.AnyPreservationPolicy(
+                [
+                    policy.LatestN(2),
+                    policy.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1),
+                ]
+            ),
+            read_only=read_only,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,
+        )
+        self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+    def save(self, step: int, state: Any, meta: dict, config: dict, val_loss: float) -> None:
+        """Writes (asynchronously) the checkpoint of `step`; `val_loss` ranks it for "best"."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave(meta),
+            config=ocp.args.JsonSave(config),
+        )
+        self.manager.save(step, args=args, metrics={"val_loss": float(val_loss)}, force=True)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def resolve(self, step: str | int) -> int | None:
+        """'latest', 'best' or a step number → an existing step, or None if there is none."""
+        if not self.steps():
+            return None
+        if step == "latest":
+            return self.manager.latest_step()
+        if step == "best":
+            return self.manager.best_step()
+        try:
+            number = int(step)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"step must be 'best', 'latest' or a number, got '{step}'") from e
+        if number not in self.steps():
+            raise UserError(f"no checkpoint at step {number}; have {self.steps()}")
+        return number
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """(state, meta, config) of checkpoint `step`; `abstract_state` gives shapes/shardings."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            meta=ocp.args.JsonRestore(),
+            config=ocp.args.JsonRestore(),
+        )
+        restored = self.manager.restore(step, args=args)
+        return restored.state, restored.meta, restored.config
+
+    def restore_newest_readable(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
+        """Restores the newest checkpoint that reads back; skips unreadable ones with a warning."""
+        for step in reversed(self.steps()):
+            try:
+                return (step, *self.restore(step, abstract_state))
+            except Exception as e:  # a corrupt checkpoint must not stop the resume
+                log.warning("skipping unreadable checkpoint at step %d: %s", step, e)
+                print(
+                    f"warning: skipping unreadable checkpoint at step {step}: {type(e).__name__}",
+                    flush=True,
+                )
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def abstract_like(tree: Any, sharding: NamedSharding | None = None) -> Any:
+    """ShapeDtypeStructs of `tree`, optionally all with `sharding` (a restore target)."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding), tree
+    )

@@ -1,0 +1,72 @@
+"""What every command-line entry point shares: one-line user errors with exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+
+from absl import flags
+
+from catvae_jax.errors import UserError, exit_with
+
+
+def fail(message: str) -> None:
+    """Prints `error: message` on one line and exits with code 2."""
+    exit_with(message, 2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing that turns any flag or config-override error into one line, exit 2."""
+    try:
+        rest = flags.FLAGS(argv)
+        if "config" in flags.FLAGS:  # config files load lazily: load it now, inside the try
+            flags.FLAGS["config"].value.keys()
+        return rest
+    except (KeyError, AttributeError) as e:  # an override of a field the config does not have
+        key = str(e.__context__ or e).strip("'\"")
+        overrides = [a[2:].split("=")[0] for a in argv if a.startswith("--config.")]
+        field = next((o[len("config.") :] for o in overrides if key in o.split(".")), key)
+        fail(f"unknown config field '{field}'")
+    except OSError:
+        path = flags.FLAGS["config"].serialize().split("=", 1)[-1]
+        fail(f"cannot load config file '{path}'")
+    except (flags.Error, TypeError, ValueError) as e:
+        fail(_first_line(e))
+    return []
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().strip('"').strip("'")
+    bad = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", text, re.S)
+    if bad:  # a value of the wrong type for a config field
+        return f"config field '{bad[1]}' cannot take the value {bad[2]!r}: {bad[3].splitlines()[0]}"
+    text = re.sub(r"\s+", " ", text)
+    return text[:300] or type(e).__name__
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turns UserError into a one-line message with exit code 2, and a diverged run into
+    a last line naming the step with exit code 1."""
+    from catvae_jax.train import NonFiniteError
+
+    try:
+        yield
+    except UserError as e:
+        fail(str(e))
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"stopped: non-finite loss at step {e.step}", flush=True)
+        sys.exit(1)
+
+
+def quiet_logs() -> None:
+    """Keeps absl/JAX/Orbax INFO chatter off the terminal; warnings still show."""
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+
+
+def init_distributed() -> None:
+    """Placeholder for multi-process start-up (jax.distributed.initialize)."""

@@ -1,0 +1,150 @@
+"""Every setting of catvae_jax, in one ml_collections ConfigDict.
+
+`get_config()` is the recommended default; files in `configs/` start from it and change a few
+fields. `validate()` turns out-of-range values into a one-line :class:`UserError`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from catvae_jax.errors import UserError
+
+# Fields that change the model, the data or their shapes: a resumed run may not change them.
+SHAPE_FIELDS = (
+    "image_size",
+    "model",
+    "data.source",
+    "data.path",
+    "data.num_train",
+    "data.seed",
+)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The recommended setup: the `resvae` model on synthetic cats at 64×64."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 64
+    c.learning_rate = 2e-3
+    c.weight_decay = 1e-4  # AdamW decoupled decay, multiplied by the learning rate as in PyTorch.
+    c.grad_clip_norm = 1.0  # 0 disables clipping.
+    c.num_epochs = 30
+    c.max_steps = -1  # -1: no cap; otherwise stop after this many train steps.
+    c.image_size = 64  # square images, H = W = image_size, 3 channels.
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resvae"  # one of catvae_jax.models.MODELS
+    c.model.z_dim = 64
+    c.model.h_dim = 1024  # vae_cats_v1 only: the flattened encoder output.
+    c.model.widths = (32, 64, 128, 128)  # resvae only: channels at 1/2, 1/4, 1/8, 1/16 size.
+    c.model.blocks_per_stage = 1  # resvae only
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.ssim_weight = 1.0  # weight of (1 - SSIM) x H*W*C per image
+    c.loss.mse_weight = 0.0  # weight of the squared error summed over pixels
+    c.loss.l1_weight = 0.0  # weight of the absolute error summed over pixels
+    c.loss.beta = 0.5  # weight of the KL term, summed over latent dimensions
+    c.loss.kl_warmup_steps = 200  # beta rises linearly from 0 over this many steps
+
+    c.plateau = ml_collections.ConfigDict()
+    c.plateau.factor = 0.5
+    c.plateau.patience = 10  # validations without improvement before the lr is scaled
+    c.early_stop_patience = 25  # validations without improvement before training stops
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"
+    c.data.seed = 0  # which synthetic cats are drawn
+    c.data.num_train = 4096
+    c.data.num_validation = 256
+    c.data.num_test = 256
+    c.data.flip = True  # random horizontal flips of training batches
+    c.data.path = ""  # folder of images (data.source = "folder")
+    c.data.data_dir = ""  # TFDS data_dir; empty = TFDS default
+
+    c.eval_every_steps = -1  # -1: validate at the end of every epoch
+    c.checkpoint_every_steps = -1  # -1: at every validation; training end always saves
+    c.log_every_steps = 20
+    c.num_eval_images = 8  # reconstructions shown in reconstructions.png
+
+    c.wandb = ml_collections.ConfigDict()
+    c.wandb.mode = "offline"  # offline | online | disabled
+    c.wandb.project = "catvae_jax"
+    c.wandb.name = ""
+
+    c.progress_bar = True
+    c.profile = False
+    return c
+
+
+def _fail(field: str, why: str) -> None:
+    raise UserError(f"config field '{field}' {why}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises UserError naming the first field whose value is out of range."""
+    from catvae_jax.models import MODELS  # models import config indirectly: avoid a cycle
+
+    if config.batch_size <= 0:
+        _fail("batch_size", f"must be positive, got {config.batch_size}")
+    if config.learning_rate <= 0:
+        _fail("learning_rate", f"must be positive, got {config.learning_rate}")
+    if config.num_epochs <= 0:
+        _fail("num_epochs", f"must be positive, got {config.num_epochs}")
+    if config.max_steps == 0 or config.max_steps < -1:
+        _fail("max_steps", f"must be -1 (no cap) or positive, got {config.max_steps}")
+    if config.model.name not in MODELS:
+        _fail("model.name", f"must be one of {sorted(MODELS)}, got '{config.model.name}'")
+    if config.image_size < 11:
+        _fail("image_size", f"must be at least 11 (the SSIM window), got {config.image_size}")
+    if config.model.name == "vae_cats_v1" and config.image_size != 128:
+        _fail("image_size", f"must be 128 for model vae_cats_v1, got {config.image_size}")
+    if config.model.name == "resvae" and config.image_size % 16:
+        _fail("image_size", f"must be a multiple of 16 for model resvae, got {config.image_size}")
+    if config.model.z_dim <= 0:
+        _fail("model.z_dim", f"must be positive, got {config.model.z_dim}")
+    if config.loss.beta < 0:
+        _fail("loss.beta", f"must be >= 0, got {config.loss.beta}")
+    weights = (config.loss.ssim_weight, config.loss.mse_weight, config.loss.l1_weight)
+    if min(weights) < 0 or sum(weights) <= 0:
+        _fail("loss.ssim_weight", "and mse_weight, l1_weight must be >= 0 with a positive sum")
+    if not 0 < config.plateau.factor < 1:
+        _fail("plateau.factor", f"must be in (0, 1), got {config.plateau.factor}")
+    if config.data.source not in ("synthetic", "folder", "cats_vs_dogs", "oxford_iiit_pet"):
+        _fail("data.source", f"is not a known source: '{config.data.source}'")
+    for split in ("num_train", "num_validation"):
+        if config.data[split] <= 0:
+            _fail(f"data.{split}", f"must be positive, got {config.data[split]}")
+    if config.wandb.mode not in ("offline", "online", "disabled"):
+        _fail("wandb.mode", f"must be offline, online or disabled, got '{config.wandb.mode}'")
+    if config.log_every_steps <= 0:
+        _fail("log_every_steps", f"must be positive, got {config.log_every_steps}")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"model": {"z_dim": 8}} → {"model.z_dim": 8}."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def shape_changes(old: dict, new: dict) -> list[str]:
+    """Flattened fields in SHAPE_FIELDS whose value differs between two config dicts."""
+    old_flat, new_flat = flatten(old), flatten(new)
+    keys = sorted(set(old_flat) | set(new_flat))
+    shaped = [k for k in keys if any(k == f or k.startswith(f + ".") for f in SHAPE_FIELDS)]
+    return [k for k in shaped if old_flat.get(k) != new_flat.get(k)]
+
+
+def other_changes(old: dict, new: dict) -> list[str]:
+    """Flattened fields outside SHAPE_FIELDS whose value differs (accepted on resume)."""
+    old_flat, new_flat = flatten(old), flatten(new)
+    changed = [
+        k for k in sorted(set(old_flat) | set(new_flat)) if old_flat.get(k) != new_flat.get(k)
+    ]
+    return [k for k in changed if k not in shape_changes(old, new) and k != "dataset"]

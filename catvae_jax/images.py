@@ -1,0 +1,47 @@
+"""Image grids and PNG files. Images are NHWC, float in [0, 1] or uint8."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from etils import epath
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] (clipped) or uint8 → uint8, same shape."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images
+    return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.ndarray:
+    """[N, H, W, 3] → one uint8 image of ⌈N / ncols⌉ rows (default ncols = ⌈√N⌉), padded white."""
+    images = to_uint8(images)
+    n, h, w, c = images.shape
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    out = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        out[y : y + h, x : x + w] = images[i]
+    return out
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encodes one [H, W, 3] image (float in [0, 1] or uint8) as PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(path: str | epath.Path, image: np.ndarray) -> None:
+    """Writes one [H, W, 3] image to `path` atomically (a temp file, then a rename)."""
+    path = epath.Path(path)
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_bytes(png_bytes(image))
+    tmp.replace(path)

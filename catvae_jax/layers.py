@@ -1,0 +1,195 @@
+"""Transposed convolution for flax.nnx, computed as a sub-pixel convolution.
+
+Semantics are PyTorch's ``ConvTranspose2d(padding=0)``: for an NHWC input ``x`` and a kernel of
+shape ``(kh, kw, c_in, c_out)`` the output is defined by the scatter
+
+    y[n, s*h + i, s*w + j, o] += x[n, h, w, c] * kernel[i, j, c, o]
+
+and has spatial size ``(in - 1) * s + k``. A PyTorch weight ``W`` of shape
+``(c_in, c_out, kh, kw)`` maps to ``kernel = W.transpose(2, 3, 0, 1)`` (no spatial flip).
+
+XLA:CPU lowers a strided transposed convolution to a convolution of the zero-dilated input,
+which wastes s² of the work. :func:`conv_transpose` instead runs ONE stride-1 convolution of the
+undilated input with ``s² * c_out`` output channels (one kernel phase per sub-pixel offset) and
+interleaves the phases by a depth-to-space reshape.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _phase_kernel(kernel: jax.Array, sh: int, sw: int) -> jax.Array:
+    """``(kh, kw, c_in, c_out)`` scatter kernel → ``(mh, mw, c_in, sh*sw*c_out)`` phase kernel.
+
+    The kernel is zero-padded (at the end) to ``m = ceil(k / s)`` taps per phase. Output row
+    ``s*q + a`` is ``sum_t x[q - t] * kernel[t*s + a]``: a correlation of ``x`` (padded by
+    ``m - 1``) with the tap-reversed phase ``kernel[a::s][::-1]``; channels are ordered (a, b, o).
+    """
+    kh, kw, c_in, c_out = kernel.shape
+    mh, mw = -(-kh // sh), -(-kw // sw)
+    kernel = jnp.pad(kernel, ((0, mh * sh - kh), (0, mw * sw - kw), (0, 0), (0, 0)))
+    kernel = kernel.reshape(mh, sh, mw, sw, c_in, c_out)[::-1, :, ::-1]
+    return kernel.transpose(0, 2, 4, 1, 3, 5).reshape(mh, mw, c_in, sh * sw * c_out)
+
+
+def _full_conv_impl(x: jax.Array, k: jax.Array, precision: jax.lax.PrecisionLike) -> jax.Array:
+    mh, mw = k.shape[:2]
+    return jax.lax.conv_general_dilated(
+        x,
+        k,
+        window_strides=(1, 1),
+        padding=((mh - 1, mh - 1), (mw - 1, mw - 1)),
+        dimension_numbers=_DIMENSION_NUMBERS,
+        precision=precision,
+    )
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _full_conv(x: jax.Array, k: jax.Array, precision: jax.lax.PrecisionLike) -> jax.Array:
+    """Stride-1 'full' correlation: NHWC ``(n, h, w, ci)`` ⋆ ``(mh, mw, ci, p)`` → NHWC
+    ``(n, h + mh - 1, w + mw - 1, p)``.
+
+    Forward is XLA's convolution. The backward pass is hand-written as matmuls because XLA:CPU's
+    kernel gradient of this convolution (a window as large as the image) is ~30x slower.
+    """
+    return _full_conv_impl(x, k, precision)
+
+
+def _full_conv_fwd(x, k, precision):
+    return _full_conv_impl(x, k, precision), (x, k)
+
+
+def _full_conv_bwd(precision, res, dy):
+    x, k = res
+    mh, mw, c_in, p = k.shape
+    n, h, w, _ = x.shape
+    qh, qw = dy.shape[1:3]
+    taps = [(t, u) for t in range(mh) for u in range(mw)]
+    dy_mat = dy.reshape(n * qh * qw, p)
+    # dx (col2im): y[q] = sum_t xpad[q + t] k[t]  =>  dx[h] = sum_t dpatch[h + m - 1 - t, t].
+    k_mat = k.reshape(mh * mw * c_in, p)
+    dpatch = jnp.matmul(dy_mat, k_mat.T, precision=precision).reshape(n, qh, qw, mh, mw, c_in)
+    dx = sum(
+        dpatch[:, mh - 1 - t : mh - 1 - t + h, mw - 1 - u : mw - 1 - u + w, t, u] for t, u in taps
+    )
+    # dk (im2col): dk[t, u] = patches(x)^T @ dy, one matmul.
+    xp = jnp.pad(x, ((0, 0), (mh - 1, mh - 1), (mw - 1, mw - 1), (0, 0)))
+    patches = jnp.concatenate([xp[:, t : t + qh, u : u + qw] for t, u in taps], axis=-1)
+    patches = patches.reshape(n * qh * qw, mh * mw * c_in)
+    dk = jnp.matmul(patches.T, dy_mat, precision=precision).reshape(k.shape)
+    return dx.astype(x.dtype), dk.astype(k.dtype)
+
+
+_full_conv.defvjp(_full_conv_fwd, _full_conv_bwd)
+
+
+def conv_transpose(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: int | tuple[int, int],
+    *,
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
+    """Transposed convolution (VALID, PyTorch semantics) as a fused sub-pixel convolution.
+
+    Reverse-mode differentiable (custom VJP); forward-mode (``jax.jvp``) is not supported, use
+    :func:`conv_transpose_reference` for that.
+
+    Args:
+      x: input, NHWC ``(n, h, w, c_in)``.
+      kernel: ``(kh, kw, c_in, c_out)``, scatter orientation (see module docstring).
+      stride: int or ``(sh, sw)``.
+      precision: matmul/convolution precision.
+
+    Returns:
+      ``(n, (h - 1) * sh + kh, (w - 1) * sw + kw, c_out)``.
+    """
+    sh, sw = _pair(stride)
+    kh, kw, _, c_out = kernel.shape
+    n, h, w, _ = x.shape
+    k = _phase_kernel(kernel, sh, sw).astype(x.dtype)
+    y = _full_conv(x, k, precision)
+    qh, qw = y.shape[1:3]
+    # Depth-to-space: (n, qh, qw, a, b, o) -> (n, qh, a, qw, b, o) -> (n, qh*sh, qw*sw, o).
+    y = y.reshape(n, qh, qw, sh, sw, c_out).transpose(0, 1, 3, 2, 4, 5)
+    y = y.reshape(n, qh * sh, qw * sw, c_out)
+    return y[:, : (h - 1) * sh + kh, : (w - 1) * sw + kw, :]
+
+
+def conv_transpose_reference(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: int | tuple[int, int],
+    *,
+    precision: jax.lax.PrecisionLike = None,
+) -> jax.Array:
+    """Same as :func:`conv_transpose`, via XLA's input-dilated convolution (slow on CPU).
+
+    Shapes: x NHWC ``(n, h, w, c_in)``, kernel ``(kh, kw, c_in, c_out)`` → NHWC
+    ``(n, (h - 1) * sh + kh, (w - 1) * sw + kw, c_out)``.
+    """
+    sh, sw = _pair(stride)
+    kh, kw = kernel.shape[:2]
+    # A correlation of the dilated, (k-1)-padded input with the spatially flipped kernel
+    # equals the scatter definition.
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel[::-1, ::-1].astype(x.dtype),
+        window_strides=(1, 1),
+        padding=((kh - 1, kh - 1), (kw - 1, kw - 1)),
+        lhs_dilation=(sh, sw),
+        dimension_numbers=_DIMENSION_NUMBERS,
+        precision=precision,
+    )
+
+
+class ConvTranspose(nnx.Module):
+    """``ConvTranspose2d(padding=0)`` for NHWC inputs, initialised like PyTorch.
+
+    Params: ``kernel`` ``(k, k, in_features, out_features)`` (scatter orientation, i.e. a PyTorch
+    weight ``W`` transposed by ``(2, 3, 0, 1)``) and ``bias`` ``(out_features,)``. Both are drawn
+    from ``U(-b, b)`` with ``b = 1 / sqrt(out_features * k * k)``, the fan-in PyTorch computes
+    from the ``(in, out, k, k)`` weight of a transposed convolution.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int,
+        stride: int,
+        *,
+        rngs: nnx.Rngs,
+        use_fast: bool = True,
+    ) -> None:
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.use_fast = use_fast
+        bound = 1.0 / math.sqrt(out_features * kernel_size * kernel_size)
+        shape = (kernel_size, kernel_size, in_features, out_features)
+        self.kernel = nnx.Param(
+            jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+        )
+        self.bias = nnx.Param(
+            jax.random.uniform(rngs.params(), (out_features,), jnp.float32, -bound, bound)
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """NHWC ``(n, h, w, in)`` → ``(n, (h - 1) * stride + k, (w - 1) * stride + k, out)``."""
+        fn = conv_transpose if self.use_fast else conv_transpose_reference
+        y = fn(x, self.kernel[...], self.stride)
+        return y + self.bias[...].astype(y.dtype)

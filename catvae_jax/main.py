@@ -1,0 +1,52 @@
+"""Command line: python -m catvae_jax.main --config configs/exp1.py --workdir runs/exp1.
+
+Any config field can be overridden with --config.<field>=<value>. A bad field or value is a
+one-line error with exit code 2; a diverging run exits with code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from catvae_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and outputs.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.quiet_logs()
+    cli.init_distributed()
+    import jax
+
+    from catvae_jax.train import train_and_evaluate
+
+    print(
+        f"devices: {jax.device_count()} × {jax.devices()[0].platform} "
+        f"({jax.process_count()} process(es)): {jax.devices()}",
+        flush=True,
+    )
+    with cli.user_errors():
+        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() == 0:
+        print(
+            f"done: step {result['step']}, val_loss {result['val_loss']:.4g}, "
+            f"val_ssim {result['val_ssim']:.4f}, outputs in {_WORKDIR.value}",
+            flush=True,
+        )
+
+
+def run() -> None:
+    app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

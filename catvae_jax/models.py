@@ -1,0 +1,158 @@
+"""VAE models in flax.nnx, chosen by `config.model.name`.
+
+Every model exposes `encode(x) -> (mu, logvar)` and `decode(z) -> x_hat`, with images NHWC
+float32 in [0, 1] and latents [batch, z_dim]. `build(config, rngs)` makes the configured one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from catvae_jax.layers import ConvTranspose
+
+
+class VaeCatsV1(nnx.Module):
+    """The original VAE_cats `Model`, layer for layer (128×128×3 inputs only).
+
+    Encoder: four VALID convolutions (k4 s2, k4 s2, k4 s2, k4 s8) with ReLU to 256×2×2, flattened
+    in PyTorch's channel-major order to h_dim = 1024, then `FC_mean` / `FC_var` heads. Decoder: `fc`
+    (z_dim → h_dim), then five VALID transposed convolutions 1→5→13→30→64→128 and a sigmoid.
+    Parameter names follow the PyTorch state_dict so checkpoints map one to one.
+    """
+
+    def __init__(self, z_dim: int = 32, h_dim: int = 1024, *, rngs: nnx.Rngs):
+        conv = lambda i, o, s: nnx.Conv(i, o, (4, 4), strides=(s, s), padding="VALID", rngs=rngs)
+        self.encode_layers = nnx.List(
+            [conv(3, 32, 2), conv(32, 64, 2), conv(64, 128, 2), conv(128, 256, 8)]
+        )
+        self.FC_mean = nnx.Linear(h_dim, z_dim, rngs=rngs)
+        self.FC_var = nnx.Linear(h_dim, z_dim, rngs=rngs)
+        self.fc = nnx.Linear(z_dim, h_dim, rngs=rngs)
+        spec = [(h_dim, 128, 5), (128, 64, 5), (64, 32, 6), (32, 16, 6), (16, 3, 2)]
+        self.decode_layers = nnx.List([ConvTranspose(i, o, k, 2, rngs=rngs) for i, o, k in spec])
+        self.h_dim = h_dim
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: [B, 128, 128, 3] in [0, 1] → (mu, logvar), each [B, z_dim]."""
+        h = x
+        for layer in self.encode_layers:
+            h = jax.nn.relu(layer(h))
+        h = h.transpose(0, 3, 1, 2).reshape(h.shape[0], -1)  # PyTorch's NCHW flatten order
+        return self.FC_mean(h), self.FC_var(h)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """z: [B, z_dim] → images [B, 128, 128, 3] in [0, 1]."""
+        h = self.fc(z).reshape(z.shape[0], 1, 1, self.h_dim)
+        for i, layer in enumerate(self.decode_layers):
+            h = layer(h)
+            h = jax.nn.sigmoid(h) if i == len(self.decode_layers) - 1 else jax.nn.relu(h)
+        return h
+
+
+class ResBlock(nnx.Module):
+    """GroupNorm → SiLU → 3×3 conv, twice, plus the identity. Shape-preserving (NHWC)."""
+
+    def __init__(self, ch: int, *, rngs: nnx.Rngs):
+        groups = min(8, ch)
+        self.norm1 = nnx.GroupNorm(ch, num_groups=groups, rngs=rngs)
+        self.conv1 = nnx.Conv(ch, ch, (3, 3), rngs=rngs)
+        self.norm2 = nnx.GroupNorm(ch, num_groups=groups, rngs=rngs)
+        self.conv2 = nnx.Conv(ch, ch, (3, 3), rngs=rngs, kernel_init=nnx.initializers.zeros)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        return x + self.conv2(jax.nn.silu(self.norm2(h)))
+
+
+def upsample2(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour ×2 upsampling of NHWC `x`."""
+    n, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
+    return x.reshape(n, 2 * h, 2 * w, c)
+
+
+class ResVae(nnx.Module):
+    """The recommended VAE: residual blocks with GroupNorm and SiLU, four stride-2 3×3 convolutions
+    down to 1/16 of the image size, and four nearest-resize + 3×3 convolutions back up (no
+    transposed convolutions, so no checkerboard artefacts). Any image size that is a multiple of 16.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        z_dim: int = 64,
+        widths: tuple[int, ...] = (32, 64, 128, 128),
+        blocks_per_stage: int = 1,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        widths = tuple(widths)
+        self.bottom = image_size // 2 ** len(widths)
+        self.widths = widths
+        blocks = lambda ch: nnx.List([ResBlock(ch, rngs=rngs) for _ in range(blocks_per_stage)])
+        down, enc_blocks, ch = [], [], 3
+        for w in widths:
+            down.append(nnx.Conv(ch, w, (3, 3), strides=(2, 2), rngs=rngs))
+            enc_blocks.append(blocks(w))
+            ch = w
+        self.down, self.enc_blocks = nnx.List(down), nnx.List(enc_blocks)
+        flat = self.bottom * self.bottom * widths[-1]
+        self.enc_norm = nnx.GroupNorm(widths[-1], num_groups=min(8, widths[-1]), rngs=rngs)
+        self.to_stats = nnx.Linear(flat, 2 * z_dim, rngs=rngs)
+        self.from_z = nnx.Linear(z_dim, flat, rngs=rngs)
+        up, dec_blocks = [], []
+        outs = (*widths[-2::-1], 3)  # channels after each upsampling
+        for w_in, w_out in zip(widths[::-1], outs, strict=True):
+            dec_blocks.append(blocks(w_in))
+            up.append(nnx.Conv(w_in, w_out, (3, 3), rngs=rngs))
+        self.dec_blocks, self.up = nnx.List(dec_blocks), nnx.List(up)
+        self.out_norm = nnx.GroupNorm(widths[0], num_groups=min(8, widths[0]), rngs=rngs)
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: [B, S, S, 3] in [0, 1] → (mu, logvar), each [B, z_dim]."""
+        h = 2.0 * x - 1.0
+        for conv, stage in zip(self.down, self.enc_blocks, strict=True):
+            h = conv(h)
+            for block in stage:
+                h = block(h)
+        h = jax.nn.silu(self.enc_norm(h)).reshape(h.shape[0], -1)
+        mu, logvar = jnp.split(self.to_stats(h), 2, axis=-1)
+        return mu, logvar
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """z: [B, z_dim] → images [B, S, S, 3] in [0, 1]."""
+        h = self.from_z(z).reshape(z.shape[0], self.bottom, self.bottom, self.widths[-1])
+        last = len(self.up) - 1
+        for i, (stage, conv) in enumerate(zip(self.dec_blocks, self.up, strict=True)):
+            for block in stage:
+                h = block(h)
+            if i == last:
+                h = jax.nn.silu(self.out_norm(h))
+            h = conv(upsample2(h))
+        return jax.nn.sigmoid(h)
+
+
+def _vae_cats_v1(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    return VaeCatsV1(config.model.z_dim, config.model.h_dim, rngs=rngs)
+
+
+def _resvae(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    m = config.model
+    return ResVae(config.image_size, m.z_dim, m.widths, m.blocks_per_stage, rngs=rngs)
+
+
+MODELS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] = {
+    "vae_cats_v1": _vae_cats_v1,
+    "resvae": _resvae,
+}
+
+
+def build(config: ml_collections.ConfigDict, seed: int | None = None) -> nnx.Module:
+    """Makes the model named by `config.model.name`, initialised from `seed` (or config.seed)."""
+    seed = config.seed if seed is None else seed
+    return MODELS[config.model.name](config, nnx.Rngs(params=seed))

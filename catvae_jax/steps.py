@@ -1,0 +1,144 @@
+"""The train and eval steps: pure functions of (state, batch), written once and jitted by callers.
+
+The model lives as (graphdef, params): `nnx.merge` runs only while tracing, so a jitted step pays
+no per-call graph traversal. Batches are uint8 NHWC; the steps scale them to [0, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx, struct
+
+from catvae_jax import losses
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a train step changes. `plateau` holds the reduce-on-plateau scale of the lr."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    plateau: Any
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """AdamW (decay multiplied by the lr, as PyTorch does), after optional global-norm clipping."""
+    parts = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
+    parts.append(optax.adamw(config.learning_rate, weight_decay=config.weight_decay))
+    return optax.chain(*parts)
+
+
+def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+    """Reduce-on-plateau, stepped once per validation with the validation loss."""
+    return optax.contrib.reduce_on_plateau(
+        factor=config.plateau.factor, patience=config.plateau.patience, min_scale=1e-3
+    )
+
+
+def init_state(config: ml_collections.ConfigDict, model: nnx.Module) -> tuple[Any, TrainState]:
+    """Splits `model` into (graphdef, TrainState at step 0)."""
+    graphdef, params = nnx.split(model)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=make_optimizer(config).init(params),
+        plateau=make_plateau(config).init(params),
+    )
+    return graphdef, state
+
+
+def to_unit(batch: jax.Array) -> jax.Array:
+    """uint8 [B, H, W, C] → float32 in [0, 1]."""
+    return batch.astype(jnp.float32) / 255.0
+
+
+def loss_and_grads(
+    graphdef,
+    config: ml_collections.ConfigDict,
+    params,
+    batch: jax.Array,
+    key: jax.Array,
+    beta: jax.Array,
+):
+    """((mean loss, per-image metrics), gradients) of the VAE loss on a uint8 batch."""
+
+    def loss_fn(p):
+        return losses.vae_loss(nnx.merge(graphdef, p), to_unit(batch), key, beta, config.loss)
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def make_train_step(graphdef, config: ml_collections.ConfigDict, base_key: jax.Array):
+    """Returns train_step(state, batch_u8) -> (state, metrics), to be jitted with donation.
+
+    The noise of step t is fold_in(base_key, t). A non-finite loss or gradient norm leaves the
+    parameters unchanged and reports `finite = False`, so the caller can stop at that step.
+    """
+    tx = make_optimizer(config)
+
+    def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(base_key, state.step)
+        beta = losses.kl_weight(state.step, config.loss)
+        (loss, per_image), grads = loss_and_grads(graphdef, config, state.params, batch, key, beta)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        scale = state.plateau.scale
+        updates = jax.tree.map(lambda u: u * scale, updates)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+        )
+        metrics = {
+            "train_loss": loss,
+            "train_ssim": jnp.mean(per_image["ssim"]),
+            "train_kl": jnp.mean(per_image["kl"]),
+            "grad_norm": grad_norm,
+            "learning_rate": config.learning_rate * scale,
+            "finite": finite,
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(graphdef, config: ml_collections.ConfigDict):
+    """Returns eval_step(params, batch_u8, mask, key) -> sums over unmasked images.
+
+    The validation loss uses the full β (no warm-up), so it measures the same objective all run.
+    """
+
+    def eval_step(params, batch: jax.Array, mask: jax.Array, key: jax.Array) -> dict:
+        model = nnx.merge(graphdef, params)
+        beta = jnp.asarray(config.loss.beta, jnp.float32)
+        _, per_image = losses.vae_loss(model, to_unit(batch), key, beta, config.loss)
+        sums = {k: jnp.sum(v * mask) for k, v in per_image.items()}
+        sums["count"] = jnp.sum(mask)
+        return sums
+
+    return eval_step
+
+
+def abstract_state(config: ml_collections.ConfigDict, model_fn) -> tuple[Any, TrainState]:
+    """(graphdef, TrainState of ShapeDtypeStructs) for `model_fn()`, allocating nothing."""
+    graphdef, params = nnx.split(nnx.eval_shape(model_fn))
+    params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params)
+
+    def make(p):
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=p,
+            opt_state=make_optimizer(config).init(p),
+            plateau=make_plateau(config).init(p),
+        )
+
+    return graphdef, jax.eval_shape(make, params)

@@ -1,0 +1,258 @@
+"""`train_and_evaluate(config, workdir)`: the one entry point the CLI, tests and notebooks call.
+
+Reads top to bottom: mesh → data → model → shard → resume → step → loop (log, eval, checkpoint)
+→ final outputs. Data parallel: the batch is sharded over every device along the mesh axis
+`data`, parameters are replicated; the same code runs on 1 CPU, N GPUs or a TPU slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from catvae_jax import config as config_lib
+from catvae_jax import data, images, models, steps
+from catvae_jax.checkpoint import Checkpoints, abstract_like
+from catvae_jax.errors import UserError
+from catvae_jax.inference import VaeModel
+from catvae_jax.writers import MetricWriter
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradient norm became NaN/inf at `step`; the run stops (exit code 1)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"non-finite loss or gradient norm at step {step}; training stopped")
+        self.step = step
+
+
+@dataclasses.dataclass
+class Progress:
+    """Loop bookkeeping saved with every checkpoint (the data position is the step itself)."""
+
+    best_val_loss: float = float("inf")
+    bad_evals: int = 0  # validations in a row without a new best (early stopping)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """A 1-D mesh over all devices (of all processes) with the batch axis `data`."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def evaluate(eval_step, params, split: np.ndarray, batch_size: int, mesh, key) -> dict[str, float]:
+    """Mean per-image loss, recon, kl and ssim over a whole split (deterministic noise `key`)."""
+    totals: dict[str, float] = {}
+    for batch, mask in data.eval_batches(split, batch_size, mesh):
+        sums = jax.device_get(eval_step(params, batch, mask, key))
+        for k, v in sums.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    count = totals.pop("count")
+    return {f"val_{k}": v / count for k, v in totals.items()}
+
+
+def _write_json(path: epath.Path, obj: Any) -> None:
+    tmp = path.parent / f".{path.name}.tmp"
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def _check_resume(workdir: epath.Path, config_dict: dict) -> None:
+    """Refuses a changed model/data shape on resume; notes other changed fields."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    shaped = config_lib.shape_changes(old, config_dict)
+    if shaped:
+        flat_old, flat_new = config_lib.flatten(old), config_lib.flatten(config_dict)
+        k = shaped[0]
+        raise UserError(
+            f"cannot resume {workdir} with a changed '{k}' (was {flat_old.get(k)!r},"
+            f" now {flat_new.get(k)!r}); use a new workdir"
+        )
+    others = config_lib.other_changes(old, config_dict)
+    if others:
+        print(f"resuming with changed fields: {', '.join(others)}", flush=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains the configured VAE in `workdir` (resuming from its latest checkpoint if any).
+
+    Writes checkpoints/, config.json, metrics.jsonl, samples.png and reconstructions.png, and
+    returns the final validation metrics plus `step`. Raises UserError for a bad config and
+    NonFiniteError when the loss diverges.
+    """
+    config_lib.validate(config)
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+
+    # Mesh ------------------------------------------------------------------------------------
+    mesh = make_mesh()
+    if config.batch_size % jax.device_count():
+        raise UserError(
+            f"config field 'batch_size' ({config.batch_size}) must be a multiple of "
+            f"the device count ({jax.device_count()})"
+        )
+    replicated = NamedSharding(mesh, P())
+
+    # Data ------------------------------------------------------------------------------------
+    train_split = data.load_split(config, "train")
+    val_split = data.load_split(config, "validation")
+    if len(train_split) < config.batch_size:
+        raise UserError(
+            f"config field 'batch_size' ({config.batch_size}) exceeds the "
+            f"{len(train_split)} training images"
+        )
+    train_data = data.DeviceData(
+        train_split, mesh, config.batch_size, config.seed, config.data.flip
+    )
+    steps_per_epoch = train_data.steps_per_epoch
+    total_steps = config.num_epochs * steps_per_epoch
+    if config.max_steps > 0:
+        total_steps = min(total_steps, config.max_steps)
+
+    # Model and train state, replicated over the mesh ------------------------------------------
+    model = models.build(config)
+    graphdef, state = steps.init_state(config, model)
+    state = jax.device_put(state, replicated)
+    del model
+
+    # Resume ----------------------------------------------------------------------------------
+    config_dict = config.to_dict()
+    config_dict["dataset"] = data.describe(config)
+    _check_resume(workdir, config_dict)
+    if is_main:
+        _write_json(workdir / "config.json", config_dict)
+    ckpts = Checkpoints(workdir)
+    progress = Progress()
+    restored = ckpts.restore_newest_readable(abstract_like(state, replicated))
+    if restored is not None:
+        step0, state, meta, _ = restored
+        progress = Progress(**meta["progress"])
+        print(f"resumed from step {step0} in {workdir}", flush=True)
+
+    # Steps -----------------------------------------------------------------------------------
+    base_key = jax.random.key(config.seed)
+    train_step = jax.jit(
+        steps.make_train_step(graphdef, config, jax.random.fold_in(base_key, 1)), donate_argnums=0
+    )
+    eval_step = jax.jit(steps.make_eval_step(graphdef, config))
+    eval_key = jax.random.fold_in(base_key, 2)
+    plateau = steps.make_plateau(config)
+    plateau_update = jax.jit(lambda s, v: plateau.update({}, s, value=v)[1])
+    writer = MetricWriter(workdir, config, resumed=restored is not None)
+
+    def validate_and_save(step: int, scheduled: bool, save: bool) -> dict[str, float]:
+        nonlocal state
+        metrics = evaluate(eval_step, state.params, val_split, config.batch_size, mesh, eval_key)
+        if scheduled:  # plateau and early stopping count scheduled validations only
+            state = state.replace(plateau=plateau_update(state.plateau, metrics["val_loss"]))
+            if metrics["val_loss"] < progress.best_val_loss:
+                progress.best_val_loss, progress.bad_evals = metrics["val_loss"], 0
+            else:
+                progress.bad_evals += 1
+        lr = config.learning_rate * float(state.plateau.scale)
+        writer.write(step, _epoch(step), {**metrics, "learning_rate": lr})
+        if save:
+            meta = {"step": step, "progress": dataclasses.asdict(progress)}
+            ckpts.save(step, state, meta, config_dict, metrics["val_loss"])
+        return metrics
+
+    def _epoch(step: int) -> int:
+        return max(1, -(-step // steps_per_epoch))
+
+    def eval_due(step: int) -> bool:
+        every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+        return step % every == 0
+
+    def ckpt_due(step: int) -> bool:
+        if config.checkpoint_every_steps > 0:
+            return step % config.checkpoint_every_steps == 0
+        return eval_due(step)
+
+    # Loop ------------------------------------------------------------------------------------
+    step = int(state.step)
+    pending: list[dict] = []
+    bar = _progress_bar(config, total_steps, step, enabled=is_main)
+    last_time, last_step, final = time.perf_counter(), step, {}
+    with jax.set_mesh(mesh):
+        while step < total_steps:
+            state, metrics = train_step(state, train_data.batch(step))
+            pending.append(metrics)
+            step += 1
+            done = step == total_steps
+            if step % config.log_every_steps == 0 or done or eval_due(step) or ckpt_due(step):
+                fetched = jax.device_get(pending)
+                now = time.perf_counter()
+                for i, m in enumerate(fetched):
+                    if not m["finite"]:
+                        bar.close()
+                        ckpts.wait()
+                        raise NonFiniteError(step - len(fetched) + i + 1)
+                means = {
+                    k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"
+                }
+                means["img_per_s"] = (step - last_step) * config.batch_size / (now - last_time)
+                writer.write(step, _epoch(step), means)
+                bar.update(step - last_step)
+                bar.set_postfix(
+                    loss=f"{means['train_loss']:.4g}", img_s=f"{means['img_per_s']:.0f}"
+                )
+                pending, last_time, last_step = [], now, step
+            scheduled = eval_due(step)
+            if scheduled or ckpt_due(step) or done:
+                final = validate_and_save(step, scheduled, save=True)
+                last_time = time.perf_counter()  # validation time is not train throughput
+                if progress.bad_evals >= config.early_stop_patience:
+                    print(
+                        f"early stopping at step {step}: no better validation loss in "
+                        f"{progress.bad_evals} validations",
+                        flush=True,
+                    )
+                    break
+    bar.close()
+    if not final:  # resumed at the end: nothing trained, still report the final metrics
+        final = evaluate(eval_step, state.params, val_split, config.batch_size, mesh, eval_key)
+    ckpts.wait()
+    ckpts.close()
+
+    # Outputs a person looks at -----------------------------------------------------------------
+    if is_main:
+        params = jax.device_get(state.params)
+        vae = VaeModel(graphdef, params, config, step=step)
+        _write_pictures(workdir, vae, val_split[: config.num_eval_images], config.seed)
+        writer.write_image(
+            step, "samples", np.asarray(images.grid(vae.generate(64, seed=config.seed)))
+        )
+    writer.close()
+    return {**final, "step": step}
+
+
+def _write_pictures(workdir: epath.Path, vae: VaeModel, originals: np.ndarray, seed: int) -> None:
+    """samples.png: 8×8 prior samples (fixed seed); reconstructions.png: inputs above outputs."""
+    images.save_png(workdir / "samples.png", images.grid(vae.generate(64, seed=seed), ncols=8))
+    x = originals.astype(np.float32) / 255.0
+    both = np.concatenate([x, vae.reconstruct(x)])
+    images.save_png(workdir / "reconstructions.png", images.grid(both, ncols=len(x)))
+
+
+def _progress_bar(config, total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (enabled and config.progress_bar),
+    )

@@ -1,0 +1,69 @@
+"""Where run metrics go: WORKDIR/metrics.jsonl (one flat JSON object per line) and W&B.
+
+Only process 0 writes; other processes get a writer that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+
+def _plain(value: Any) -> Any:
+    value = np.asarray(value).item() if hasattr(value, "shape") or np.isscalar(value) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep the line valid
+    return value
+
+
+class MetricWriter:
+    """Appends metric lines to metrics.jsonl and logs them (and images) to W&B."""
+
+    def __init__(
+        self, workdir: str | epath.Path, config: ml_collections.ConfigDict, resumed: bool = False
+    ):
+        self.active = jax.process_index() == 0
+        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self.run = None
+        if not self.active or config.wandb.mode == "disabled":
+            return
+        import wandb  # slow to import; only when used
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run = wandb.init(
+            mode=config.wandb.mode,
+            project=config.wandb.project,
+            name=config.wandb.name or epath.Path(workdir).name,
+            dir=str(workdir),
+            config=config.to_dict(),
+            resume="allow" if resumed else None,
+        )
+
+    def write(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
+        """One line {step, epoch, **metrics}; values become plain floats/ints."""
+        if not self.active:
+            return
+        line = {"step": int(step), "epoch": int(epoch)}
+        line.update({k: _plain(v) for k, v in metrics.items()})
+        with self.path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        if self.run is not None:
+            self.run.log({k: v for k, v in line.items() if k != "step"}, step=int(step))
+
+    def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({name: wandb.Image(image)}, step=int(step))
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None

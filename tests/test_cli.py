@@ -1,0 +1,72 @@
+"""The training CLI: config errors are one line with exit code 2; a real tiny run succeeds."""
+
+import pytest
+from conftest import run_cli
+
+TINY = [
+    "--config.image_size=16",
+    "--config.batch_size=8",
+    "--config.model.z_dim=8",
+    "--config.model.widths=(8,16,16,16)",
+    "--config.data.num_train=32",
+    "--config.data.num_validation=8",
+    "--config.num_epochs=1",
+    "--config.wandb.mode=disabled",
+    "--config.progress_bar=False",
+]
+
+
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ("--config.nonexistent=1", "nonexistent"),
+        ("--config.model.nope=3", "model.nope"),
+        ("--config.batch_size=abc", "batch_size"),
+        ("--config.batch_size=-4", "batch_size"),
+        ("--config=configs/missing.py", "configs/missing.py"),
+    ],
+)
+def test_config_errors_are_one_line_with_exit_2(tmp_path, override, named):
+    proc = run_cli(
+        "catvae_jax.main",
+        "--config",
+        "configs/quickstart.py",
+        "--workdir",
+        str(tmp_path / "w"),
+        override,
+    )
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error:") and named in errors[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_cli_trains_prints_devices_and_respects_xla_device_count(tmp_path):
+    proc = run_cli(
+        "catvae_jax.main",
+        "--config",
+        "configs/quickstart.py",
+        "--workdir",
+        str(tmp_path / "w"),
+        *TINY,
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "devices: 2 × cpu" in proc.stdout
+    assert "done: step 4" in proc.stdout
+    assert (tmp_path / "w" / "samples.png").exists()
+
+
+def test_batch_not_divisible_by_devices_is_a_user_error(tmp_path):
+    proc = run_cli(
+        "catvae_jax.main",
+        "--config",
+        "configs/quickstart.py",
+        "--workdir",
+        str(tmp_path / "w"),
+        *TINY,
+        "--config.batch_size=6",
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
+    assert proc.returncode == 2
+    assert "multiple of the device count (4)" in proc.stderr.strip().splitlines()[-1]

@@ -1,0 +1,76 @@
+"""Config validation and the resume comparison of configs."""
+
+import importlib.util
+import os
+
+import pytest
+
+from catvae_jax import config as config_lib
+from catvae_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("name", ["default", "quickstart", "exp1", "exp2", "exp3"])
+def test_shipped_configs_are_valid(name):
+    config_lib.validate(_load(name))
+
+
+@pytest.mark.parametrize("name,seed,epochs", [("exp1", 42, 50), ("exp2", 47, 500), ("exp3", 42, 5)])
+def test_experiments_reproduce_the_original(name, seed, epochs):
+    c = _load(name)
+    assert (c.seed, c.num_epochs, c.batch_size, c.learning_rate) == (seed, epochs, 64, 0.01)
+    assert (c.model.name, c.model.h_dim, c.model.z_dim, c.image_size) == (
+        "vae_cats_v1",
+        1024,
+        32,
+        128,
+    )
+    assert (c.plateau.factor, c.plateau.patience, c.early_stop_patience) == (0.5, 10, 25)
+    assert (c.loss.ssim_weight, c.loss.mse_weight, c.loss.beta) == (1.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "field,value,named",
+    [
+        ("batch_size", 0, "batch_size"),
+        ("learning_rate", -1.0, "learning_rate"),
+        ("max_steps", -5, "max_steps"),
+        ("image_size", 8, "image_size"),
+        ("image_size", 40, "image_size"),  # resvae needs a multiple of 16
+        ("model.name", "nope", "model.name"),
+        ("data.source", "web", "data.source"),
+        ("wandb.mode", "sometimes", "wandb.mode"),
+        ("plateau.factor", 1.5, "plateau.factor"),
+    ],
+)
+def test_out_of_range_values_name_the_field(field, value, named):
+    c = config_lib.get_config()
+    parent, _, leaf = field.rpartition(".")
+    (c[parent] if parent else c)[leaf] = value
+    with pytest.raises(UserError, match=f"'{named}'"):
+        config_lib.validate(c)
+
+
+def test_vae_cats_v1_needs_128():
+    c = config_lib.get_config()
+    c.model.name = "vae_cats_v1"
+    with pytest.raises(UserError, match="128"):
+        config_lib.validate(c)
+
+
+def test_shape_changes_are_told_apart_from_others():
+    old = config_lib.get_config().to_dict()
+    new = config_lib.get_config()
+    new.model.z_dim = 3
+    new.num_epochs = 99
+    new = new.to_dict()
+    assert config_lib.shape_changes(old, new) == ["model.z_dim"]
+    assert config_lib.other_changes(old, new) == ["num_epochs"]

@@ -1,0 +1,50 @@
+"""Loss terms: reductions, warm-up and edge cases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from catvae_jax import losses
+from catvae_jax.config import get_config
+
+
+def test_kl_is_zero_at_the_prior_and_summed_over_latents():
+    mu = jnp.zeros((3, 5))
+    assert np.allclose(losses.kl_divergence(mu, jnp.zeros((3, 5))), 0.0)
+    kl = losses.kl_divergence(jnp.ones((2, 4)), jnp.zeros((2, 4)))
+    assert np.allclose(kl, 0.5 * 4)  # 0.5 * mu² per dimension, summed over 4
+
+
+def test_reconstruction_is_zero_for_identical_images_and_scales_with_pixels():
+    cfg = get_config().loss
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+    recon, s = losses.reconstruction(x, x, cfg)
+    assert np.allclose(recon, 0.0, atol=1e-3) and np.allclose(s, 1.0, atol=1e-5)
+    y = jnp.clip(x + 0.2, 0, 1)
+    recon, s = losses.reconstruction(x, y, cfg)
+    assert np.allclose(recon, (1 - s) * 16 * 16 * 3, rtol=1e-5)
+
+
+def test_mse_and_l1_weights_add_pixel_sums():
+    cfg = get_config().loss
+    cfg.ssim_weight, cfg.mse_weight, cfg.l1_weight = 0.0, 1.0, 2.0
+    x = jnp.zeros((1, 16, 16, 3))
+    y = jnp.full((1, 16, 16, 3), 0.5)
+    recon, _ = losses.reconstruction(x, y, cfg)
+    assert np.allclose(recon, 16 * 16 * 3 * (0.25 + 2 * 0.5))
+
+
+def test_kl_warmup_is_linear():
+    cfg = get_config().loss
+    cfg.beta, cfg.kl_warmup_steps = 2.0, 100
+    assert float(losses.kl_weight(jnp.int32(0), cfg)) == 0.0
+    assert np.isclose(float(losses.kl_weight(jnp.int32(50), cfg)), 1.0)
+    assert np.isclose(float(losses.kl_weight(jnp.int32(500), cfg)), 2.0)
+
+
+def test_images_smaller_than_the_ssim_window_are_refused():
+    cfg = get_config().loss
+    x = jnp.zeros((1, 8, 8, 3))
+    with pytest.raises(ValueError, match="11"):
+        losses.reconstruction(x, x, cfg)

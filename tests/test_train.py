@@ -1,0 +1,110 @@
+"""The whole train_and_evaluate loop on a tiny config: learning, outputs, resume, loading."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+import catvae_jax
+from catvae_jax.errors import UserError
+from catvae_jax.train import train_and_evaluate
+
+
+def _lines(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_lowers_the_loss_and_writes_outputs(trained_workdir):
+    workdir, result = trained_workdir
+    lines = _lines(workdir)
+    train = [m for m in lines if "train_loss" in m]
+    val = [m for m in lines if "val_loss" in m]
+    assert train[-1]["train_loss"] < 0.9 * train[0]["train_loss"]
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+    assert result["step"] == 36 and len(val) == 3  # 3 epochs × 12 steps, one validation each
+    for m in train:
+        assert {"step", "epoch", "grad_norm", "learning_rate", "img_per_s"} <= set(m)
+    for name in ("samples.png", "reconstructions.png", "config.json"):
+        assert (workdir / name).stat().st_size > 0
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["image_size"] == 16 and config["dataset"]["name"] == "synthetic_cats"
+
+
+def test_checkpoints_keep_best_and_two_latest(trained_workdir):
+    workdir, _ = trained_workdir
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 36 and 2 <= len(steps) <= 3
+
+
+def test_load_generates_deterministically(trained_workdir):
+    workdir, _ = trained_workdir
+    model = catvae_jax.load(workdir, step="latest")
+    assert model.step == 36
+    a, b = model.generate(4, seed=3), model.generate(4, seed=3)
+    c = model.generate(4, seed=4)
+    assert a.shape == (4, 16, 16, 3) and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    x = np.random.default_rng(0).uniform(size=(2, 16, 16, 3)).astype(np.float32)
+    mu, _ = model.encode(x)
+    assert mu.shape == (2, 8) and model.decode(mu).shape == (2, 16, 16, 3)
+    with pytest.raises(UserError):
+        model.encode(np.zeros((2, 8, 8, 3)))
+
+
+def test_load_errors_are_user_errors(tmp_path, trained_workdir):
+    with pytest.raises(UserError, match="does not exist"):
+        catvae_jax.load(tmp_path / "missing")
+    with pytest.raises(UserError, match="no checkpoint at step"):
+        catvae_jax.load(trained_workdir[0], step=5)
+
+
+def test_a_moved_workdir_still_loads(tmp_path, trained_workdir):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(trained_workdir[0], moved)
+    assert catvae_jax.load(moved).generate(2).shape == (2, 16, 16, 3)
+
+
+def test_resume_continues_from_the_saved_step(tmp_path, trained_workdir):
+    import shutil
+
+    workdir = tmp_path / "resume"
+    shutil.copytree(trained_workdir[0], workdir)
+    config = tiny_config()
+    config.num_epochs = 4
+    result = train_and_evaluate(config, str(workdir))
+    assert result["step"] == 48
+    steps = [m["step"] for m in _lines(workdir) if "train_loss" in m]
+    assert steps[-1] == 48 and steps.count(40) == 1  # steps 37..48 trained once, after 36
+
+
+def test_resume_refuses_a_changed_model_shape(tmp_path, trained_workdir):
+    import shutil
+
+    workdir = tmp_path / "changed"
+    shutil.copytree(trained_workdir[0], workdir)
+    config = tiny_config()
+    config.model.z_dim = 4
+    with pytest.raises(UserError, match=r"model\.z_dim"):
+        train_and_evaluate(config, str(workdir))
+
+
+def test_max_steps_stops_and_still_checkpoints(tmp_path):
+    config = tiny_config()
+    config.max_steps = 5
+    result = train_and_evaluate(config, str(tmp_path / "short"))
+    assert result["step"] == 5
+    assert catvae_jax.load(tmp_path / "short", step="latest").step == 5
+
+
+def test_nonfinite_loss_stops_at_the_step(tmp_path):
+    from catvae_jax.train import NonFiniteError
+
+    config = tiny_config()
+    config.learning_rate = 1e30
+    config.grad_clip_norm = 0.0
+    with pytest.raises(NonFiniteError) as err:
+        train_and_evaluate(config, str(tmp_path / "nan"))
+    assert 1 <= err.value.step <= 36
