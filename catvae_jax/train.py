@@ -106,16 +106,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     replicated = NamedSharding(mesh, P())
 
     # Data ------------------------------------------------------------------------------------
-    train_split = data.load_split(config, "train")
+    train_data = data.train_data(config, mesh)
     val_split = data.load_split(config, "validation")
-    if len(train_split) < config.batch_size:
-        raise UserError(
-            f"config field 'batch_size' ({config.batch_size}) exceeds the "
-            f"{len(train_split)} training images"
-        )
-    train_data = data.DeviceData(
-        train_split, mesh, config.batch_size, config.seed, config.data.flip
-    )
     steps_per_epoch = train_data.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
     if config.max_steps > 0:

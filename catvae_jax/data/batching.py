@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from catvae_jax.errors import UserError
+
 
 def batch_plan(
     seed: jax.Array, epoch: jax.Array, pos: jax.Array, num_examples: int, batch_size: int
@@ -49,8 +51,8 @@ class DeviceData:
 
     def __init__(self, images: np.ndarray, mesh: Mesh, batch_size: int, seed: int, flip: bool):
         if len(images) < batch_size:
-            raise ValueError(
-                f"{len(images)} training images are fewer than one batch of {batch_size}"
+            raise UserError(
+                f"config field 'batch_size' ({batch_size}) exceeds the {len(images)} training images"
             )
         self.images = jax.device_put(images, NamedSharding(mesh, P()))
         self.batch_sharding = NamedSharding(mesh, P("data"))
