@@ -7,6 +7,7 @@ be read (half-written, corrupt) is skipped with a warning and the one before it 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import jax
@@ -82,16 +83,26 @@ class Checkpoints:
         return restored.state, restored.meta, restored.config
 
     def restore_newest_readable(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
-        """Restores the newest checkpoint that reads back; skips unreadable ones with a warning."""
+        """Restores the newest checkpoint that reads back.
+
+        Unreadable ones are skipped with a warning and moved aside to
+        checkpoints/unreadable-<step>-<ns> (kept for inspection, out of the way of the step
+        that will be saved again).
+        """
         for step in reversed(self.steps()):
             try:
                 return (step, *self.restore(step, abstract_state))
             except Exception as e:  # a corrupt checkpoint must not stop the resume
                 log.warning("skipping unreadable checkpoint at step %d: %s", step, e)
                 print(
-                    f"warning: skipping unreadable checkpoint at step {step}: {type(e).__name__}",
+                    f"warning: skipping unreadable checkpoint at step {step} "
+                    f"({type(e).__name__}); moved aside as unreadable-{step}",
                     flush=True,
                 )
+                if jax.process_index() == 0:
+                    root = epath.Path(self.manager.directory)
+                    (root / str(step)).rename(root / f"unreadable-{step}-{time.time_ns()}")
+                self.manager.reload()
         return None
 
     def wait(self) -> None:

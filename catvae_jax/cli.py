@@ -49,7 +49,7 @@ def _first_line(e: BaseException) -> str:
 def user_errors():
     """Turns UserError into a one-line message with exit code 2, and a diverged run into
     a last line naming the step with exit code 1."""
-    from catvae_jax.train import NonFiniteError
+    from catvae_jax.train import NonFiniteError, Preempted
 
     try:
         yield
@@ -59,6 +59,9 @@ def user_errors():
         print(f"error: {e}", file=sys.stderr, flush=True)
         print(f"stopped: non-finite loss at step {e.step}", flush=True)
         sys.exit(1)
+    except Preempted as e:
+        print(f"stopped: {e}", flush=True)
+        sys.exit(143)
 
 
 def quiet_logs() -> None:
@@ -68,5 +71,27 @@ def quiet_logs() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
-def init_distributed() -> None:
-    """Placeholder for multi-process start-up (jax.distributed.initialize)."""
+def init_distributed(
+    coordinator: str | None, num_processes: int | None, process_id: int | None
+) -> None:
+    """Joins a multi-process (multi-host) run before anything else touches JAX.
+
+    Flags win over the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID. Nothing happens for a single-process run. On CPU the collectives use gloo.
+    """
+    import os
+
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    env_n, env_id = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
+    num_processes = num_processes or (int(env_n) if env_n else None)
+    process_id = process_id if process_id is not None else (int(env_id) if env_id else None)
+    if not coordinator and not num_processes:
+        return
+    if not (coordinator and num_processes and process_id is not None):
+        fail("a multi-process run needs --coordinator, --num_processes and --process_id")
+    if not 0 <= process_id < num_processes:
+        fail(f"--process_id must be in [0, {num_processes}), got {process_id}")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)

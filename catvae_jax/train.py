@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import threading
 import time
 from typing import Any
 
@@ -25,6 +27,14 @@ from catvae_jax.checkpoint import Checkpoints, abstract_like
 from catvae_jax.errors import UserError
 from catvae_jax.inference import VaeModel
 from catvae_jax.writers import MetricWriter
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived: a checkpoint of `step` was saved and the run stopped (exit code 143)."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted at step {step}; checkpoint saved, re-run to resume")
+        self.step = step
 
 
 class NonFiniteError(RuntimeError):
@@ -116,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Model and train state, replicated over the mesh ------------------------------------------
     model = models.build(config)
     graphdef, state = steps.init_state(config, model)
-    state = jax.device_put(state, replicated)
+    state = jax.tree.map(lambda x: data.to_global(np.asarray(x), replicated), state)
     del model
 
     # Resume ----------------------------------------------------------------------------------
@@ -174,14 +184,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Loop ------------------------------------------------------------------------------------
     step = int(state.step)
+    preemption = PreemptionNotice()
+    profiler = Profiler(workdir / "profile", start=step + 3, enabled=config.profile and is_main)
     pending: list[dict] = []
     bar = _progress_bar(config, total_steps, step, enabled=is_main)
     last_time, last_step, final = time.perf_counter(), step, {}
     with jax.set_mesh(mesh):
         while step < total_steps:
+            profiler.before(step)
             state, metrics = train_step(state, train_data.batch(step))
             pending.append(metrics)
             step += 1
+            profiler.after(step, metrics)
             done = step == total_steps
             if step % config.log_every_steps == 0 or done or eval_due(step) or ckpt_due(step):
                 fetched = jax.device_get(pending)
@@ -212,6 +226,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         flush=True,
                     )
                     break
+            elif preemption.reached(step):
+                validate_and_save(step, scheduled=False, save=True)
+                ckpts.wait()
+                bar.close()
+                raise Preempted(step)
+    preemption.restore()
+    profiler.stop()
     bar.close()
     if not final:  # resumed at the end: nothing trained, still report the final metrics
         final = evaluate(eval_step, state.params, val_split, config.batch_size, mesh, eval_key)
@@ -236,6 +257,56 @@ def _write_pictures(workdir: epath.Path, vae: VaeModel, originals: np.ndarray, s
     x = originals.astype(np.float32) / 255.0
     both = np.concatenate([x, vae.reconstruct(x)])
     images.save_png(workdir / "reconstructions.png", images.grid(both, ncols=len(x)))
+
+
+class PreemptionNotice:
+    """Turns SIGTERM into a flag the loop checks between steps (all processes agree on the step)."""
+
+    def __init__(self):
+        self.flag = False
+        self.previous = None
+        if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+            return  # multi-process: JAX's preemption sync point decides (see reached)
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.flag = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.flag
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
+
+
+class Profiler:
+    """With config.profile, writes a jax.profiler trace of 5 train steps into WORKDIR/profile."""
+
+    def __init__(self, logdir: epath.Path, start: int, enabled: bool, num_steps: int = 5):
+        self.logdir, self.start, self.stop_at = logdir, start, start + num_steps
+        self.enabled, self.active = enabled, False
+
+    def before(self, step: int) -> None:
+        if self.enabled and step == self.start:
+            jax.profiler.start_trace(str(self.logdir))
+            self.active = True
+
+    def after(self, step: int, metrics: dict) -> None:
+        if self.active and step >= self.stop_at:
+            jax.block_until_ready(metrics)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+            print(f"profile trace written to {self.logdir}", flush=True)
 
 
 def _progress_bar(config, total: int, initial: int, enabled: bool):

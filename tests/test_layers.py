@@ -74,6 +74,19 @@ def test_gradients_match_reference(k: int, s: int, c_in: int, c_out: int) -> Non
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize(("k", "s"), [(5, 2), (2, 3)])
+def test_one_pixel_input_dense_path(k: int, s: int) -> None:
+    x, kernel = _inputs(5, k, 6, 3, hw=(1, 1))
+    want = scatter_numpy(x.astype(np.float64), kernel.astype(np.float64), s)
+    np.testing.assert_allclose(conv_transpose(x, kernel, s), want, rtol=0, atol=1e-5)
+
+    def grads(fn):
+        return jax.grad(lambda x, kern: jnp.sum(fn(x, kern, s) ** 3), argnums=(0, 1))(x, kernel)
+
+    for a, b in zip(grads(conv_transpose), grads(conv_transpose_reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
 def test_second_order_gradient_runs() -> None:
     x, kernel = _inputs(3, 6, 2, 3)
 

@@ -35,6 +35,15 @@ def batch_plan(
     return idx.astype(jnp.int32), flips
 
 
+def to_global(host_array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global jax.Array from a host array that every process holds in full.
+
+    Each process materialises only the shards of its own devices, so this works unchanged in
+    single- and multi-process runs.
+    """
+    return jax.make_array_from_callback(host_array.shape, sharding, lambda i: host_array[i])
+
+
 def apply_flips(images: jax.Array, flips: jax.Array) -> jax.Array:
     """Mirrors images [B, H, W, C] horizontally where flips [B] is true."""
     return jnp.where(flips[:, None, None, None], images[:, :, ::-1, :], images)
@@ -54,7 +63,7 @@ class DeviceData:
             raise UserError(
                 f"config field 'batch_size' ({batch_size}) exceeds the {len(images)} training images"
             )
-        self.images = jax.device_put(images, NamedSharding(mesh, P()))
+        self.images = to_global(images, NamedSharding(mesh, P()))
         self.batch_sharding = NamedSharding(mesh, P("data"))
         self.steps_per_epoch = len(images) // batch_size
         self.seed = seed
@@ -82,4 +91,4 @@ def eval_batches(images: np.ndarray, batch_size: int, mesh: Mesh):
         if len(chunk) < batch_size:
             pad = np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)
             chunk = np.concatenate([chunk, pad])
-        yield jax.device_put(chunk, sharding), jax.device_put(mask, sharding)
+        yield to_global(chunk, sharding), to_global(mask, sharding)

@@ -1,0 +1,67 @@
+"""Faults: SIGTERM saves a checkpoint, a corrupt newest checkpoint is skipped, profiling."""
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import catvae_jax
+from conftest import REPO
+from test_cli import TINY
+
+
+def _start(workdir, *extra):
+    cmd = [sys.executable, "-m", "catvae_jax.main", "--config", "configs/quickstart.py",
+           "--workdir", str(workdir), *TINY, *extra]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
+    workdir = tmp_path / "w"
+    proc = _start(workdir, "--config.num_epochs=200", "--config.log_every_steps=1")
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") > 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 143, err[-2000:]
+    assert "preempted at step" in out.strip().splitlines()[-1]
+    step = int(out.strip().split("preempted at step ")[1].split(";")[0])
+    assert catvae_jax.load(workdir, step="latest").step == step
+
+
+def test_corrupt_newest_checkpoint_is_skipped(tmp_path, trained_workdir):
+    from conftest import tiny_config
+
+    from catvae_jax.train import train_and_evaluate
+
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(trained_workdir[0], workdir)
+    newest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    for path in (workdir / "checkpoints" / str(newest)).rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and "state" in str(path):
+            path.write_bytes(b"\0garbage")
+    config = tiny_config()
+    config.num_epochs = 4
+    result = train_and_evaluate(config, str(workdir))
+    assert result["step"] == 48  # resumed from the older checkpoint and trained to the end
+
+
+def test_profile_writes_a_trace(tmp_path):
+    workdir = tmp_path / "p"
+    proc = _start(workdir, "--config.profile=True")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    traces = list((workdir / "profile").rglob("*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
+
+
+def test_nonfinite_cli_exits_1_naming_the_step(tmp_path):
+    proc = _start(tmp_path / "nan", "--config.learning_rate=1e30", "--config.grad_clip_norm=0")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("stopped: non-finite loss at step")
