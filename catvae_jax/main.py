@@ -39,6 +39,7 @@ def main(argv: list[str]) -> None:
     )
     with cli.user_errors():
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    print(f"process {jax.process_index()}: params sha256 {result['params_sha256']}", flush=True)
     if jax.process_index() == 0:
         print(
             f"done: step {result['step']}, val_loss {result['val_loss']:.4g}, "

@@ -8,6 +8,7 @@ Reads top to bottom: mesh → data → model → shard → resume → step → l
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import signal
 import threading
@@ -248,7 +249,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             step, "samples", np.asarray(images.grid(vae.generate(64, seed=config.seed)))
         )
     writer.close()
-    return {**final, "step": step}
+    return {**final, "step": step, "params_sha256": params_digest(state.params)}
+
+
+def params_digest(params: Any) -> str:
+    """sha256 of this process's copy of the parameters: equal digests = bit-identical params."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        digest.update(np.asarray(leaf.addressable_data(0)).tobytes())
+    return digest.hexdigest()
 
 
 def _write_pictures(workdir: epath.Path, vae: VaeModel, originals: np.ndarray, seed: int) -> None:
