@@ -6,9 +6,10 @@ import subprocess
 import sys
 import time
 
-import catvae_jax
 from conftest import REPO
 from test_cli import TINY
+
+import catvae_jax
 
 
 def _start(workdir, *extra):
@@ -53,7 +54,7 @@ def test_corrupt_newest_checkpoint_is_skipped(tmp_path, trained_workdir):
 def test_profile_writes_a_trace(tmp_path):
     workdir = tmp_path / "p"
     proc = _start(workdir, "--config.profile=True")
-    out, err = proc.communicate(timeout=300)
+    _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     traces = list((workdir / "profile").rglob("*.xplane.pb"))
     assert traces and traces[0].stat().st_size > 0
@@ -61,7 +62,7 @@ def test_profile_writes_a_trace(tmp_path):
 
 def test_nonfinite_cli_exits_1_naming_the_step(tmp_path):
     proc = _start(tmp_path / "nan", "--config.learning_rate=1e30", "--config.grad_clip_norm=0")
-    out, err = proc.communicate(timeout=300)
+    out, _err = proc.communicate(timeout=300)
     assert proc.returncode == 1
     last = out.strip().splitlines()[-1]
     assert last.startswith("stopped: non-finite loss at step")

@@ -62,7 +62,7 @@ def test_two_processes_train_identical_parameters_and_checkpoint(tmp_path):
         for i in range(2)
     ]
     outs = [p.communicate(timeout=400) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     digests = [out.split("params sha256 ")[1].split()[0] for out, _ in outs]
     assert digests[0] == digests[1]
