@@ -18,6 +18,8 @@ SHAPE_FIELDS = (
     "data.path",
     "data.num_train",
     "data.seed",
+    "dataset.name",  # written by train.py: a changed image folder changes the TFDS config name
+    "dataset.config",
 )
 
 
@@ -59,8 +61,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.num_validation = 256
     c.data.num_test = 256
     c.data.flip = True  # random horizontal flips of training batches
-    c.data.path = ""  # folder of images (data.source = "folder")
-    c.data.data_dir = ""  # TFDS data_dir; empty = TFDS default
+    c.data.path = ""  # folder of images (data.source = "folder"), prepared on first use
+    c.data.data_dir = ""  # TFDS data_dir (any etils.epath path, gs:// too); empty = TFDS default
+    c.data.download = True  # cats_vs_dogs/oxford_iiit_pet: try to build them if not in data_dir
+    c.data.pipeline = "auto"  # device | grain | auto: device when the train split fits the budget
+    c.data.device_memory_mb = 2048  # auto: largest train split (uint8) held on every device
+    c.data.grain_threads = 8  # grain: threads reading and decoding examples
+    c.data.prefetch_batches = 4  # grain: batches read ahead of the train step
 
     c.eval_every_steps = -1  # -1: validate at the end of every epoch
     c.checkpoint_every_steps = -1  # -1: at every validation; training end always saves
@@ -112,6 +119,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("plateau.factor", f"must be in (0, 1), got {config.plateau.factor}")
     if config.data.source not in ("synthetic", "folder", "cats_vs_dogs", "oxford_iiit_pet"):
         _fail("data.source", f"is not a known source: '{config.data.source}'")
+    if config.data.source == "folder" and not config.data.path:
+        _fail("data.path", "must name a folder of images when data.source is 'folder'")
+    if config.data.pipeline not in ("auto", "device", "grain"):
+        _fail("data.pipeline", f"must be auto, device or grain, got '{config.data.pipeline}'")
+    if config.data.device_memory_mb < 0:
+        _fail("data.device_memory_mb", f"must be >= 0, got {config.data.device_memory_mb}")
+    if config.data.grain_threads < 1 or config.data.prefetch_batches < 1:
+        _fail("data.grain_threads", "and data.prefetch_batches must be at least 1")
     for split in ("num_train", "num_validation"):
         if config.data[split] <= 0:
             _fail(f"data.{split}", f"must be positive, got {config.data[split]}")
@@ -147,4 +162,5 @@ def other_changes(old: dict, new: dict) -> list[str]:
     changed = [
         k for k in sorted(set(old_flat) | set(new_flat)) if old_flat.get(k) != new_flat.get(k)
     ]
-    return [k for k in changed if k not in shape_changes(old, new) and k != "dataset"]
+    shaped = shape_changes(old, new)
+    return [k for k in changed if k not in shaped and not k.startswith("dataset.")]

@@ -61,7 +61,7 @@ class DeviceData:
     def __init__(self, images: np.ndarray, mesh: Mesh, batch_size: int, seed: int, flip: bool):
         if len(images) < batch_size:
             raise UserError(
-                f"config field 'batch_size' ({batch_size}) exceeds the {len(images)} training images"
+                f"config field 'batch_size' ({batch_size}) exceeds the {len(images)} images"
             )
         self.images = to_global(images, NamedSharding(mesh, P()))
         self.batch_sharding = NamedSharding(mesh, P("data"))

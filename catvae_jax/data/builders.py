@@ -1,0 +1,346 @@
+"""TFDS builders of cat images that run without TensorFlow: `synthetic_cats` and `cat_folder`.
+
+Both write array_record files whose every example holds an `image` feature (uint8 [S, S, 3],
+stored as lossless PNG). Images are handed to TFDS as PNG bytes, so TensorFlow is never
+imported. The prepared data sets are plain TFDS data sets: `tfds.builder_from_directory(path)`
+reads them back without catvae_jax.
+
+* `synthetic_cats/<S>px_seed<seed>_n<train>-<validation>-<test>`: the procedural cats of
+  `synthetic.py`, bit-identical to `synthetic.make_split`.
+* `cat_folder/<S>px_<fingerprint>`: a user's folder of images, read from `manual_dir`
+  (recursively; .jpg .jpeg .png .webp .bmp in any case). The fingerprint hashes the files'
+  names and sizes, so a changed folder gets a new config instead of stale data. Undecodable
+  files are skipped and listed, with their reasons, in the data set's `metadata.json`.
+
+`prepare_folder` / `prepare_synthetic` build one unless it is already there and return a
+`Prepared` record of what it holds (the `prepare` CLI prints it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+from tqdm.auto import tqdm
+
+from catvae_jax.data import decode, synthetic
+from catvae_jax.data.folders import (
+    FOLDER_VERSION,
+    SPLITS,
+    FolderListing,
+    ProgressFn,
+    assign_splits,
+    decode_folder,
+    folder_config_name,
+    list_folder,
+    printable,
+)
+from catvae_jax.data.sources import synthetic_name
+from catvae_jax.errors import UserError
+
+
+@dataclasses.dataclass(eq=False)
+class SyntheticCatsConfig(tfds.core.BuilderConfig):
+    """Image size, seed and split sizes of the synthetic cats written to disk."""
+
+    image_size: int = 64
+    seed: int = 0
+    num_train: int = 4096
+    num_validation: int = 256
+    num_test: int = 256
+
+
+def synthetic_config(
+    image_size: int, seed: int, num_train: int, num_validation: int, num_test: int
+) -> SyntheticCatsConfig:
+    """The `synthetic_cats` builder config for these settings (its name encodes all of them)."""
+    return SyntheticCatsConfig(
+        name=synthetic_name(image_size, seed, num_train, num_validation, num_test),
+        version=synthetic.VERSION,
+        description="Procedurally drawn cat faces (catvae_jax.data.synthetic).",
+        image_size=image_size,
+        seed=seed,
+        num_train=num_train,
+        num_validation=num_validation,
+        num_test=num_test,
+    )
+
+
+class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Our builders print nothing themselves: `prepare()` reports what was built."""
+
+    progress: ProgressFn | None = None  # called with the number of examples just done
+
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
+
+class SyntheticCats(_Builder):
+    """Procedurally drawn cat faces; example `i` of a split is `synthetic.make_split(...)[i]`."""
+
+    VERSION = tfds.core.Version(synthetic.VERSION)
+    RELEASE_NOTES = {synthetic.VERSION: "Procedural cat faces."}  # noqa: RUF012 (TFDS API)
+    BUILDER_CONFIGS = []  # noqa: RUF012 (configs are made per setting: `synthetic_config`)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        s = self.builder_config.image_size
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
+                    "index": tfds.features.Scalar(np.int64),
+                }
+            ),
+            description="Procedurally drawn cat faces, RGB, centred, on plain backgrounds.",
+            disable_shuffling=True,  # record i of a split is image i of `make_split`
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        c = self.builder_config
+        sizes = {"train": c.num_train, "validation": c.num_validation, "test": c.num_test}
+        return {split: self._generate_examples(split, n) for split, n in sizes.items() if n > 0}
+
+    def _generate_examples(self, split: str, num_examples: int):
+        c = self.builder_config
+        offset, chunk = synthetic.SPLIT_OFFSETS[split], 256
+        for start in range(0, num_examples, chunk):
+            stop = min(num_examples, start + chunk)
+            images = synthetic.make_cats(offset + np.arange(start, stop), c.image_size, c.seed)
+            for i, image in zip(range(start, stop), images, strict=True):
+                yield i, {"image": decode.png_bytes(image), "index": i}
+                if self.progress:
+                    self.progress(1)
+
+
+# Folders ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class CatFolderConfig(tfds.core.BuilderConfig):
+    """A folder prepared at one image size; `fingerprint` identifies the folder's contents."""
+
+    image_size: int = 128
+    fingerprint: str = ""
+
+
+def folder_config(listing: FolderListing, image_size: int) -> CatFolderConfig:
+    """The `cat_folder` builder config of this folder listing at `image_size`."""
+    return CatFolderConfig(
+        name=folder_config_name(listing, image_size),
+        version=FOLDER_VERSION,
+        description=f"Images of a folder at {image_size}×{image_size}.",
+        image_size=image_size,
+        fingerprint=listing.fingerprint,
+    )
+
+
+class CatFolder(_Builder):
+    """A user's folder of cat images (`manual_dir`), converted to RGB, centre-cropped, resized."""
+
+    VERSION = tfds.core.Version(FOLDER_VERSION)
+    RELEASE_NOTES = {FOLDER_VERSION: "RGB, centre square, resized; 80/10/10 by hash."}  # noqa: RUF012
+    BUILDER_CONFIGS = []  # noqa: RUF012 (configs are made per folder: `folder_config`)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Pass the folder of images as manual_dir, or run "
+        "`python -m catvae_jax.data prepare --source folder --path DIR`."
+    )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        s = self.builder_config.image_size
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
+                    "file_name": tfds.features.Text(),
+                }
+            ),
+            description="A folder of images: RGB, centre-cropped square, resized.",
+            metadata=tfds.core.MetadataDict(),
+            disable_shuffling=True,  # records in file-name order
+        )
+
+    def _split_generators(self, dl_manager):
+        listing = list_folder(dl_manager.manual_dir)
+        c = self.builder_config
+        if listing.fingerprint != c.fingerprint:
+            raise UserError(
+                f"folder '{listing.root}' changed while preparing (fingerprint "
+                f"{listing.fingerprint}, expected {c.fingerprint}); run prepare again"
+            )
+        good, skipped, content_sha256 = decode_folder(listing, c.image_size, self.progress)
+        if not good:
+            raise UserError(
+                f"no valid image in folder '{listing.root}' ({len(skipped)} files skipped; "
+                f"first: {printable(skipped[0][0])}: {skipped[0][1]})"
+            )
+        names = sorted(good)
+        parts = assign_splits(names)
+        self.info.metadata.update(
+            {
+                "source_path": os.fspath(listing.root),
+                "image_size": c.image_size,
+                "fingerprint": c.fingerprint,
+                "content_sha256": content_sha256,  # of every candidate file's bytes, in order
+                "num_files": len(listing.files),
+                "skipped": [[printable(n), r] for n, r in skipped],
+                "ignored": [printable(n) for n in listing.ignored],
+            }
+        )
+        return {
+            split: self._generate_examples([names[i] for i in idx], good)
+            for split, idx in parts.items()
+            if idx
+        }
+
+    def _generate_examples(self, names: list[str], good: dict[str, bytes]) -> Iterator:
+        for i, name in enumerate(names):  # int keys: kept in this (sorted name) order
+            yield i, {"image": good[name], "file_name": printable(name)}
+
+
+# Preparing -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What `prepare` built (or found already built) and where."""
+
+    name: str  # TFDS name, e.g. "cat_folder"
+    config: str  # builder config name, e.g. "128px_3fa9c01b2e77"
+    version: str
+    path: str  # the folder holding the array_record files and dataset_info.json
+    splits: dict[str, int]  # examples per split
+    skipped: list[tuple[str, str]]  # (file, reason) of files that were not images
+    ignored: list[str]  # hidden files and files without an image extension
+    content_sha256: str  # folders: sha256 of the source files' contents ("" otherwise)
+    reused: bool  # True when the data set was already prepared
+    seconds: float
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.splits.values())
+
+
+@contextlib.contextmanager
+def quiet():
+    """Hides TFDS's absl warnings (custom config in use, OpenCV missing) while active."""
+    from absl import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _data_dir(data_dir: str | os.PathLike | None) -> str | None:
+    return os.fspath(data_dir) if data_dir else None  # empty: TFDS's default data_dir
+
+
+def folder_builder(path: str | FolderListing, image_size: int, data_dir: str | None) -> CatFolder:
+    """The `cat_folder` builder of a folder (a path, listed here, or its listing)."""
+    listing = path if isinstance(path, FolderListing) else list_folder(path)
+    with quiet():
+        return CatFolder(
+            config=folder_config(listing, image_size),
+            data_dir=_data_dir(data_dir),
+            file_format="array_record",
+        )
+
+
+def synthetic_builder(
+    image_size: int, seed: int, num_train: int, num_validation: int, num_test: int, data_dir
+) -> SyntheticCats:
+    """The `synthetic_cats` builder for these settings."""
+    config = synthetic_config(image_size, seed, num_train, num_validation, num_test)
+    with quiet():
+        return SyntheticCats(
+            config=config, data_dir=_data_dir(data_dir), file_format="array_record"
+        )
+
+
+def prepare(
+    builder: _Builder, manual_dir: str | None = None, progress: bool = True, total: int = 0
+) -> Prepared:
+    """Builds the data set of `builder` unless it is already there; returns what it holds.
+
+    TFDS writes into an `incomplete.*` folder and renames it only on success, so a failure
+    (or Ctrl-C) never leaves a data set that looks complete. `total` sizes the progress bar.
+    """
+    start = time.perf_counter()
+    with quiet():
+        reused = builder.is_prepared()
+    if not reused:
+        tfds.display_progress_bar(False)  # (for the process) our one bar, not TFDS's several
+        bar = tqdm(total=total or None, unit="img", disable=not progress, desc="preparing")
+        with bar, quiet():
+            builder.progress = bar.update
+            try:
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+                )
+            except BaseException:
+                config_dir = epath.Path(builder.data_path).parent  # left empty by TFDS
+                if config_dir.exists() and not any(config_dir.iterdir()):
+                    config_dir.rmdir()
+                raise
+            finally:
+                builder.progress = None
+    info = builder.info
+    meta = dict(info.metadata or {})
+    return Prepared(
+        name=builder.name,
+        config=builder.builder_config.name,
+        version=str(builder.version),
+        path=os.fspath(builder.data_dir),
+        splits={s: info.splits[s].num_examples for s in SPLITS if s in info.splits},
+        skipped=[(n, r) for n, r in meta.get("skipped", [])],
+        ignored=list(meta.get("ignored", [])),
+        content_sha256=meta.get("content_sha256", ""),
+        reused=reused,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def prepare_folder(
+    path: str, image_size: int, data_dir: str | None = None, progress: bool = True
+) -> Prepared:
+    """Prepares the folder `path` as `cat_folder/<S>px_<fingerprint>` in `data_dir`.
+
+    Raises UserError for a missing folder, or one with no image file or no valid image.
+    """
+    listing = list_folder(path)
+    builder = folder_builder(listing, image_size, data_dir)
+    return prepare(builder, os.fspath(path), progress, total=len(listing.files))
+
+
+def prepare_synthetic(
+    image_size: int,
+    seed: int,
+    num_train: int,
+    num_validation: int,
+    num_test: int,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> Prepared:
+    """Writes the synthetic cats as `synthetic_cats/<S>px_seed<seed>_n<...>` in `data_dir`."""
+    builder = synthetic_builder(image_size, seed, num_train, num_validation, num_test, data_dir)
+    return prepare(builder, None, progress, total=num_train + num_validation + num_test)
+
+
+def summary(p: Prepared) -> str:
+    """One line: what was prepared, where, how many per split, how many files skipped."""
+    counts = ", ".join(f"{s} {n}" for s, n in p.splits.items())
+    verb = "found" if p.reused else f"prepared in {p.seconds:.1f} s:"
+    skipped = f"; {len(p.skipped)} files skipped" if p.skipped else ""
+    return f"{verb} {p.name}/{p.config}/{p.version} ({counts}{skipped}) in {p.path}"
