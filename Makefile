@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 
-.PHONY: install install-dev run test lint clean
+.PHONY: install install-dev run test lint clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,16 @@ run: install
 lint: install-dev
 	$(PY) -m ruff check catvae_jax configs tests
 
-test: install-dev lint
+# Chromium for tests/test_serve_browser.py: installed with apt-get when missing and run as root.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver) || echo "warning: chromium not installed; browser test skips"; \
+	  else echo "note: no chromium/chromedriver and not root: the browser test skips"; fi; \
+	fi
+
+test: install-dev lint browser
 	$(PY) -m pytest --cov=catvae_jax --cov-report=term-missing:skip-covered --cov-fail-under=85
 
 clean:

@@ -1,0 +1,418 @@
+"""The HTTP service (catvae_jax.serve) as a real server process on a free loopback port.
+
+Every endpoint, every bad input of the issue (a 4xx JSON error, never a 500), same-seed bytes,
+a reconstruction, and a bounded load run whose p50/p99 latency is printed. The warming state and
+the catch-all 500 are checked in-process with a stand-in model.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import REPO
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+MAX_N = 64
+MAX_UPLOAD_MB = 0.5
+TILE = 16 + 2  # a 16-pixel image plus the grid's 2-pixel padding
+
+
+def start_server(workdir, log_path, *extra: str, timeout: float = 240) -> tuple:
+    """Starts `python -m catvae_jax.serve` on a free loopback port; waits for /healthz 200.
+
+    Returns (process, base URL, healthz statuses seen while waiting)."""
+    log_path = Path(log_path)
+    with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "catvae_jax.serve",
+                "--workdir",
+                str(workdir),
+                "--port",
+                "0",
+                *extra,
+            ],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline, url, seen = time.monotonic() + timeout, None, []
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            if url is None:
+                found = re.search(r"at (http://127\.0\.0\.1:\d+)", log_path.read_text())
+                url = found and found[1]
+            else:
+                try:
+                    r = httpx.get(url + "/healthz", timeout=5)
+                    seen.append((r.status_code, r.json()["status"]))
+                    if r.status_code == 200:
+                        return proc, url, seen
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.2)
+        raise RuntimeError("server not ready in time")
+    except RuntimeError as e:
+        stop_server(proc)
+        pytest.fail(f"{e}; its log:\n{log_path.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(trained_workdir, tmp_path_factory):
+    """(client, workdir, healthz statuses seen) for a server with max_n 64 and a 0.5 MB limit."""
+    workdir, _ = trained_workdir
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    args = ("--max_n", str(MAX_N), "--max_upload_mb", str(MAX_UPLOAD_MB))
+    proc, url, seen = start_server(workdir, log, *args)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            yield client, workdir, seen
+    finally:
+        stop_server(proc)
+    # uvicorn shuts down on SIGTERM, then re-raises it: exit status -SIGTERM, no traceback.
+    assert proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in log.read_text()
+
+
+def png_of(image: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def decode(content: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(content)).convert("RGB"))
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """The value of one sample in /metrics (0 when the series does not exist yet)."""
+    text = client.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return 0.0
+
+
+def test_healthz_reports_the_step(server):
+    client, _, seen = server
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and isinstance(body["step"], int) and body["step"] > 0
+    assert body["image_size"] == 16 and body["max_n"] == MAX_N and "prior" in body["samplers"]
+    assert all(status in ((503, "warming"), (200, "ok")) for status in seen)
+
+
+def test_page_has_the_grid_and_controls(server):
+    client, _, _ = server
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    for needle in ('id="grid"', ">more cats<", 'id="seed"', 'id="temperature"', 'id="sampler"'):
+        assert needle in html
+    assert "{{" not in html  # every placeholder filled
+    assert not re.search(r"(src|href)=\"?https?://", html)  # nothing is fetched from elsewhere
+
+
+def test_grid_same_seed_same_bytes_and_shape(server):
+    client, _, _ = server
+    a = client.get("/grid.png", params={"n": 9, "seed": 3})
+    b = client.get("/grid.png", params={"n": 9, "seed": 3, "temperature": "1.0"})
+    assert a.status_code == b.status_code == 200 and a.headers["content-type"] == "image/png"
+    assert a.content == b.content and a.headers["x-seed"] == "3"
+    assert decode(a.content).shape == (3 * TILE + 2, 3 * TILE + 2, 3)  # 3 × 3 tiles
+    other = client.get("/grid.png", params={"n": 9, "seed": 4})
+    hot = client.get("/grid.png", params={"n": 9, "seed": 3, "temperature": 0.3})
+    assert other.content != a.content and hot.content != a.content
+    default = client.get("/grid.png")  # n defaults to 64: an 8 × 8 grid
+    assert decode(default.content).shape == (8 * TILE + 2, 8 * TILE + 2, 3)
+
+
+def test_grid_without_seed_is_fresh_and_reproducible(server):
+    client, _, _ = server
+    a, b = client.get("/grid.png?n=4"), client.get("/grid.png?n=4&seed=")
+    assert a.status_code == b.status_code == 200 and a.content != b.content
+    assert a.headers["cache-control"] == "no-store"
+    again = client.get("/grid.png", params={"n": 4, "seed": a.headers["x-seed"]})
+    assert again.content == a.content  # X-Seed reproduces a random grid
+
+
+def test_grid_shows_the_models_images(server):
+    """The served grid is the library's `generate` (n=5 is computed in a batch of 8)."""
+    from catvae_jax import images, load
+
+    client, workdir, _ = server
+    served = decode(client.get("/grid.png", params={"n": 5, "seed": 11}).content)
+    expected = images.grid(load(workdir).generate(5, seed=11))
+    assert served.shape == expected.shape
+    assert np.abs(served.astype(int) - expected).max() <= 1
+
+
+def test_gmm_sampler(server):
+    client, _, _ = server
+    if "gmm" not in client.get("/healthz").json()["samplers"]:
+        pytest.skip("this VaeModel.generate has no sampler argument")
+    a = client.get("/grid.png", params={"n": 4, "seed": 2, "sampler": "gmm"})
+    b = client.get("/grid.png", params={"n": 4, "seed": 2, "sampler": "gmm"})
+    prior = client.get("/grid.png", params={"n": 4, "seed": 2, "sampler": "prior"})
+    assert a.status_code == 200, a.text
+    assert a.content == b.content != prior.content
+
+
+def test_reconstruct(server):
+    client, _, _ = server
+    rng = np.random.default_rng(0)
+    cat = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    r = client.post("/reconstruct", files={"file": ("cat.png", png_of(cat), "image/png")})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    assert "x-resized" not in r.headers
+    out = decode(r.content)
+    assert out.shape == (TILE + 2, 2 * TILE + 2, 3)  # input | reconstruction
+    np.testing.assert_array_equal(out[2:18, 2:18], cat)
+    assert not np.array_equal(out[2:18, 20:36], cat)
+    # Another size, another format and a misleading name: decoded, cropped and resized.
+    big = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    r = client.post("/reconstruct", files={"file": ("x.txt", png_of(big, "JPEG"), "text/plain")})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-resized"] == "40x30 centre-cropped to 30x30, resized to 16x16"
+    assert decode(r.content).shape == (TILE + 2, 2 * TILE + 2, 3)
+    gray = png_of(np.full((16, 16), 128, np.uint8))
+    assert client.post("/reconstruct", files={"file": ("g.png", gray)}).status_code == 200
+
+
+def _bomb() -> bytes:
+    """A small PNG that decodes to 8000 × 8000 = 64 M pixels."""
+    return png_of(np.zeros((8000, 8000), bool))
+
+
+BAD_GRIDS = [
+    ("n=0", "n must be between"),
+    ("n=-3", "n must be between"),
+    (f"n={MAX_N + 1}", "n must be between"),
+    ("n=100000000000000000000000", "n must be between"),
+    ("n=abc", "n must be an integer"),
+    ("n=1.5", "n must be an integer"),
+    ("n=", "n must be an integer"),
+    ("seed=abc", "seed must be an integer"),
+    ("seed=2.5", "seed must be an integer"),
+    ("seed=-1", "seed must be between"),
+    (f"seed={2**32}", "seed must be between"),
+    ("temperature=0", "temperature must be in"),
+    ("temperature=-1", "temperature must be in"),
+    ("temperature=1e9", "temperature must be in"),
+    ("temperature=nan", "temperature must be in"),
+    ("temperature=inf", "temperature must be in"),
+    ("temperature=hot", "temperature must be a number"),
+    ("sampler=vampire", "sampler must be one of"),
+    ("sampler=", "sampler must be one of"),
+]
+
+
+def test_bad_inputs_are_4xx_json(server):
+    client, _, _ = server
+    before = metric(client, "catvae_request_errors_total", endpoint="/grid.png", kind="client")
+    cases = [(client.get(f"/grid.png?{q}"), 400, why) for q, why in BAD_GRIDS]
+    oversize = os.urandom(int(MAX_UPLOAD_MB * 1e6) + 1000)
+    noise = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    uploads = [
+        ({"file": ("cat.png", b"not an image at all", "image/png")}, 415, "not a decodable image"),
+        ({"file": ("cut.png", png_of(noise)[:400])}, 415, "decodable"),
+        ({"file": ("big.png", oversize, "image/png")}, 413, "over the limit of 0.5 MB"),
+        ({"file": ("bomb.png", _bomb(), "image/png")}, 413, "pixels is over"),
+        ({"picture": ("cat.png", png_of(np.zeros((16, 16, 3), np.uint8)))}, 400, "field 'file'"),
+    ]
+    cases += [(client.post("/reconstruct", files=f), code, why) for f, code, why in uploads]
+    cases += [
+        (
+            client.post("/reconstruct", content=b"\x89PNG", headers={"content-type": "image/png"}),
+            400,
+            "multipart",
+        ),
+        (client.post("/reconstruct", data={"file": "text"}), 400, "multipart"),
+        (
+            client.post(
+                "/reconstruct",
+                content=oversize + bytes(100_000),  # over the limit and its framing
+                headers={"content-type": "multipart/form-data; boundary=x"},
+            ),
+            413,
+            "limit",
+        ),
+        (client.get("/reconstruct"), 405, "Method Not Allowed"),
+        (client.get("/nowhere"), 404, "Not Found"),
+    ]
+    for r, code, why in cases:
+        assert r.status_code == code, (r.request.url, r.text)
+        assert r.headers["content-type"] == "application/json", r.request.url
+        assert why in r.json()["error"], (r.request.url, r.json())
+    after = metric(client, "catvae_request_errors_total", endpoint="/grid.png", kind="client")
+    assert after - before == len(BAD_GRIDS)
+    assert metric(client, "catvae_unhandled_exceptions_total") == 0
+    assert client.get("/grid.png?n=2&seed=1").status_code == 200  # nothing hung
+
+
+def test_metrics(server):
+    client, _, _ = server
+    client.get("/grid.png?n=1")
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    latency = families["catvae_request_duration_seconds"]
+    assert latency.type == "histogram"
+    counts = {s.labels["endpoint"] for s in latency.samples if s.name.endswith("_count")}
+    assert {"/grid.png", "/healthz"} <= counts
+    assert families["catvae_ready"].samples[0].value == 1
+    assert metric(client, "catvae_compute_seconds_count", op="generate") >= 1
+    assert metric(client, "catvae_requests_total", endpoint="/grid.png", status="200") >= 1
+    assert families["catvae_request_errors"].type == "counter"
+    statuses = {s.labels["status"] for s in families["catvae_requests"].samples}
+    assert "500" not in statuses and {"200", "400"} <= statuses  # 503s: /healthz while warming
+
+
+def test_load_200_requests_8_concurrent(server, capsys):
+    client, _, _ = server
+    before = metric(client, "catvae_request_duration_seconds_count", endpoint="/grid.png")
+    in_flight, stop = [], threading.Event()
+
+    def watch() -> None:  # the server keeps answering /metrics while it generates
+        while not stop.is_set():
+            in_flight.append(metric(client, "catvae_requests_in_progress", endpoint="/grid.png"))
+
+    def one(i: int) -> tuple[int, float]:
+        start = time.perf_counter()
+        r = client.get("/grid.png", params={"n": 64, "seed": i})
+        return r.status_code, time.perf_counter() - start
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(200)))
+    wall = time.perf_counter() - start
+    stop.set()
+    watcher.join()
+    statuses = [s for s, _ in results]
+    assert statuses.count(200) == 200, {s: statuses.count(s) for s in set(statuses)}
+    p50, p99 = np.percentile([t for _, t in results], [50, 99]) * 1000
+    with capsys.disabled():
+        print(
+            f"\nserve load: 200 × /grid.png?n=64 at 16 px, 8 concurrent: p50 {p50:.1f} ms, "
+            f"p99 {p99:.1f} ms, {200 / wall:.1f} requests/s"
+        )
+    after = metric(client, "catvae_request_duration_seconds_count", endpoint="/grid.png")
+    assert after - before == 200
+    assert max(in_flight) >= 2  # requests overlap: served while others compute
+
+
+def test_cli_errors(server, tmp_path, capsys):
+    """A bad flag, a missing workdir, a busy port: one line `error: ...`, exit code 2."""
+    from absl import logging
+
+    from catvae_jax import serve
+
+    port = str(httpx.URL(str(server[0].base_url)).port)
+    verbosity = logging.get_verbosity()
+    for args, message in [
+        (["--workdir", str(tmp_path), "--port", "x"], "error: argument --port: invalid int"),
+        (["--workdir", str(tmp_path / "nope"), "--port", "0"], "error: workdir"),
+        (["--workdir", str(server[1]), "--port", port], "error: cannot listen on 127.0.0.1:"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            serve.main(args)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    logging.set_verbosity(verbosity)
+
+
+class _StandIn:
+    """A VaeModel stand-in: generation waits for `release`; reconstructing white is a bug."""
+
+    step, z_dim, image_shape = 7, 2, (4, 4, 3)
+    config = types.SimpleNamespace(model=types.SimpleNamespace(name="stand-in"))
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def generate(self, n: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
+        assert self.release.wait(30)
+        return np.full((n, 4, 4, 3), 0.5, np.float32)
+
+    def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        if x.max() > 0.9:
+            raise RuntimeError("a bug")
+        return 1 - x
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_warming_and_the_catch_all():
+    from fastapi.testclient import TestClient
+
+    from catvae_jax.errors import UserError
+    from catvae_jax.serve import create_app
+
+    with pytest.raises(UserError, match="default_n"):
+        create_app("unused", max_n=8, default_n=16, model=_StandIn())
+    broken = _StandIn()
+    broken.reconstruct = None  # warm-up calls it: a TypeError, as a bug would raise
+    broken.release.set()
+    with TestClient(create_app("unused", model=broken)) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/healthz").json()["status"] == "warming" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = client.get("/healthz")
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert r.json()["error"].startswith("TypeError")
+    model = _StandIn()
+    with TestClient(create_app("unused", model=model), raise_server_exceptions=False) as client:
+        r = client.get("/healthz")
+        assert r.status_code == 503 and r.json() == {"status": "warming"}
+        r = client.get("/grid.png?n=2")
+        assert r.status_code == 503 and r.headers["retry-after"] == "2" and r.json()["error"]
+        r = client.get("/grid.png?sampler=gmm")  # a generate without a sampler argument
+        assert r.status_code == 400 and "not available" in r.json()["error"]
+        model.release.set()
+        deadline = time.monotonic() + 30
+        while client.get("/healthz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/healthz").json()["step"] == 7
+        assert "(4×4 px, checkpoint step 7)" in client.get("/").text
+        r = client.get("/grid.png?n=3&seed=1")  # 2 × 2 tiles of 4 px, each 0.5 grey
+        assert r.status_code == 200 and r.headers["x-seed"] == "1"
+        assert decode(r.content).shape == (14, 14, 3) and decode(r.content)[2, 2, 0] == 128
+        wide = png_of(np.full((3, 6, 3), 51, np.uint8))
+        r = client.post("/reconstruct", files={"file": ("wide.png", wide)})
+        assert r.headers["x-resized"] == "6x3 centre-cropped to 3x3, resized to 4x4"
+        assert tuple(decode(r.content)[2, 2:9:6, 0]) == (51, 204)  # the input, then 1 - input
+        white = png_of(np.full((4, 4, 3), 255, np.uint8))
+        r = client.post("/reconstruct", files={"file": ("white.png", white)})
+        assert r.status_code == 500 and r.json()["error"].startswith("internal error")
+        assert metric(client, "catvae_unhandled_exceptions_total") == 1
+        assert metric(client, "catvae_request_errors_total", kind="server") == 1
