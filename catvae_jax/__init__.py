@@ -1,7 +1,8 @@
 """catvae_jax: variational autoencoders that generate cat images, in JAX/Flax.
 
 Library entry points: `catvae_jax.train.train_and_evaluate(config, workdir)` trains;
-`catvae_jax.load(workdir, step="best")` returns a model with encode, decode, generate, reconstruct.
+`catvae_jax.load(workdir, step="best")` returns a model with encode, decode, generate,
+reconstruct and interpolate; `catvae_jax.metrics.evaluate(model)` computes eval.json.
 """
 
 from catvae_jax.config import get_config

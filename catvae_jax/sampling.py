@@ -1,0 +1,159 @@
+"""Latent samplers beyond the prior: a Gaussian mixture fitted to the training set's latent means.
+
+Ex-post density estimation (Ghosh et al. 2020; pythae's `GaussianMixtureSampler`): encode the
+training images, fit a K-component full-covariance Gaussian mixture to their posterior means
+mu(x), and decode draws from it instead of from N(0, I). The fit is cached per checkpoint in
+WORKDIR/gmm_<step>.npz, so it runs once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+
+from catvae_jax.errors import UserError
+
+DEFAULT_COMPONENTS = 10
+DEFAULT_MAX_IMAGES = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianMixture:
+    """A mixture over latents: weights [K], means [K, z], covariances [K, z, z] (float32)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+    num_images: int  # how many latent means it was fitted to
+    max_images: int  # the cap it was fitted with
+
+    @property
+    def n_components(self) -> int:
+        return int(self.weights.shape[0])
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(log weights [K], means [K, z], Cholesky factors [K, z, z]) for `sample_latents`."""
+        chol = np.linalg.cholesky(self.covariances.astype(np.float64)).astype(np.float32)
+        return np.log(self.weights).astype(np.float32), self.means.astype(np.float32), chol
+
+    def save(self, path: str | epath.Path) -> None:
+        """Writes the parameters to an .npz file atomically."""
+        path = epath.Path(path)
+        tmp = path.parent / f".{path.name}.tmp"
+        with tmp.open("wb") as f:
+            np.savez(
+                f,
+                weights=self.weights,
+                means=self.means,
+                covariances=self.covariances,
+                num_images=self.num_images,
+                max_images=self.max_images,
+            )
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: str | epath.Path) -> GaussianMixture:
+        with epath.Path(path).open("rb") as f, np.load(f) as d:
+            return cls(
+                weights=d["weights"],
+                means=d["means"],
+                covariances=d["covariances"],
+                num_images=int(d["num_images"]),
+                max_images=int(d["max_images"]),
+            )
+
+
+def sample_latents(
+    key: jax.Array,
+    log_weights: jax.Array,
+    means: jax.Array,
+    chol: jax.Array,
+    n: int,
+    temperature: jax.Array,
+) -> jax.Array:
+    """n draws [n, z] from the mixture; `temperature` scales each component's spread (jittable)."""
+    k_comp, k_eps = jax.random.split(key)
+    comp = jax.random.categorical(k_comp, log_weights, shape=(n,))
+    eps = jax.random.normal(k_eps, (n, means.shape[-1]), means.dtype)
+    return means[comp] + temperature * jnp.einsum("nij,nj->ni", chol[comp], eps)
+
+
+def fit(
+    latents: np.ndarray, n_components: int = DEFAULT_COMPONENTS, seed: int = 0, max_images: int = 0
+) -> GaussianMixture:
+    """Fits a full-covariance mixture to latents [N, z]; K is capped at N."""
+    try:
+        from sklearn.mixture import GaussianMixture as SkGaussianMixture
+    except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
+        raise UserError("the gmm sampler needs scikit-learn: pip install scikit-learn") from e
+    latents = np.asarray(latents, np.float64)
+    k = max(1, min(int(n_components), len(latents)))
+    gmm = SkGaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-5)
+    gmm.fit(latents)
+    return GaussianMixture(
+        weights=gmm.weights_.astype(np.float32),
+        means=gmm.means_.astype(np.float32),
+        covariances=gmm.covariances_.astype(np.float32),
+        num_images=len(latents),
+        max_images=max_images,
+    )
+
+
+def encode_means(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Posterior means [N, z] of uint8 images [N, S, S, 3], in batches of one shape."""
+    out = []
+    batch_size = min(batch_size, len(images))
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        mu, _ = model.encode(chunk.astype(np.float32) / 255.0)
+        out.append(mu[: batch_size - pad])
+    return np.concatenate(out)
+
+
+def cache_path(workdir: str | epath.Path, step: int | None) -> epath.Path:
+    return epath.Path(workdir) / f"gmm_{step if step is not None else 'none'}.npz"
+
+
+def load_or_fit(
+    model,
+    n_components: int = DEFAULT_COMPONENTS,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    seed: int = 0,
+) -> GaussianMixture:
+    """The mixture of `model` (a VaeModel): read from WORKDIR/gmm_<step>.npz when that file was
+    fitted with the same K and image cap, otherwise fitted to the posterior means of the first
+    `max_images` training images and written there (when the model has a workdir)."""
+    if n_components <= 0 or max_images <= 0:
+        raise UserError(
+            f"gmm components and max_images must be positive, got {n_components}, {max_images}"
+        )
+    from catvae_jax.data import load_split  # data is heavy to import; only the gmm needs it
+
+    path = cache_path(model.workdir, model.step) if model.workdir else None
+    if path is not None and path.exists():
+        try:
+            cached = GaussianMixture.read(path)
+        except (OSError, ValueError, KeyError):
+            cached = None  # unreadable or partial: refit below
+        if (
+            cached is not None
+            and cached.max_images == max_images
+            and (cached.n_components == min(n_components, cached.num_images))
+        ):
+            return cached
+    train = load_split(model.config, "train")[:max_images]
+    gmm = fit(encode_means(model, train), n_components, seed, max_images)
+    if path is not None:
+        try:
+            gmm.save(path)
+        except OSError as e:
+            print(f"warning: could not cache the gmm in {path}: {e}", file=sys.stderr)
+    return gmm

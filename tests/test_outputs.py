@@ -1,0 +1,308 @@
+"""Outputs of a trained model: generate / reconstruct / interpolate, the GMM sampler, their CLIs."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import run_cli, tiny_config
+from PIL import Image
+
+import catvae_jax
+from catvae_jax import data, images, sampling
+from catvae_jax.errors import UserError
+from catvae_jax.ssim import ssim
+
+
+@pytest.fixture(scope="module")
+def model(trained_workdir):
+    return catvae_jax.load(trained_workdir[0])
+
+
+@pytest.fixture
+def workdir_copy(trained_workdir, tmp_path):
+    """A private copy of the session's trained workdir (the gmm cache and PNGs land there)."""
+    dst = tmp_path / "run"
+    shutil.copytree(trained_workdir[0], dst)
+    return dst
+
+
+def _one_error_line(proc) -> str:
+    """The single `error:` line of a failed CLI; nothing else that looks like a failure."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    return errors[0]
+
+
+# --- library API ---------------------------------------------------------------------------------
+
+
+def test_generate_same_seed_same_images_other_seed_other_images(model):
+    a = model.generate(6, seed=3)
+    assert a.shape == (6, 16, 16, 3) and a.dtype == np.float32
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    np.testing.assert_array_equal(a, model.generate(6, seed=3))
+    assert np.abs(a - model.generate(6, seed=4)).max() > 0.05
+    assert np.abs(a - model.generate(6, seed=3, temperature=0.3)).max() > 1e-3
+    model.generate(7, seed=3)  # other calls in between change nothing: no hidden state
+    np.testing.assert_array_equal(a, model.generate(6, seed=3))
+
+
+@pytest.mark.parametrize(
+    "kwargs,named",
+    [
+        ({"n": 0}, "n must be"),
+        ({"n": 10**6}, "n must be"),
+        ({"n": 4, "temperature": 0.0}, "temperature"),
+        ({"n": 4, "temperature": -1.0}, "temperature"),
+        ({"n": 4, "sampler": "flow"}, "sampler"),
+    ],
+)
+def test_generate_rejects_bad_arguments(model, kwargs, named):
+    with pytest.raises(UserError, match=named):
+        model.generate(**kwargs)
+
+
+def test_reconstruct_and_interpolate(model):
+    x = data.load_split(model.config, "validation")[:2].astype(np.float32) / 255.0
+    recon = model.reconstruct(x)
+    assert recon.shape == x.shape
+    path = model.interpolate(x[:1], x[1:], steps=5)
+    assert path.shape == (1, 5, 16, 16, 3)
+    np.testing.assert_allclose(path[0, 0], recon[0], atol=1e-5)  # the ends are reconstructions
+    np.testing.assert_allclose(path[0, -1], recon[1], atol=1e-5)
+    mu, _ = model.encode(x)
+    mid = model.decode(np.stack([mu.mean(0), mu[0]]))[0]  # t = 0.5 decodes the mean of the mus
+    np.testing.assert_allclose(path[0, 2], mid, atol=1e-5)
+    single = model.interpolate(x[0], x[1], steps=5)  # HWC in, [steps, H, W, C] out
+    np.testing.assert_array_equal(single, path[0])
+    with pytest.raises(UserError, match="steps"):
+        model.interpolate(x[:1], x[1:], steps=1)
+    with pytest.raises(UserError, match="images must be"):
+        model.interpolate(x[:1, :8], x[1:, :8], steps=4)
+
+
+@pytest.fixture(scope="module")
+def well_trained(tmp_path_factory):
+    """The tiny model of conftest trained longer with a lighter KL (β = 0.1): 120 steps."""
+    from catvae_jax.train import train_and_evaluate
+
+    config = tiny_config()
+    config.num_epochs = 10
+    config.loss.beta = 0.1
+    workdir = tmp_path_factory.mktemp("well") / "run"
+    train_and_evaluate(config, str(workdir))
+    return catvae_jax.load(workdir)
+
+
+def test_decoded_means_beat_the_mean_image(well_trained):
+    x = data.load_split(well_trained.config, "validation").astype(np.float32) / 255.0
+    mean_image = data.load_split(well_trained.config, "train").astype(np.float32).mean(0) / 255.0
+    mu, _ = well_trained.encode(x)
+    ours = np.asarray(ssim(jnp.asarray(x), jnp.asarray(well_trained.decode(mu))))
+    baseline = np.asarray(ssim(jnp.asarray(x), jnp.asarray(np.broadcast_to(mean_image, x.shape))))
+    assert ours.mean() > baseline.mean() + 0.05, (ours.mean(), baseline.mean())
+    assert (ours > baseline).mean() > 0.5
+
+
+def test_interpolation_rows_frame_each_path_with_its_images(model):
+    from catvae_jax.interpolate import interpolation_rows
+
+    rows = interpolation_rows(model, pairs=2, steps=4, seed=1)
+    assert rows.shape == (2, 6, 16, 16, 3)
+    val = data.load_split(model.config, "validation").astype(np.float32) / 255.0
+    order = np.random.default_rng(1).permutation(len(val))
+    np.testing.assert_array_equal(rows[:, 0], val[order[:2]])
+    np.testing.assert_array_equal(rows[:, -1], val[order[2:4]])
+    with pytest.raises(UserError, match="need 40 validation images"):
+        interpolation_rows(model, pairs=20)
+
+
+def test_read_images_policy_and_comparison_grid(tmp_path):
+    from catvae_jax.reconstruct import comparison_grid, image_files, read_images
+
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(tmp_path / "b.jpg", quality=100)
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "c.png")
+    (tmp_path / "d.png").write_text("broken")
+    files = image_files([str(tmp_path)])
+    assert [f.name for f in files] == ["a.png", "b.jpg", "c.png", "d.png"]
+    with pytest.raises(UserError, match=r"c.png is 48×32 pixels .* --resize"):
+        read_images(files, 16)
+    x, kept, skipped = read_images(files, 16, resize=True)
+    assert x.shape == (3, 16, 16, 3) and x.dtype == np.float32
+    assert [f.name for f in kept] == ["a.png", "b.jpg", "c.png"] and "d.png" in skipped[0]
+    np.testing.assert_allclose(x[0, 0, 0], [200 / 255, 0, 0])  # RGBA → RGB, grey → 3 channels
+    assert np.abs(x[1] - 7 / 255).max() < 2 / 255
+    with pytest.raises(UserError, match="no such file"):
+        image_files([str(tmp_path / "nope")])
+    grid = comparison_grid(x, 1.0 - x, ncols=2)  # 2 columns: originals row, recon row, twice
+    assert grid.shape == (4 * 18 + 2, 2 * 18 + 2, 3)
+    np.testing.assert_array_equal(grid[20:36, 2:18], images.to_uint8(1.0 - x[0]))
+    assert np.all(grid[38:54, 20:36] == 255)  # the missing third original is blank
+
+
+# --- GMM sampler -------------------------------------------------------------------------------
+
+
+def test_sample_latents_follow_the_mixture():
+    weights = np.array([0.25, 0.75], np.float32)
+    means = np.array([[-4.0, 0.0], [4.0, 1.0]], np.float32)
+    covs = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.3], [0.3, 0.4]]], np.float32)
+    gmm = sampling.GaussianMixture(weights, means, covs, num_images=0, max_images=0)
+    z = np.asarray(sampling.sample_latents(jax.random.key(0), *gmm.arrays(), 40_000, 1.0))
+    second = z[:, 0] > 0
+    assert abs(second.mean() - 0.75) < 0.01
+    np.testing.assert_allclose(z[second].mean(0), means[1], atol=0.03)
+    np.testing.assert_allclose(np.cov(z[second].T), covs[1], atol=0.03)
+    np.testing.assert_allclose(np.cov(z[~second].T), covs[0], atol=0.05)
+    cold = np.asarray(sampling.sample_latents(jax.random.key(0), *gmm.arrays(), 40_000, 0.5))
+    np.testing.assert_allclose(np.cov(cold[cold[:, 0] > 0].T), 0.25 * covs[1], atol=0.02)
+
+
+def test_gmm_is_fitted_once_cached_and_sampled(workdir_copy, monkeypatch):
+    model = catvae_jax.load(workdir_copy)
+    samples = model.generate(8, seed=0, sampler="gmm")
+    assert samples.shape == (8, 16, 16, 3)
+    cache = workdir_copy / f"gmm_{model.step}.npz"
+    assert cache.exists()
+    gmm = model.gmm
+    assert gmm.n_components == 10 and gmm.num_images == 96
+    np.testing.assert_allclose(gmm.weights.sum(), 1.0, atol=1e-5)
+    # the mixture's mean is the mean of the training latents it was fitted to
+    latents = sampling.encode_means(model, data.load_split(model.config, "train"))
+    np.testing.assert_allclose(gmm.weights @ gmm.means, latents.mean(0), atol=1e-3)
+    assert not np.allclose(samples, model.generate(8, seed=0))  # not the prior's images
+    assert not np.allclose(samples, model.generate(8, seed=1, sampler="gmm"))
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the cached mixture should have been used")
+
+    monkeypatch.setattr(sampling, "fit", no_fit)
+    again = catvae_jax.load(workdir_copy)  # a new process would read the cache the same way
+    np.testing.assert_array_equal(again.generate(8, seed=0, sampler="gmm"), samples)
+    monkeypatch.undo()
+    assert again.fit_gmm(n_components=3).n_components == 3  # another K: refitted, re-cached
+    assert sampling.GaussianMixture.read(cache).n_components == 3
+
+
+# --- CLIs --------------------------------------------------------------------------------------
+
+
+def test_generate_cli_writes_the_api_grid(trained_workdir, model, tmp_path):
+    out = tmp_path / "grid.png"
+    proc = run_cli(
+        "catvae_jax.generate", "--workdir", str(trained_workdir[0]), "--n", "10", "--seed", "5",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wrote 10 samples" in proc.stdout
+    got = np.asarray(Image.open(out))
+    want = images.grid(model.generate(10, seed=5), ncols=math.ceil(math.sqrt(10)))
+    assert got.shape == want.shape == (3 * 18 + 2, 4 * 18 + 2, 3)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_generate_cli_individual_gmm(workdir_copy, tmp_path):
+    out = tmp_path / "samples"
+    proc = run_cli(
+        "catvae_jax.generate", "--workdir", str(workdir_copy), "--n", "5", "--sampler", "gmm",
+        "--gmm_components", "4", "--individual", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == [f"sample_{i:04d}.png" for i in range(5)]
+    assert all(Image.open(f).size == (16, 16) for f in files)
+    assert sampling.GaussianMixture.read(next(workdir_copy.glob("gmm_*.npz"))).n_components == 4
+
+
+def test_reconstruct_cli_folder_with_bad_files_and_resize(trained_workdir, model, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    x = data.load_split(model.config, "validation")[:4]
+    for i, image in enumerate(x):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(folder / "z_big.png")
+    out = tmp_path / "recon.png"
+    proc = run_cli(
+        "catvae_jax.reconstruct", "--workdir", str(trained_workdir[0]), "--images", str(folder),
+        "--resize", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skipped: " in proc.stderr and "broken.png" in proc.stderr
+    assert "warning: " in proc.stderr and "z_big.png is 30×40" in proc.stderr
+    assert "wrote 5 reconstructions" in proc.stdout
+    got = np.asarray(Image.open(out))
+    assert got.shape == (2 * 18 + 2, 5 * 18 + 2, 3)  # originals above reconstructions
+    np.testing.assert_array_equal(got[2:18, 2:18], x[0])
+    recon = images.to_uint8(model.reconstruct(x[:1].astype(np.float32) / 255.0))[0]
+    assert np.abs(got[20:36, 2:18].astype(int) - recon.astype(int)).max() <= 1
+
+
+def test_interpolate_cli(trained_workdir, tmp_path):
+    out = tmp_path / "interp.png"
+    proc = run_cli(
+        "catvae_jax.interpolate", "--workdir", str(trained_workdir[0]), "--pairs", "2",
+        "--steps", "4", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert np.asarray(Image.open(out)).shape == (2 * 18 + 2, 6 * 18 + 2, 3)
+
+
+def _workdir_without_checkpoint(trained_workdir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shutil.copy(trained_workdir[0] / "config.json", empty / "config.json")
+    return empty
+
+
+def _workdir_with_other_config(trained_workdir, tmp_path):
+    import json
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_workdir[0], other)
+    config = json.loads((other / "config.json").read_text())
+    config["model"]["z_dim"] = 12
+    (other / "config.json").write_text(json.dumps(config))
+    return other
+
+
+@pytest.mark.parametrize(
+    "make_workdir,args,named",
+    [
+        (None, ["--n", "100000"], "n must be between 1 and 4096, got 100000"),
+        (None, ["--temperature", "0"], "temperature must be in (0, 10]"),
+        (_workdir_without_checkpoint, [], "no checkpoint in"),
+        (_workdir_with_other_config, [], "does not match its config"),
+    ],
+)
+def test_generate_cli_errors(trained_workdir, tmp_path, make_workdir, args, named):
+    workdir = make_workdir(trained_workdir, tmp_path) if make_workdir else trained_workdir[0]
+    proc = run_cli("catvae_jax.generate", "--workdir", str(workdir), *args)
+    assert named in _one_error_line(proc)
+
+
+def test_reconstruct_cli_refuses_wrong_size_and_missing_files(trained_workdir, tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(big)
+    proc = run_cli(
+        "catvae_jax.reconstruct", "--workdir", str(trained_workdir[0]), "--images", str(big)
+    )
+    line = _one_error_line(proc)
+    assert "is 24×20 pixels but the model takes 16×16" in line and "--resize" in line
+    missing = tmp_path / "missing.png"
+    proc = run_cli(
+        "catvae_jax.reconstruct", "--workdir", str(trained_workdir[0]), "--images", str(missing)
+    )
+    assert "no such file or folder" in _one_error_line(proc)
