@@ -29,20 +29,27 @@ class Checkpoints:
 
     def __init__(self, workdir: str | epath.Path, *, read_only: bool = False):
         policy = ocp.checkpoint_managers
-        options = ocp.CheckpointManagerOptions(
-            best_fn=lambda m: m["val_loss"],
-            best_mode="min",
-            preservation_policy=policy.AnyPreservationPolicy(
-                [
-                    policy.LatestN(2),
-                    policy.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1),
-                ]
-            ),
-            read_only=read_only,
-            create=not read_only,
-            cleanup_tmp_directories=not read_only,
-        )
-        self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+        absl_log = logging.getLogger("absl")
+        level = absl_log.level
+        if read_only:  # Orbax warns that a read-only manager is read-only: no news to the caller
+            absl_log.setLevel(logging.ERROR)
+        try:
+            options = ocp.CheckpointManagerOptions(
+                best_fn=lambda m: m["val_loss"],
+                best_mode="min",
+                preservation_policy=policy.AnyPreservationPolicy(
+                    [
+                        policy.LatestN(2),
+                        policy.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1),
+                    ]
+                ),
+                read_only=read_only,
+                create=not read_only,
+                cleanup_tmp_directories=not read_only,
+            )
+            self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+        finally:
+            absl_log.setLevel(level)
 
     def save(self, step: int, state: Any, meta: dict, config: dict, val_loss: float) -> None:
         """Writes (asynchronously) the checkpoint of `step`; `val_loss` ranks it for "best"."""
