@@ -7,6 +7,7 @@ be read (half-written, corrupt) is skipped with a warning and the one before it 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -21,7 +22,11 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
-    return epath.Path(workdir) / "checkpoints"
+    """WORKDIR/checkpoints as an absolute path (Orbax refuses relative ones)."""
+    text = os.fspath(workdir)
+    if "://" not in text:  # a local path; gs:// and other URIs are absolute already
+        text = os.path.abspath(text)
+    return epath.Path(text) / "checkpoints"
 
 
 class Checkpoints:

@@ -70,3 +70,25 @@ def test_batch_not_divisible_by_devices_is_a_user_error(tmp_path):
     )
     assert proc.returncode == 2
     assert "multiple of the device count (4)" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_relative_workdir_works_from_any_directory(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    config = f"{REPO}/configs/quickstart.py"
+    cmd = [
+        sys.executable,
+        "-m",
+        "catvae_jax.main",
+        "--config",
+        config,
+        "--workdir",
+        "runs/rel",
+        *TINY,
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "runs" / "rel" / "checkpoints" / "4").is_dir()
