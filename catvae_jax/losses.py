@@ -28,7 +28,8 @@ def reconstruction(
 ) -> tuple[jax.Array, jax.Array]:
     """Per-image reconstruction term [B] (see module docstring) and per-image SSIM [B]."""
     per_image = lambda v: jnp.sum(v.reshape(v.shape[0], -1), axis=-1)
-    s = ssim(x, x_hat)
+    # Without an SSIM term, SSIM is only a metric: a 0-weighted term would still cost its backward.
+    s = ssim(x, x_hat if loss_cfg.ssim_weight else jax.lax.stop_gradient(x_hat))
     total = loss_cfg.ssim_weight * (1.0 - s) * (x[0].size)
     if loss_cfg.mse_weight:
         total = total + loss_cfg.mse_weight * per_image((x - x_hat) ** 2)

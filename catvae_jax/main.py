@@ -11,7 +11,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from catvae_jax import cli
+from catvae_jax import cli, malloc
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/default.py", "Config file.", lock_config=True
@@ -27,6 +27,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     cli.quiet_logs()
+    with cli.user_errors():
+        malloc.configure()  # reuse freed memory: far fewer page faults per XLA:CPU step
     cli.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     import jax
 

@@ -1,0 +1,135 @@
+"""Steady-state train-step throughput: python -m catvae_jax.bench --config configs/exp1.py.
+
+Flags: --loss ssim|mse (reconstruction term with weight 1, the other terms 0), --steps N per
+timed repeat, --batch B (0 = the config's), --repeats R. Any config field can be overridden with
+--config.<field>=<value>. The step is `steps.make_train_step`, jitted with the state donated as
+in training, on a fixed random uint8 batch sharded over all devices. Compilation and two warm-up
+steps are excluded; the median of the repeats is reported. malloc is configured as for training
+(catvae_jax/malloc.py; CATVAE_MALLOC=system opts out). The last line of stdout is JSON:
+{"img_per_s", "ms_per_step", "model", "batch", "image_size", "loss", "devices", "backend", ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from ml_collections import config_flags
+
+from catvae_jax import cli, malloc, models, steps
+from catvae_jax import config as config_lib
+from catvae_jax.errors import UserError
+
+LOSSES = {"ssim": (1.0, 0.0), "mse": (0.0, 1.0)}  # (ssim_weight, mse_weight)
+
+
+def bench_config(
+    config: ml_collections.ConfigDict, loss: str, batch: int = 0
+) -> ml_collections.ConfigDict:
+    """A copy of `config` with only the `loss` reconstruction term and batch size `batch`."""
+    if loss not in LOSSES:
+        raise UserError(f"loss must be one of {sorted(LOSSES)}, got '{loss}'")
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.loss.ssim_weight, c.loss.mse_weight = LOSSES[loss]
+    c.loss.l1_weight = 0.0
+    if batch:
+        c.batch_size = batch
+    config_lib.validate(c)
+    return c
+
+
+def benchmark(
+    config: ml_collections.ConfigDict, loss: str = "ssim", steps_per_repeat: int = 10,
+    repeats: int = 3, batch: int = 0, warmup: int = 2,
+) -> dict:  # fmt: skip
+    """Times `steps_per_repeat` train steps `repeats` times; returns the JSON-able result.
+
+    `ms_per_step` is the median over repeats (milliseconds per step of `batch` images);
+    `img_per_s` = batch / that time.
+    """
+    from catvae_jax.train import make_mesh
+
+    config = bench_config(config, loss, batch)
+    mesh = make_mesh()
+    if config.batch_size % jax.device_count():
+        raise UserError(
+            f"batch ({config.batch_size}) must be a multiple of the device count "
+            f"({jax.device_count()})"
+        )
+    graphdef, state = steps.init_state(config, models.build(config))
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    size = config.image_size
+    rng = np.random.default_rng(config.seed)
+    images = rng.integers(0, 256, (config.batch_size, size, size, 3), dtype=np.uint8)
+    batch_arr = jax.device_put(images, NamedSharding(mesh, P("data")))
+    key = jax.random.key(config.seed)
+    train_step = jax.jit(steps.make_train_step(graphdef, config, key), donate_argnums=0)
+
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        compiled = train_step.lower(state, batch_arr).compile()
+        compile_s = time.perf_counter() - t0
+        for _ in range(max(1, warmup)):
+            state, metrics = compiled(state, batch_arr)
+        jax.block_until_ready((state, metrics))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(steps_per_repeat):
+                state, metrics = compiled(state, batch_arr)
+            jax.block_until_ready((state, metrics))
+            times.append((time.perf_counter() - t0) / steps_per_repeat)
+    if not bool(metrics["finite"]):
+        print("warning: the loss became non-finite during the benchmark", file=sys.stderr)
+    ms = 1000 * statistics.median(times)
+    return {
+        "img_per_s": round(config.batch_size / (ms / 1000), 2),
+        "ms_per_step": round(ms, 2),
+        "model": config.model.name,
+        "batch": config.batch_size,
+        "image_size": size,
+        "loss": loss,
+        "devices": jax.device_count(),
+        "backend": jax.default_backend(),
+        "framework": f"jax {jax.__version__}",
+        "steps": steps_per_repeat,
+        "repeats": repeats,
+        "repeat_ms": [round(1000 * t, 2) for t in times],
+        "compile_s": round(compile_s, 2),
+    }
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/exp1.py", "Config file.", lock_config=True
+)
+_LOSS = flags.DEFINE_enum("loss", "ssim", sorted(LOSSES), "Reconstruction loss to time.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch", 0, "Batch size; 0 = the config's.", lower_bound=0)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).", lower_bound=1)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.quiet_logs()
+    with cli.user_errors():
+        reuse = malloc.configure()
+        result = benchmark(_CONFIG.value, _LOSS.value, _STEPS.value, _REPEATS.value, _BATCH.value)
+    result["malloc"] = "reuse" if reuse else "system"
+    print(json.dumps(result), flush=True)
+
+
+def run() -> None:
+    app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,92 @@
+"""The train-step benchmarks: catvae_jax.bench and benchmarks/torch_original.py print JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, run_cli, tiny_config
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+from catvae_jax.bench import bench_config
+from catvae_jax.errors import UserError
+
+KEYS = {"img_per_s", "ms_per_step", "model", "batch", "image_size", "loss", "devices", "backend"}
+TINY = [
+    "--config", "configs/default.py", "--config.image_size=16", "--config.model.z_dim=8",
+    "--config.model.widths=(8,8,8,8)", "--config.wandb.mode=disabled",
+]  # fmt: skip
+
+
+def _last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_bench_cli_prints_json() -> None:
+    proc = run_cli("catvae_jax.bench", *TINY, "--loss", "mse", "--steps", "2", "--batch", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = _last_json(proc.stdout)
+    assert set(result) >= KEYS
+    assert (result["model"], result["batch"], result["image_size"]) == ("resvae", 4, 16)
+    assert (result["loss"], result["backend"], result["devices"]) == ("mse", "cpu", 1)
+    assert len(result["repeat_ms"]) == 3 and result["ms_per_step"] in result["repeat_ms"]
+    assert result["img_per_s"] == pytest.approx(4000 / result["ms_per_step"], rel=0.01)
+
+
+def test_bench_bad_loss_is_one_line_error() -> None:
+    proc = run_cli("catvae_jax.bench", *TINY, "--loss", "l2")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "loss" in lines[0]
+
+
+def test_bench_config_keeps_only_the_chosen_term() -> None:
+    c = tiny_config()
+    c.loss.l1_weight = 0.5
+    ssim, mse = bench_config(c, "ssim", batch=16), bench_config(c, "mse")
+    assert (ssim.loss.ssim_weight, ssim.loss.mse_weight, ssim.loss.l1_weight) == (1, 0, 0)
+    assert (mse.loss.ssim_weight, mse.loss.mse_weight, mse.batch_size) == (0, 1, c.batch_size)
+    assert ssim.batch_size == 16 and c.loss.l1_weight == 0.5  # the input is not changed
+    with pytest.raises(UserError, match="loss"):
+        bench_config(c, "huber")
+
+
+def test_torch_original_prints_the_same_json() -> None:
+    pytest.importorskip("torch")
+    proc = subprocess.run(
+        [sys.executable, os.path.join("benchmarks", "torch_original.py"), "--config",
+         "configs/exp1.py", "--loss", "mse", "--steps", "1", "--repeats", "1", "--batch", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = _last_json(proc.stdout)
+    assert set(result) >= KEYS
+    assert (result["model"], result["batch"], result["loss"]) == ("vae_cats_v1", 2, "mse")
+    assert result["ms_per_step"] > 0
+
+
+@pytest.mark.parametrize("loss", ["ssim", "mse"])
+def test_torch_loss_is_the_catvae_jax_loss(loss: str) -> None:
+    """The PyTorch benchmark times the same function as catvae_jax.losses (kornia vs dm-pix)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("kornia")
+    import jax.numpy as jnp
+    import numpy as np
+    from torch_original import vae_loss
+
+    from catvae_jax import losses
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(3, 24, 24, 3)).astype(np.float32)
+    x_hat = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1).astype(np.float32)
+    mu, logvar = (rng.standard_normal((3, 8)).astype(np.float32) for _ in range(2))
+    cfg = bench_config(tiny_config(), loss).loss
+    recon, _ = losses.reconstruction(jnp.asarray(x), jnp.asarray(x_hat), cfg)
+    want = float(jnp.mean(recon + losses.kl_divergence(jnp.asarray(mu), jnp.asarray(logvar))))
+    nchw = lambda a: torch.from_numpy(a.transpose(0, 3, 1, 2).copy())
+    got = vae_loss(nchw(x), nchw(x_hat), torch.from_numpy(mu), torch.from_numpy(logvar), loss)
+    assert float(got) == pytest.approx(want, rel=1e-4)
