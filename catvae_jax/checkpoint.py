@@ -85,7 +85,13 @@ class Checkpoints:
         return number
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-        """(state, meta, config) of checkpoint `step`; `abstract_state` gives shapes/shardings."""
+        """(state, meta, config) of checkpoint `step`; `abstract_state` gives shapes/shardings.
+
+        Raises ValueError naming the first array whose stored shape differs from
+        `abstract_state`, before any read starts (a failed read leaves Orbax's background
+        threads writing tracebacks at interpreter exit).
+        """
+        self.check_shapes(step, abstract_state)
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state),
             meta=ocp.args.JsonRestore(),
@@ -93,6 +99,21 @@ class Checkpoints:
         )
         restored = self.manager.restore(step, args=args)
         return restored.state, restored.meta, restored.config
+
+    def check_shapes(self, step: int, abstract_state: Any) -> None:
+        """Raises ValueError if checkpoint `step`'s arrays differ from `abstract_state`'s."""
+        absl_log = logging.getLogger("absl")
+        level = absl_log.level
+        absl_log.setLevel(logging.ERROR)  # "Metadata file does not exist" for the item: harmless
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                stored = _shapes(reader.metadata(self.manager.directory / str(step) / "state"))
+        finally:
+            absl_log.setLevel(level)
+        for name, shape in _shapes(abstract_state).items():
+            if stored.get(name) != shape:
+                have = "missing" if name not in stored else f"shape {stored[name]}"
+                raise ValueError(f"{name}: the checkpoint has {have}, the model wants {shape}")
 
     def restore_newest_readable(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
         """Restores the newest checkpoint that reads back.
@@ -129,3 +150,18 @@ def abstract_like(tree: Any, sharding: NamedSharding | None = None) -> Any:
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding), tree
     )
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """{"params/fc/kernel/value": shape, ...} for a state tree or Orbax tree metadata."""
+    metadata = getattr(tree, "item_metadata", None)
+    tree = tree if metadata is None else metadata
+
+    def name(key: Any) -> str:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {"/".join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
