@@ -62,7 +62,8 @@ def read_state_dict(path: str | epath.Path) -> tuple[dict[str, np.ndarray], int]
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise UserError(
             f"cannot read {path} as a weights-only PyTorch checkpoint (nothing pickled is run): "
-            f"{first.strip()[:200]}"
+            f"{first.strip()[:160]}. If you trust the file, save its tensors alone with "
+            f"torch.save(ckpt['state_dict'], 'weights.pt') and import that"
         ) from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         step = obj.get("global_step", 0)

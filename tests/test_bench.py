@@ -90,3 +90,13 @@ def test_torch_loss_is_the_catvae_jax_loss(loss: str) -> None:
     nchw = lambda a: torch.from_numpy(a.transpose(0, 3, 1, 2).copy())
     got = vae_loss(nchw(x), nchw(x_hat), torch.from_numpy(mu), torch.from_numpy(logvar), loss)
     assert float(got) == pytest.approx(want, rel=1e-4)
+
+
+def test_benchmark_in_process() -> None:
+    from catvae_jax.bench import benchmark
+
+    c = tiny_config()
+    result = benchmark(c, "ssim", steps_per_repeat=1, repeats=2, batch=4, warmup=1)
+    assert result["batch"] == 4 and result["loss"] == "ssim" and len(result["repeat_ms"]) == 2
+    assert min(result["repeat_ms"]) <= result["ms_per_step"] <= max(result["repeat_ms"])
+    assert result["compile_s"] > 0 and result["img_per_s"] > 0

@@ -13,10 +13,20 @@ import catvae_jax
 
 
 def _start(workdir, *extra):
-    cmd = [sys.executable, "-m", "catvae_jax.main", "--config", "configs/quickstart.py",
-           "--workdir", str(workdir), *TINY, *extra]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "catvae_jax.main",
+        "--config",
+        "configs/quickstart.py",
+        "--workdir",
+        str(workdir),
+        *TINY,
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):

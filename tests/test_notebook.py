@@ -13,17 +13,20 @@ def test_colab_notebook_executes_on_cpu(tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
-    params[0].source = "\n".join([
-        "REPO = None",
-        "INSTALL = False",
-        f"WORKDIR = {str(tmp_path / 'run')!r}",
-        "OVERRIDES = {'image_size': 16, 'batch_size': 8, 'model.z_dim': 8,",
-        "             'model.widths': (8, 16, 16, 16), 'data.num_train': 32,",
-        "             'data.num_validation': 8, 'num_epochs': 1, 'wandb.mode': 'disabled',",
-        "             'progress_bar': False}",
-    ])
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": REPO}}).execute()
+    params[0].source = "\n".join(
+        [
+            "REPO = None",
+            "INSTALL = False",
+            f"WORKDIR = {str(tmp_path / 'run')!r}",
+            "OVERRIDES = {'image_size': 16, 'batch_size': 8, 'model.z_dim': 8,",
+            "             'model.widths': (8, 16, 16, 16), 'data.num_train': 32,",
+            "             'data.num_validation': 8, 'num_epochs': 1, 'wandb.mode': 'disabled',",
+            "             'progress_bar': False}",
+        ]
+    )
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": REPO}}
+    ).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     pngs = [o for o in outputs if "image/png" in o.get("data", {})]
