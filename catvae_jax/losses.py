@@ -24,13 +24,24 @@ def kl_divergence(mu: jax.Array, logvar: jax.Array) -> jax.Array:
 
 
 def reconstruction(
-    x: jax.Array, x_hat: jax.Array, loss_cfg: ml_collections.ConfigDict
+    x: jax.Array,
+    x_hat: jax.Array,
+    loss_cfg: ml_collections.ConfigDict,
+    metric_images: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-image reconstruction term [B] (see module docstring) and per-image SSIM [B]."""
+    """Per-image reconstruction term [B] (see module docstring) and per-image SSIM [B].
+
+    Without an SSIM term in the loss, SSIM is only a metric: it gets no backward pass, and with
+    `metric_images` > 0 it is measured on the first `metric_images` images only ([k] SSIMs).
+    """
     per_image = lambda v: jnp.sum(v.reshape(v.shape[0], -1), axis=-1)
-    # Without an SSIM term, SSIM is only a metric: a 0-weighted term would still cost its backward.
-    s = ssim(x, x_hat if loss_cfg.ssim_weight else jax.lax.stop_gradient(x_hat))
-    total = loss_cfg.ssim_weight * (1.0 - s) * (x[0].size)
+    if loss_cfg.ssim_weight:
+        s = ssim(x, x_hat)
+        total = loss_cfg.ssim_weight * (1.0 - s) * x[0].size
+    else:
+        k = metric_images or x.shape[0]
+        s = ssim(x[:k], jax.lax.stop_gradient(x_hat[:k]))
+        total = jnp.zeros(x.shape[:1], x.dtype)
     if loss_cfg.mse_weight:
         total = total + loss_cfg.mse_weight * per_image((x - x_hat) ** 2)
     if loss_cfg.l1_weight:
@@ -47,17 +58,23 @@ def kl_weight(step: jax.Array, loss_cfg: ml_collections.ConfigDict) -> jax.Array
 
 
 def vae_loss(
-    model, x: jax.Array, key: jax.Array, beta: jax.Array, loss_cfg: ml_collections.ConfigDict
+    model,
+    x: jax.Array,
+    key: jax.Array,
+    beta: jax.Array,
+    loss_cfg: ml_collections.ConfigDict,
+    metric_images: int = 0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """One ELBO-style loss evaluation of `model` on a batch x [B, H, W, 3] in [0, 1].
 
-    Returns (mean loss, per-image metrics dict with `loss`, `recon`, `kl`, `ssim` each [B]).
+    Returns (mean loss, per-image metrics dict with `loss`, `recon`, `kl`, `ssim` each [B]; `ssim`
+    is [metric_images] when `metric_images` > 0 and SSIM is not in the loss).
     """
     mu, logvar = model.encode(x)
     eps = jax.random.normal(key, mu.shape, mu.dtype)
     z = mu + jnp.exp(0.5 * logvar) * eps
     x_hat = model.decode(z)
-    recon, s = reconstruction(x, x_hat, loss_cfg)
+    recon, s = reconstruction(x, x_hat, loss_cfg, metric_images)
     kl = kl_divergence(mu, logvar)
     loss = recon + beta * kl
     return jnp.mean(loss), {"loss": loss, "recon": recon, "kl": kl, "ssim": s}

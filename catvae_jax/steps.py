@@ -66,10 +66,15 @@ def loss_and_grads(
     key: jax.Array,
     beta: jax.Array,
 ):
-    """((mean loss, per-image metrics), gradients) of the VAE loss on a uint8 batch."""
+    """((mean loss, per-image metrics), gradients) of the VAE loss on a uint8 batch.
+
+    The `ssim` metric covers `config.train_ssim_images` images when SSIM is not in the loss.
+    """
+    metric_images = config.get("train_ssim_images", 0)  # absent in workdirs from before it
 
     def loss_fn(p):
-        return losses.vae_loss(nnx.merge(graphdef, p), to_unit(batch), key, beta, config.loss)
+        model = nnx.merge(graphdef, p)
+        return losses.vae_loss(model, to_unit(batch), key, beta, config.loss, metric_images)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 

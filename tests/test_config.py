@@ -49,6 +49,7 @@ def test_experiments_reproduce_the_original(name, seed, epochs):
         ("data.source", "web", "data.source"),
         ("wandb.mode", "sometimes", "wandb.mode"),
         ("plateau.factor", 1.5, "plateau.factor"),
+        ("train_ssim_images", -1, "train_ssim_images"),
     ],
 )
 def test_out_of_range_values_name_the_field(field, value, named):

@@ -75,6 +75,20 @@ def test_ssim_is_only_a_metric_without_an_ssim_term() -> None:
     np.testing.assert_allclose(grad, 2 * (x_hat - x), rtol=1e-5, atol=1e-6)
 
 
+def test_ssim_metric_on_the_first_images_only_when_not_in_the_loss() -> None:
+    cfg = tiny_config().loss
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.uniform(size=(5, 16, 16, 3)), jnp.float32)
+    x_hat = jnp.asarray(rng.uniform(size=(5, 16, 16, 3)), jnp.float32)
+    full = losses.ssim(x, x_hat)
+    _, s = losses.reconstruction(x, x_hat, cfg, metric_images=2)  # SSIM in the loss: all 5
+    np.testing.assert_allclose(s, full, rtol=1e-6)
+    cfg.ssim_weight, cfg.mse_weight = 0.0, 1.0
+    total, s = losses.reconstruction(x, x_hat, cfg, metric_images=2)
+    np.testing.assert_allclose(s, full[:2], rtol=1e-6)
+    assert total.shape == (5,)
+
+
 def test_malloc_modes() -> None:
     assert malloc.configure("system") is False
     with pytest.raises(UserError, match="CATVAE_MALLOC"):
