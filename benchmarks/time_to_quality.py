@@ -10,7 +10,9 @@ favoured by a coarser check. The clock starts when the process starts: start-up,
 generation, compilation, validation and checkpoints all count, as they do for a user.
 
 Arms: `exp1` = configs/exp1.py (the original vae_cats_v1 setup); `default` = configs/default.py
-with image_size 128. Prints one line per validation, a Markdown table, and a last line of JSON.
+with image_size 128. `--set=--config.FIELD=VALUE` (repeatable) adds an override to every arm.
+Prints one line per validation, a Markdown table, the minutes each arm took to the best
+validation SSIM that every arm reached, and a last line of JSON (with each arm's curve).
 """
 
 from __future__ import annotations
@@ -45,13 +47,14 @@ def run_arm(name: str, args: argparse.Namespace) -> dict:
     shutil.rmtree(workdir, ignore_errors=True)
     cmd = [sys.executable, "-m", "catvae_jax.main", *ARMS[name], "--workdir", workdir]
     cmd += [f"--config.eval_every_steps={args.eval_every}", "--config.wandb.mode=disabled"]
-    cmd += ["--config.progress_bar=False"]
+    cmd += ["--config.progress_bar=False", *args.set]
     os.makedirs(args.workdir_root, exist_ok=True)
     log_path = os.path.join(args.workdir_root, f"{name}.log")
     log = open(log_path, "w")  # noqa: SIM115  (closed below; the child writes to it)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     result = {"arm": name, "reached": False, "seconds": None, "step": None, "best_val_ssim": 0.0}
+    result["curve"] = []  # [minutes, step, val_ssim] per validation
     metrics, seen, reason = os.path.join(workdir, "metrics.jsonl"), 0, "cap"
     while True:
         time.sleep(2.0)
@@ -59,6 +62,7 @@ def run_arm(name: str, args: argparse.Namespace) -> dict:
         for row in _validations(metrics, seen):
             seen += 1
             result["best_val_ssim"] = max(result["best_val_ssim"], row["val_ssim"])
+            result["curve"].append([round(elapsed / 60, 2), row["step"], row["val_ssim"]])
             print(
                 f"{name}: {elapsed / 60:5.1f} min  step {row['step']:5d}  "
                 f"val_ssim {row['val_ssim']:.4f}",
@@ -95,6 +99,13 @@ def main() -> None:
     p.add_argument("--target", type=float, default=0.80, help="validation SSIM to reach")
     p.add_argument("--eval_every", type=int, default=20, help="train steps between validations")
     p.add_argument("--workdir_root", default=os.path.join("runs", "time_to_quality"))
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="--config.FIELD=VALUE",
+        help="a config override for every arm (repeatable), e.g. --set=--config.data.num_train=512",
+    )
     args = p.parse_args()
     arms = [a for a in args.arms.split(",") if a]
     if not arms or any(a not in ARMS for a in arms):
@@ -117,7 +128,26 @@ def main() -> None:
             print(f"\ndefault reached the target {a['seconds'] / b['seconds']:.1f}× sooner")
         else:
             print("\ndefault reached the target; exp1 did not within its run")
+    if len(results) > 1:
+        print(common_level(results))
     print(json.dumps({"cap_min": args.cap_min, "target": args.target, "arms": results}))
+
+
+def first_minutes(curve: list[list[float]], level: float) -> float:
+    """Minutes until a validation of `curve` ([minutes, step, val_ssim] rows) reached `level`."""
+    return next(m for m, _, ssim in curve if ssim >= level)
+
+
+def common_level(results: list[dict]) -> str:
+    """A comparison that holds even if no arm reached the target: the minutes each arm took to
+    reach the best validation SSIM that every arm reached."""
+    level = min(r["best_val_ssim"] for r in results)
+    if level <= 0:
+        return "\nsome arm never validated"
+    times = {r["arm"]: first_minutes(r["curve"], level) for r in results}
+    fastest = min(times.values())
+    parts = [f"{arm} {t:.1f} min ({t / fastest:.1f}×)" for arm, t in times.items()]
+    return f"\nto val_ssim {level:.4f} (the best every arm reached): " + ", ".join(parts)
 
 
 if __name__ == "__main__":

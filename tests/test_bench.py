@@ -100,3 +100,35 @@ def test_benchmark_in_process() -> None:
     assert result["batch"] == 4 and result["loss"] == "ssim" and len(result["repeat_ms"]) == 2
     assert min(result["repeat_ms"]) <= result["ms_per_step"] <= max(result["repeat_ms"])
     assert result["compile_s"] > 0 and result["img_per_s"] > 0
+
+
+def test_time_to_quality_compares_at_the_level_every_arm_reached() -> None:
+    import time_to_quality as ttq
+
+    arms = [
+        {"arm": "exp1", "best_val_ssim": 0.6, "curve": [[1.0, 20, 0.5], [3.0, 40, 0.6]]},
+        {"arm": "default", "best_val_ssim": 0.7, "curve": [[2.0, 20, 0.61], [4.0, 40, 0.7]]},
+    ]
+    line = ttq.common_level(arms)
+    assert "to val_ssim 0.6000" in line and "exp1 3.0 min (1.5×)" in line
+    assert "default 2.0 min (1.0×)" in line
+
+
+def test_time_to_quality_runs_an_arm_to_the_target(tmp_path) -> None:
+    tiny = [
+        "--config.image_size=16", "--config.model.z_dim=8", "--config.model.widths=(8,8,8,8)",
+        "--config.batch_size=8", "--config.data.num_train=32", "--config.data.num_validation=8",
+        "--config.data.num_test=8", "--config.num_epochs=2",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/time_to_quality.py", "--arms", "default", "--target", "0.01",
+         "--eval_every", "2", "--cap_min", "3", "--workdir_root", str(tmp_path),
+         *[f"--set={flag}" for flag in tiny]],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (arm,) = _last_json(proc.stdout)["arms"]
+    assert arm["reached"] and arm["stopped_by"] == "target" and arm["step"] == 2
+    assert arm["curve"][0][1] == 2 and arm["seconds"] > 0
+    assert arm["best_val_ssim"] == max(ssim for _, _, ssim in arm["curve"])
+    assert "| default | yes |" in proc.stdout
