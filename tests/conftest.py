@@ -61,6 +61,12 @@ def trained_workdir(tmp_path_factory):
     return workdir, result
 
 
+def main_cmd(workdir, *flags: str) -> list[str]:
+    """The `python -m catvae_jax.main` command line for configs/quickstart.py plus `flags`."""
+    main = [sys.executable, "-m", "catvae_jax.main", "--config", "configs/quickstart.py"]
+    return [*main, "--workdir", str(workdir), *flags]
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Runs `python -m <args>` in the repository root and captures its output."""
     full_env = {**os.environ, **(env or {})}

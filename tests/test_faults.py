@@ -3,27 +3,16 @@
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
-from conftest import REPO
+from conftest import REPO, main_cmd
 from test_cli import TINY
 
 import catvae_jax
 
 
 def _start(workdir, *extra):
-    cmd = [
-        sys.executable,
-        "-m",
-        "catvae_jax.main",
-        "--config",
-        "configs/quickstart.py",
-        "--workdir",
-        str(workdir),
-        *TINY,
-        *extra,
-    ]
+    cmd = main_cmd(workdir, *TINY, *extra)
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

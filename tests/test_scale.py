@@ -4,11 +4,10 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
-from conftest import REPO
+from conftest import REPO, main_cmd
 from test_cli import TINY
 
 import catvae_jax
@@ -23,17 +22,7 @@ RUN = [
 
 
 def _cmd(workdir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "catvae_jax.main",
-        "--config",
-        "configs/quickstart.py",
-        "--workdir",
-        str(workdir),
-        *RUN,
-        *extra,
-    ]
+    return main_cmd(workdir, *RUN, *extra)
 
 
 def _free_port() -> int:
