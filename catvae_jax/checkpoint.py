@@ -6,9 +6,11 @@ be read (half-written, corrupt) is skipped with a warning and the one before it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -19,6 +21,19 @@ from jax.sharding import NamedSharding
 from catvae_jax.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _absl_errors_only(active: bool = True) -> Iterator[None]:
+    """Within the block (if `active`), absl (Orbax's logger) shows errors only."""
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    if active:
+        absl_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_log.setLevel(level)
 
 
 def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
@@ -34,11 +49,8 @@ class Checkpoints:
 
     def __init__(self, workdir: str | epath.Path, *, read_only: bool = False):
         policy = ocp.checkpoint_managers
-        absl_log = logging.getLogger("absl")
-        level = absl_log.level
-        if read_only:  # Orbax warns that a read-only manager is read-only: no news to the caller
-            absl_log.setLevel(logging.ERROR)
-        try:
+        # Orbax warns that a read-only manager is read-only: no news to the caller.
+        with _absl_errors_only(read_only):
             options = ocp.CheckpointManagerOptions(
                 best_fn=lambda m: m["val_loss"],
                 best_mode="min",
@@ -53,8 +65,6 @@ class Checkpoints:
                 cleanup_tmp_directories=not read_only,
             )
             self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
-        finally:
-            absl_log.setLevel(level)
 
     def save(self, step: int, state: Any, meta: dict, config: dict, val_loss: float) -> None:
         """Writes (asynchronously) the checkpoint of `step`; `val_loss` ranks it for "best"."""
@@ -102,14 +112,9 @@ class Checkpoints:
 
     def check_shapes(self, step: int, abstract_state: Any) -> None:
         """Raises ValueError if checkpoint `step`'s arrays differ from `abstract_state`'s."""
-        absl_log = logging.getLogger("absl")
-        level = absl_log.level
-        absl_log.setLevel(logging.ERROR)  # "Metadata file does not exist" for the item: harmless
-        try:
-            with ocp.StandardCheckpointer() as reader:
-                stored = _shapes(reader.metadata(self.manager.directory / str(step) / "state"))
-        finally:
-            absl_log.setLevel(level)
+        # Orbax warns "Metadata file does not exist" for the item: harmless here.
+        with _absl_errors_only(), ocp.StandardCheckpointer() as reader:
+            stored = _shapes(reader.metadata(self.manager.directory / str(step) / "state"))
         for name, shape in _shapes(abstract_state).items():
             if stored.get(name) != shape:
                 have = "missing" if name not in stored else f"shape {stored[name]}"
