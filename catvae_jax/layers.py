@@ -1,7 +1,8 @@
-"""Transposed convolution for flax.nnx, computed as a sub-pixel convolution.
+"""Upsampling convolutions for flax.nnx, computed as sub-pixel convolutions.
 
-Semantics are PyTorch's ``ConvTranspose2d(padding=0)``: for an NHWC input ``x`` and a kernel of
-shape ``(kh, kw, c_in, c_out)`` the output is defined by the scatter
+Transposed convolutions (the original vae_cats_v1 decoder). Semantics are PyTorch's
+``ConvTranspose2d(padding=0)``: for an NHWC input ``x`` and a kernel of shape
+``(kh, kw, c_in, c_out)`` the output is defined by the scatter
 
     y[n, s*h + i, s*w + j, o] += x[n, h, w, c] * kernel[i, j, c, o]
 
@@ -14,6 +15,9 @@ undilated input with ``s² * c_out`` output channels (one kernel phase per sub-p
 interleaves the phases by a depth-to-space reshape. Its gradient is hand-written as two matmuls
 (im2col / col2im), because XLA:CPU's kernel gradient of that convolution is very slow. A 1×1
 input (the decoder's first layer) is a plain einsum.
+
+Nearest ×2 upsampling followed by a convolution (the resvae decoder): :func:`upsample2_conv`
+runs the same sub-pixel trick, one convolution at the input's resolution plus depth-to-space.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -173,6 +178,62 @@ def conv(
     patches = jnp.concatenate(cols, axis=-1).reshape(n * oh * ow, kh * kw * c_in)
     k = kernel.reshape(kh * kw * c_in, c_out).astype(x.dtype)
     return jnp.matmul(patches, k, precision=precision).reshape(n, oh, ow, c_out)
+
+
+def upsample2(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour ×2 upsampling of NHWC `x`: ``(n, h, w, c)`` → ``(n, 2h, 2w, c)``."""
+    n, h, w, c = x.shape
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
+    return x.reshape(n, 2 * h, 2 * w, c)
+
+
+def upsample2_conv(
+    x: jax.Array, kernel: jax.Array, *, precision: jax.lax.PrecisionLike = None
+) -> jax.Array:
+    """``conv(upsample2(x), kernel)``, a stride-1 SAME correlation, computed at x's resolution.
+
+    Output pixel ``2i + a`` of the upsampled-then-convolved image only sees input pixels near
+    ``i``, so each of the 4 sub-pixel phases ``(a, b)`` is a small correlation of ``x`` with
+    sums of kernel taps (for 3×3: phase 0 uses ``(k0, k1 + k2)`` at offsets ``(-1, 0)``, phase 1
+    ``(k0 + k1, k2)`` at ``(0, +1)``). All phases run as ONE convolution with ``4 * c_out``
+    outputs followed by a depth-to-space reshape: the same multiply-adds as the plain form, but
+    the 4×-larger upsampled input is never built and the convolution (and its gradients) runs on
+    the small grid. On XLA:CPU this makes the resvae train step at 128² ~25 % faster
+    (benchmarks/README.md).
+
+    Args:
+      x: NHWC ``(n, h, w, c_in)``.
+      kernel: ``(k, k, c_in, c_out)``, k odd.
+
+    Returns:
+      ``(n, 2h, 2w, c_out)``.
+    """
+    k, kw, c_in, c_out = kernel.shape
+    if k != kw or k % 2 == 0:
+        raise ValueError(f"upsample2_conv needs an odd square kernel, got {kernel.shape[:2]}")
+    pad = k // 2
+    # select[a, u, t] = 1 when tap t of phase a reads input offset lo + u.
+    offsets = [[(a + t - pad) // 2 for t in range(k)] for a in (0, 1)]
+    lo, hi = min(map(min, offsets)), max(map(max, offsets))
+    select = np.zeros((2, hi - lo + 1, k), np.float32)
+    for a in (0, 1):
+        for t in range(k):
+            select[a, offsets[a][t] - lo, t] = 1.0
+    m = hi - lo + 1
+    phases = jnp.einsum(
+        "aut,bvs,tsco->uvcabo", select, select, kernel, precision=jax.lax.Precision.HIGHEST
+    ).reshape(m, m, c_in, 4 * c_out)
+    y = jax.lax.conv_general_dilated(
+        x,
+        phases.astype(x.dtype),
+        window_strides=(1, 1),
+        padding=((-lo, hi), (-lo, hi)),
+        dimension_numbers=_DIMENSION_NUMBERS,
+        precision=precision,
+    )
+    n, h, w, _ = x.shape
+    y = y.reshape(n, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, 2 * h, 2 * w, c_out)
 
 
 def conv_transpose_reference(

@@ -74,13 +74,6 @@ class ResBlock(nnx.Module):
         return x + self.conv2(jax.nn.silu(self.norm2(h)))
 
 
-def upsample2(x: jax.Array) -> jax.Array:
-    """Nearest-neighbour ×2 upsampling of NHWC `x`."""
-    n, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
-    return x.reshape(n, 2 * h, 2 * w, c)
-
-
 class ResVae(nnx.Module):
     """The recommended VAE: residual blocks with GroupNorm and SiLU, four stride-2 3×3 convolutions
     down to 1/16 of the image size, and four nearest-resize + 3×3 convolutions back up (no
@@ -138,7 +131,8 @@ class ResVae(nnx.Module):
                 h = block(h)
             if i == last:
                 h = jax.nn.silu(self.out_norm(h))
-            h = conv(upsample2(h))
+            # = conv(layers.upsample2(h)), computed on the small grid (tests/test_layers.py)
+            h = layers.upsample2_conv(h, conv.kernel[...]) + conv.bias[...]
         return jax.nn.sigmoid(h)
 
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from catvae_jax.layers import ConvTranspose, conv_transpose, conv_transpose_reference
+from catvae_jax.layers import (
+    ConvTranspose,
+    conv_transpose,
+    conv_transpose_reference,
+    upsample2,
+    upsample2_conv,
+)
 
 CASES = [(5, 2), (6, 2), (2, 2), (4, 2), (3, 1), (4, 3), (2, 3)]
 CHANNELS = [(1, 1), (3, 4), (8, 5)]
@@ -154,3 +160,40 @@ def test_matches_torch_conv_transpose2d(k: int, s: int) -> None:
     for fn in (conv_transpose, conv_transpose_reference):
         got = np.asarray(fn(x, kernel, s) + bias).transpose(0, 3, 1, 2)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def _upsample_then_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        upsample2(x), kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@pytest.mark.parametrize(("k", "h", "w"), [(3, 5, 4), (3, 1, 1), (1, 3, 2), (5, 4, 6)])
+def test_upsample2_conv_equals_upsample_then_conv(k: int, h: int, w: int) -> None:
+    """The small-grid sub-pixel form is the same function as upsampling, then convolving:
+    values and both gradients (odd, even and 1-pixel inputs; 1×1, 3×3 and 5×5 kernels)."""
+    kx, kk, kg = jax.random.split(jax.random.key(k * 100 + h * 10 + w), 3)
+    x = jax.random.normal(kx, (2, h, w, 3))
+    kernel = jax.random.normal(kk, (k, k, 3, 4))
+    y = upsample2_conv(x, kernel)
+    ref = _upsample_then_conv(x, kernel)
+    assert y.shape == (2, 2 * h, 2 * w, 4)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(kg, y.shape)
+    grads = jax.grad(lambda a, b: jnp.sum(upsample2_conv(a, b) * g), argnums=(0, 1))(x, kernel)
+    refs = jax.grad(lambda a, b: jnp.sum(_upsample_then_conv(a, b) * g), argnums=(0, 1))(x, kernel)
+    for got, want in zip(grads, refs, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_upsample2_conv_refuses_even_kernels() -> None:
+    with pytest.raises(ValueError, match="odd square kernel"):
+        upsample2_conv(jnp.zeros((1, 2, 2, 1)), jnp.zeros((2, 2, 1, 1)))
+
+
+def test_upsample2_is_nearest():
+    x = jnp.arange(4.0).reshape(1, 2, 2, 1)
+    y = upsample2(x)[0, :, :, 0]
+    assert np.array_equal(
+        np.asarray(y), np.repeat(np.repeat(np.arange(4.0).reshape(2, 2), 2, 0), 2, 1)
+    )

@@ -57,11 +57,3 @@ def test_build_is_seeded():
     b = models.build(c, seed=1).to_stats.kernel[...]
     d = models.build(c, seed=2).to_stats.kernel[...]
     assert np.array_equal(a, b) and not np.array_equal(a, d)
-
-
-def test_upsample2_is_nearest():
-    x = jnp.arange(4.0).reshape(1, 2, 2, 1)
-    y = models.upsample2(x)[0, :, :, 0]
-    assert np.array_equal(
-        np.asarray(y), np.repeat(np.repeat(np.arange(4.0).reshape(2, 2), 2, 0), 2, 1)
-    )
