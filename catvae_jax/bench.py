@@ -6,7 +6,10 @@ timed repeat, --batch B (0 = the config's), --repeats R. Any config field can be
 in training, on a fixed random uint8 batch sharded over all devices. Compilation and two warm-up
 steps are excluded; the median of the repeats is reported. malloc is configured as for training
 (catvae_jax/malloc.py; CATVAE_MALLOC=system opts out). The last line of stdout is JSON:
-{"img_per_s", "ms_per_step", "model", "batch", "image_size", "loss", "devices", "backend", ...}.
+{"img_per_s", "ms_per_step", "model", "batch", "image_size", "loss", "devices", "backend", ...},
+plus XLA's own count of the step's FLOPs and bytes accessed per device (`gflop_per_step`,
+`gb_per_step`), the rates they imply (`tflop_per_s`, `gb_per_s`) and, when `--peak_tflops` /
+`--peak_gbps` give the device's peaks, the fractions of the compute and memory roofline.
 """
 
 from __future__ import annotations
@@ -46,14 +49,46 @@ def bench_config(
     return c
 
 
+def xla_cost(compiled: jax.stages.Compiled) -> tuple[float, float]:
+    """(FLOPs, bytes accessed) of one call of `compiled` per device, as XLA counts them.
+
+    0 where XLA does not know (e.g. a custom call it cannot see into).
+    """
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):  # older jax: one dict per program
+        analysis = analysis[0] if analysis else {}
+    analysis = analysis or {}
+    return float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0))
+
+
+def roofline(
+    result: dict, flops: float, nbytes: float, peak_tflops: float = 0.0, peak_gbps: float = 0.0
+) -> dict:
+    """Adds the step's FLOPs/bytes per device, the achieved rates and roofline fractions."""
+    seconds = result["ms_per_step"] / 1000
+    out = {
+        "gflop_per_step": round(flops / 1e9, 3),
+        "gb_per_step": round(nbytes / 1e9, 3),
+        "tflop_per_s": round(flops / seconds / 1e12, 4),
+        "gb_per_s": round(nbytes / seconds / 1e9, 2),
+    }
+    if peak_tflops > 0:
+        out["compute_roofline_fraction"] = round(out["tflop_per_s"] / peak_tflops, 4)
+    if peak_gbps > 0:
+        out["memory_roofline_fraction"] = round(out["gb_per_s"] / peak_gbps, 4)
+    return {**result, **out}
+
+
 def benchmark(
     config: ml_collections.ConfigDict, loss: str = "ssim", steps_per_repeat: int = 10,
-    repeats: int = 3, batch: int = 0, warmup: int = 2,
+    repeats: int = 3, batch: int = 0, warmup: int = 2, peak_tflops: float = 0.0,
+    peak_gbps: float = 0.0,
 ) -> dict:  # fmt: skip
     """Times `steps_per_repeat` train steps `repeats` times; returns the JSON-able result.
 
     `ms_per_step` is the median over repeats (milliseconds per step of `batch` images);
-    `img_per_s` = batch / that time.
+    `img_per_s` = batch / that time. `peak_tflops` / `peak_gbps`: the device's peaks (per
+    device, 0 = unknown) for the roofline fractions (:func:`roofline`).
     """
     from catvae_jax.train import make_mesh
 
@@ -90,7 +125,7 @@ def benchmark(
     if not bool(metrics["finite"]):
         print("warning: the loss became non-finite during the benchmark", file=sys.stderr)
     ms = 1000 * statistics.median(times)
-    return {
+    result = {
         "img_per_s": round(config.batch_size / (ms / 1000), 2),
         "ms_per_step": round(ms, 2),
         "model": config.model.name,
@@ -99,12 +134,14 @@ def benchmark(
         "loss": loss,
         "devices": jax.device_count(),
         "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
         "framework": f"jax {jax.__version__}",
         "steps": steps_per_repeat,
         "repeats": repeats,
         "repeat_ms": [round(1000 * t, 2) for t in times],
         "compile_s": round(compile_s, 2),
     }
+    return roofline(result, *xla_cost(compiled), peak_tflops, peak_gbps)
 
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -114,6 +151,12 @@ _LOSS = flags.DEFINE_enum("loss", "ssim", sorted(LOSSES), "Reconstruction loss t
 _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch", 0, "Batch size; 0 = the config's.", lower_bound=0)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).", lower_bound=1)
+_PEAK_TFLOPS = flags.DEFINE_float(
+    "peak_tflops", 0.0, "Device peak TFLOP/s, for the compute roofline fraction.", lower_bound=0
+)
+_PEAK_GBPS = flags.DEFINE_float(
+    "peak_gbps", 0.0, "Device peak memory GB/s, for the memory roofline fraction.", lower_bound=0
+)
 
 
 def main(argv: list[str]) -> None:
@@ -122,7 +165,10 @@ def main(argv: list[str]) -> None:
     cli.quiet_logs()
     with cli.user_errors():
         reuse = malloc.configure()
-        result = benchmark(_CONFIG.value, _LOSS.value, _STEPS.value, _REPEATS.value, _BATCH.value)
+        result = benchmark(
+            _CONFIG.value, _LOSS.value, _STEPS.value, _REPEATS.value, _BATCH.value,
+            peak_tflops=_PEAK_TFLOPS.value, peak_gbps=_PEAK_GBPS.value,
+        )  # fmt: skip
     result["malloc"] = "reuse" if reuse else "system"
     print(json.dumps(result), flush=True)
 

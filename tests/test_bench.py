@@ -16,6 +16,7 @@ from catvae_jax.bench import bench_config
 from catvae_jax.errors import UserError
 
 KEYS = {"img_per_s", "ms_per_step", "model", "batch", "image_size", "loss", "devices", "backend"}
+JAX_KEYS = KEYS | {"gflop_per_step", "gb_per_step", "tflop_per_s", "gb_per_s", "device_kind"}
 TINY = [
     "--config", "configs/default.py", "--config.image_size=16", "--config.model.z_dim=8",
     "--config.model.widths=(8,8,8,8)", "--config.wandb.mode=disabled",
@@ -30,7 +31,7 @@ def test_bench_cli_prints_json() -> None:
     proc = run_cli("catvae_jax.bench", *TINY, "--loss", "mse", "--steps", "2", "--batch", "4")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = _last_json(proc.stdout)
-    assert set(result) >= KEYS
+    assert set(result) >= JAX_KEYS
     assert (result["model"], result["batch"], result["image_size"]) == ("resvae", 4, 16)
     assert (result["loss"], result["backend"], result["devices"]) == ("mse", "cpu", 1)
     assert len(result["repeat_ms"]) == 3 and result["ms_per_step"] in result["repeat_ms"]
@@ -92,14 +93,40 @@ def test_torch_loss_is_the_catvae_jax_loss(loss: str) -> None:
     assert float(got) == pytest.approx(want, rel=1e-4)
 
 
-def test_benchmark_in_process() -> None:
-    from catvae_jax.bench import benchmark
+def test_benchmark_in_process_with_roofline_table() -> None:
+    """benchmarks/roofline.py's measure → catvae_jax.bench.benchmark, with given peaks."""
+    import roofline
 
     c = tiny_config()
-    result = benchmark(c, "ssim", steps_per_repeat=1, repeats=2, batch=4, warmup=1)
-    assert result["batch"] == 4 and result["loss"] == "ssim" and len(result["repeat_ms"]) == 2
+    (result,) = roofline.measure({"tiny": c}, steps=1, repeats=2, peak_tflops=2.0, peak_gbps=50.0)
+    assert result["batch"] == c.batch_size and result["loss"] == "ssim"
+    assert len(result["repeat_ms"]) == 2
     assert min(result["repeat_ms"]) <= result["ms_per_step"] <= max(result["repeat_ms"])
     assert result["compile_s"] > 0 and result["img_per_s"] > 0
+    # XLA counts the step's work: at least the forward convolutions of 8 images.
+    assert result["gflop_per_step"] > 0.001 and result["gb_per_step"] > 0
+    assert result["compute_roofline_fraction"] == pytest.approx(
+        result["tflop_per_s"] / 2.0, rel=0.01, abs=1e-4
+    )
+    line = roofline.table([result]).splitlines()[-1]
+    assert line.startswith(f"| tiny | 1 × {result['device_kind']} | ")
+    assert line.count("%") == 2
+
+
+def test_roofline_fractions_and_xla_cost_of_a_matmul() -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from catvae_jax.bench import roofline, xla_cost
+
+    compiled = jax.jit(jnp.matmul).lower(jnp.ones((64, 128)), jnp.ones((128, 32))).compile()
+    flops, nbytes = xla_cost(compiled)
+    assert flops == 2 * 64 * 128 * 32
+    assert nbytes >= 4 * (64 * 128 + 128 * 32 + 64 * 32)
+    out = roofline({"ms_per_step": 1000.0}, 2e12, 1e9, peak_tflops=4.0, peak_gbps=2.0)
+    assert (out["tflop_per_s"], out["gb_per_s"]) == (2.0, 1.0)
+    assert (out["compute_roofline_fraction"], out["memory_roofline_fraction"]) == (0.5, 0.5)
+    assert "compute_roofline_fraction" not in roofline({"ms_per_step": 1.0}, 1.0, 1.0)
 
 
 def test_time_to_quality_compares_at_the_level_every_arm_reached() -> None:
