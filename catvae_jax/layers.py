@@ -198,7 +198,7 @@ def upsample2_conv(
     ``(k0 + k1, k2)`` at ``(0, +1)``). All phases run as ONE convolution with ``4 * c_out``
     outputs followed by a depth-to-space reshape: the same multiply-adds as the plain form, but
     the 4×-larger upsampled input is never built and the convolution (and its gradients) runs on
-    the small grid. On XLA:CPU this makes the resvae train step at 128² ~25 % faster
+    the small grid. On XLA:CPU this makes the resvae train step at 128² ~20 % faster
     (benchmarks/README.md).
 
     Args:
