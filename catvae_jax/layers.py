@@ -37,6 +37,14 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def _depth_to_space(y: jax.Array, sh: int, sw: int) -> jax.Array:
+    """``(n, q, r, sh*sw*c)`` with channels ordered ``(a, b, c)`` → ``(n, q*sh, r*sw, c)``."""
+    n, q, r, p = y.shape
+    c = p // (sh * sw)
+    y = y.reshape(n, q, r, sh, sw, c).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, q * sh, r * sw, c)
+
+
 def _phase_kernel(kernel: jax.Array, sh: int, sw: int) -> jax.Array:
     """``(kh, kw, c_in, c_out)`` scatter kernel → ``(mh, mw, c_in, sh*sw*c_out)`` phase kernel.
 
@@ -128,16 +136,12 @@ def conv_transpose(
       ``(n, (h - 1) * sh + kh, (w - 1) * sw + kw, c_out)``.
     """
     sh, sw = _pair(stride)
-    kh, kw, _, c_out = kernel.shape
-    n, h, w, _ = x.shape
+    kh, kw = kernel.shape[:2]
+    h, w = x.shape[1:3]
     if h == 1 and w == 1:  # e.g. the decoder's first layer: a dense layer, no padding waste
         return jnp.einsum("nc,ijco->nijo", x[:, 0, 0], kernel.astype(x.dtype), precision=precision)
     k = _phase_kernel(kernel, sh, sw).astype(x.dtype)
-    y = _full_conv(x, k, precision)
-    qh, qw = y.shape[1:3]
-    # Depth-to-space: (n, qh, qw, a, b, o) -> (n, qh, a, qw, b, o) -> (n, qh*sh, qw*sw, o).
-    y = y.reshape(n, qh, qw, sh, sw, c_out).transpose(0, 1, 3, 2, 4, 5)
-    y = y.reshape(n, qh * sh, qw * sw, c_out)
+    y = _depth_to_space(_full_conv(x, k, precision), sh, sw)
     return y[:, : (h - 1) * sh + kh, : (w - 1) * sw + kw, :]
 
 
@@ -231,9 +235,7 @@ def upsample2_conv(
         dimension_numbers=_DIMENSION_NUMBERS,
         precision=precision,
     )
-    n, h, w, _ = x.shape
-    y = y.reshape(n, h, w, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)
-    return y.reshape(n, 2 * h, 2 * w, c_out)
+    return _depth_to_space(y, 2, 2)
 
 
 def conv_transpose_reference(
