@@ -83,8 +83,8 @@ class ResVae(nnx.Module):
     def __init__(
         self,
         image_size: int,
-        z_dim: int = 64,
-        widths: tuple[int, ...] = (32, 64, 128, 128),
+        z_dim: int = 128,
+        widths: tuple[int, ...] = (8, 16, 32, 64),
         blocks_per_stage: int = 1,
         *,
         rngs: nnx.Rngs,
