@@ -34,6 +34,17 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.chain(*parts)
 
 
+def lr_schedule(
+    config: ml_collections.ConfigDict, total_steps: int | None = None
+) -> optax.Schedule:
+    """The learning-rate multiplier by step: 1 throughout (`lr_schedule = "constant"`, or no
+    `total_steps`), or a cosine from 1 to 0 over `total_steps` ("cosine"). The plateau scale
+    multiplies it, and AdamW's decay with it, as the lr does in PyTorch."""
+    if config.get("lr_schedule", "constant") == "constant" or not total_steps:
+        return optax.constant_schedule(1.0)
+    return optax.cosine_decay_schedule(1.0, decay_steps=total_steps)
+
+
 def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
     """Reduce-on-plateau, stepped once per validation with the validation loss."""
     return optax.contrib.reduce_on_plateau(
@@ -79,13 +90,18 @@ def loss_and_grads(
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
 
-def make_train_step(graphdef, config: ml_collections.ConfigDict, base_key: jax.Array):
+def make_train_step(
+    graphdef, config: ml_collections.ConfigDict, base_key: jax.Array, total_steps: int | None = None
+):
     """Returns train_step(state, batch_u8) -> (state, metrics), to be jitted with donation.
+
+    `total_steps`, the run's length, is the horizon of a cosine `config.lr_schedule`.
 
     The noise of step t is fold_in(base_key, t). A non-finite loss or gradient norm leaves the
     parameters unchanged and reports `finite = False`, so the caller can stop at that step.
     """
     tx = make_optimizer(config)
+    schedule = lr_schedule(config, total_steps)
 
     def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
@@ -93,7 +109,7 @@ def make_train_step(graphdef, config: ml_collections.ConfigDict, base_key: jax.A
         (loss, per_image), grads = loss_and_grads(graphdef, config, state.params, batch, key, beta)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        scale = state.plateau.scale
+        scale = state.plateau.scale * schedule(state.step)
         updates = jax.tree.map(lambda u: u * scale, updates)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -147,8 +147,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Steps -----------------------------------------------------------------------------------
     base_key = jax.random.key(config.seed)
     train_step = jax.jit(
-        steps.make_train_step(graphdef, config, jax.random.fold_in(base_key, 1)), donate_argnums=0
+        steps.make_train_step(graphdef, config, jax.random.fold_in(base_key, 1), total_steps),
+        donate_argnums=0,
     )
+    schedule = steps.lr_schedule(config, total_steps)
     eval_step = jax.jit(steps.make_eval_step(graphdef, config))
     eval_key = jax.random.fold_in(base_key, 2)
     plateau = steps.make_plateau(config)
@@ -164,7 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 progress.best_val_loss, progress.bad_evals = metrics["val_loss"], 0
             else:
                 progress.bad_evals += 1
-        lr = config.learning_rate * float(state.plateau.scale)
+        lr = config.learning_rate * float(state.plateau.scale * schedule(step))
         writer.write(step, _epoch(step), {**metrics, "learning_rate": lr})
         if save:
             meta = {"step": step, "progress": dataclasses.asdict(progress)}

@@ -13,6 +13,7 @@ def get_config():
     c.seed = 42
     c.batch_size = 64
     c.learning_rate = 0.01
+    c.lr_schedule = "constant"
     c.weight_decay = 0.01
     c.grad_clip_norm = 0.0
     c.num_epochs = 5

@@ -27,6 +27,7 @@ def test_shipped_configs_are_valid(name):
 def test_experiments_reproduce_the_original(name, seed, epochs):
     c = _load(name)
     assert (c.seed, c.num_epochs, c.batch_size, c.learning_rate) == (seed, epochs, 64, 0.01)
+    assert c.lr_schedule == "constant"  # the original never changed its lr but on plateaus
     assert (c.model.name, c.model.h_dim, c.model.z_dim, c.image_size) == (
         "vae_cats_v1",
         1024,
@@ -42,6 +43,7 @@ def test_experiments_reproduce_the_original(name, seed, epochs):
     [
         ("batch_size", 0, "batch_size"),
         ("learning_rate", -1.0, "learning_rate"),
+        ("lr_schedule", "linear", "lr_schedule"),
         ("max_steps", -5, "max_steps"),
         ("image_size", 8, "image_size"),
         ("image_size", 40, "image_size"),  # resvae needs a multiple of 16

@@ -7,6 +7,7 @@ import pytest
 from conftest import tiny_config
 
 import catvae_jax
+from catvae_jax import steps
 from catvae_jax.errors import UserError
 from catvae_jax.train import train_and_evaluate
 
@@ -25,10 +26,21 @@ def test_training_lowers_the_loss_and_writes_outputs(trained_workdir):
     assert result["step"] == 36 and len(val) == 3  # 3 epochs × 12 steps, one validation each
     for m in train:
         assert {"step", "epoch", "grad_norm", "learning_rate", "img_per_s"} <= set(m)
+    lrs = np.array([m["learning_rate"] for m in train])  # cosine over the run's 36 steps
+    assert np.all(np.diff(lrs) < 0) and lrs[-1] < 0.05 * lrs[0]  # (means of 4 steps)
     for name in ("samples.png", "reconstructions.png", "config.json"):
         assert (workdir / name).stat().st_size > 0
     config = json.loads((workdir / "config.json").read_text())
     assert config["image_size"] == 16 and config["dataset"]["name"] == "synthetic_cats"
+
+
+def test_lr_schedules():
+    config = tiny_config()
+    cosine = steps.lr_schedule(config, total_steps=10)
+    assert [float(cosine(s)) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-6)
+    assert float(steps.lr_schedule(config)(7)) == 1.0  # no horizon known: constant
+    config.lr_schedule = "constant"
+    assert float(steps.lr_schedule(config, total_steps=10)(7)) == 1.0
 
 
 def test_checkpoints_keep_best_and_two_latest(trained_workdir):
