@@ -5,9 +5,11 @@
 Each arm trains with `python -m catvae_jax.main` on synthetic cats at 128×128 in a fresh workdir
 (`--workdir_root`, default runs/time_to_quality) and is stopped as soon as a validation reaches
 `--target` SSIM, or when `--cap_min` minutes have passed, or when its config's own schedule ends
-(epochs, early stopping). Both arms validate every `--eval_every` steps so that neither is
-favoured by a coarser check. The clock starts when the process starts: start-up, data
-generation, compilation, validation and checkpoints all count, as they do for a user.
+(epochs, early stopping). Both arms validate every `--eval_images` training images (1280: 20
+steps of batch 64, 80 of batch 16) so that neither is favoured by a coarser check or slowed by
+more frequent ones; `--eval_every N` sets N steps for every arm instead. The clock starts when the
+process starts: start-up, data generation, compilation, validation and checkpoints all count, as
+they do for a user.
 
 Arms: `exp1` = configs/exp1.py (the original vae_cats_v1 setup); `default` = configs/default.py
 with image_size 128. `--set=--config.FIELD=VALUE` (repeatable) adds an override to every arm.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -41,12 +44,28 @@ def _validations(path: str, seen: int) -> list[dict]:
     return [r for r in rows if "val_ssim" in r][seen:]
 
 
+def batch_size(name: str, overrides: list[str]) -> int:
+    """The arm's batch size: its config file's, or the last `--config.batch_size=` override."""
+    size = runpy.run_path(os.path.join(REPO, ARMS[name][1]))["get_config"]().batch_size
+    for flag in overrides:
+        if flag.startswith("--config.batch_size="):
+            size = int(flag.split("=", 1)[1])
+    return size
+
+
+def eval_every(name: str, args: argparse.Namespace) -> int:
+    """Train steps between the arm's validations (`--eval_every`, or `--eval_images` / batch)."""
+    if args.eval_every:
+        return args.eval_every
+    return max(1, round(args.eval_images / batch_size(name, args.set)))
+
+
 def run_arm(name: str, args: argparse.Namespace) -> dict:
     """Trains one arm until the target, the cap or its own end; returns the figures."""
     workdir = os.path.join(args.workdir_root, name)
     shutil.rmtree(workdir, ignore_errors=True)
     cmd = [sys.executable, "-m", "catvae_jax.main", *ARMS[name], "--workdir", workdir]
-    cmd += [f"--config.eval_every_steps={args.eval_every}", "--config.wandb.mode=disabled"]
+    cmd += [f"--config.eval_every_steps={eval_every(name, args)}", "--config.wandb.mode=disabled"]
     cmd += ["--config.progress_bar=False", *args.set]
     os.makedirs(args.workdir_root, exist_ok=True)
     log_path = os.path.join(args.workdir_root, f"{name}.log")
@@ -97,7 +116,8 @@ def main() -> None:
     p.add_argument("--arms", default="exp1,default", help=f"comma-separated of {sorted(ARMS)}")
     p.add_argument("--cap_min", type=float, default=30.0, help="minutes per arm")
     p.add_argument("--target", type=float, default=0.80, help="validation SSIM to reach")
-    p.add_argument("--eval_every", type=int, default=20, help="train steps between validations")
+    p.add_argument("--eval_images", type=int, default=1280, help="train images between validations")
+    p.add_argument("--eval_every", type=int, default=0, help="train steps between validations")
     p.add_argument("--workdir_root", default=os.path.join("runs", "time_to_quality"))
     p.add_argument(
         "--set",

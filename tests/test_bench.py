@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -139,6 +141,19 @@ def test_time_to_quality_compares_at_the_level_every_arm_reached() -> None:
     line = ttq.common_level(arms)
     assert "to val_ssim 0.6000" in line and "exp1 3.0 min (1.5×)" in line
     assert "default 2.0 min (1.0×)" in line
+
+
+def test_time_to_quality_validates_both_arms_after_the_same_number_of_images() -> None:
+    import time_to_quality as ttq
+
+    args = argparse.Namespace(eval_every=0, eval_images=1280, set=[])
+    for arm in ("exp1", "default"):
+        config = runpy.run_path(os.path.join(REPO, f"configs/{arm}.py"))["get_config"]()
+        assert ttq.eval_every(arm, args) * config.batch_size == 1280
+    args.set = ["--config.batch_size=32", "--config.batch_size=8"]  # the last override wins
+    assert ttq.eval_every("default", args) == 160
+    args.eval_every = 7  # explicit steps win over images
+    assert ttq.eval_every("exp1", args) == ttq.eval_every("default", args) == 7
 
 
 def test_time_to_quality_runs_an_arm_to_the_target(tmp_path) -> None:
