@@ -47,7 +47,9 @@ def test_evaluate_cli_writes_eval_json(trained_workdir, tmp_path):
     for key, kind in types.items():
         assert type(result[key]) is kind, (key, result[key])
     assert result["split"] == "test" and result["num_examples"] == 16
-    assert result["checkpoint_step"] == trained_workdir[1]["step"]
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    best = min((r for r in rows if "val_loss" in r), key=lambda r: r["val_loss"])
+    assert result["checkpoint_step"] == best["step"]  # evaluate reads the "best" checkpoint
     assert result["iw_samples"] == 4 and result["ms_ssim_scales"] == 1
     assert len(result["kl_per_dim"]) == 8 and all(v >= 0 for v in result["kl_per_dim"])
     assert 0 <= result["active_units"] <= 8

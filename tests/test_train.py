@@ -45,8 +45,8 @@ def test_lr_schedules():
 
 def test_checkpoints_keep_best_and_two_latest(trained_workdir):
     workdir, _ = trained_workdir
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert steps[-1] == 36 and 2 <= len(steps) <= 3
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == 36 and 2 <= len(saved) <= 3
 
 
 def test_load_generates_deterministically(trained_workdir):
@@ -88,8 +88,8 @@ def test_resume_continues_from_the_saved_step(tmp_path, trained_workdir):
     config.num_epochs = 4
     result = train_and_evaluate(config, str(workdir))
     assert result["step"] == 48
-    steps = [m["step"] for m in _lines(workdir) if "train_loss" in m]
-    assert steps[-1] == 48 and steps.count(40) == 1  # steps 37..48 trained once, after 36
+    logged = [m["step"] for m in _lines(workdir) if "train_loss" in m]
+    assert logged[-1] == 48 and logged.count(40) == 1  # steps 37..48 trained once, after 36
 
 
 def test_resume_refuses_a_changed_model_shape(tmp_path, trained_workdir):
