@@ -37,8 +37,9 @@ browser:
 	  else echo "note: no chromium/chromedriver and not root: the browser test skips"; fi; \
 	fi
 
+# One pytest worker per core (at most 4): most tests are compile-bound, i.e. single-threaded.
 test: install-dev lint browser
-	$(PY) -m pytest --cov=catvae_jax --cov-report=term-missing:skip-covered --cov-fail-under=85
+	$(PY) -m pytest -n auto --maxprocesses=4 --cov=catvae_jax --cov-report=term-missing:skip-covered --cov-fail-under=85
 
 clean:
 	rm -rf runs .pytest_cache .coverage
