@@ -108,8 +108,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("batch_size", f"must be positive, got {config.batch_size}")
     if config.learning_rate <= 0:
         _fail("learning_rate", f"must be positive, got {config.learning_rate}")
-    if config.lr_schedule not in ("cosine", "constant"):
-        _fail("lr_schedule", f"must be cosine or constant, got '{config.lr_schedule}'")
+    schedule = config.get("lr_schedule", "constant")  # absent in configs from before it
+    if schedule not in ("cosine", "constant"):
+        _fail("lr_schedule", f"must be cosine or constant, got '{schedule}'")
     if config.num_epochs <= 0:
         _fail("num_epochs", f"must be positive, got {config.num_epochs}")
     if config.max_steps == 0 or config.max_steps < -1:

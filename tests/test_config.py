@@ -23,6 +23,12 @@ def test_shipped_configs_are_valid(name):
     config_lib.validate(_load(name))
 
 
+def test_a_config_from_before_lr_schedule_is_valid():
+    c = config_lib.get_config()
+    del c["lr_schedule"]  # e.g. read back from an older workdir's config.json
+    config_lib.validate(c)
+
+
 @pytest.mark.parametrize("name,seed,epochs", [("exp1", 42, 50), ("exp2", 47, 500), ("exp3", 42, 5)])
 def test_experiments_reproduce_the_original(name, seed, epochs):
     c = _load(name)
