@@ -194,7 +194,9 @@ if __name__ == "__main__":
 
     from catvae_jax import cli
 
-    config_flags.DEFINE_config_file("config", "configs/exp1.py", "Config file.", lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config", cli.config_file("exp1.py"), "Config file.", lock_config=True
+    )
     flags.DEFINE_enum("loss", "ssim", ["ssim", "mse"], "Reconstruction loss.")
     flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.", lower_bound=1)
     flags.DEFINE_integer("batch", 0, "Batch size; 0 = the config's batch_size.", lower_bound=0)

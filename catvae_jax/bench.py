@@ -145,7 +145,7 @@ def benchmark(
 
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/exp1.py", "Config file.", lock_config=True
+    "config", cli.config_file("exp1.py"), "Config file.", lock_config=True
 )
 _LOSS = flags.DEFINE_enum("loss", "ssim", sorted(LOSSES), "Reconstruction loss to time.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.", lower_bound=1)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import re
 import sys
 
 from absl import flags
 
 from catvae_jax.errors import UserError, exit_with
+
+
+def config_file(name: str) -> str:
+    """Absolute path of `configs/NAME` in this source checkout, so that a default --config
+    works from any directory."""
+    return str(pathlib.Path(__file__).resolve().parents[1] / "configs" / name)
 
 
 def fail(message: str) -> None:
@@ -83,8 +90,8 @@ def init_distributed(
 
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     env_n, env_id = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
-    num_processes = num_processes or (int(env_n) if env_n else None)
-    process_id = process_id if process_id is not None else (int(env_id) if env_id else None)
+    num_processes = num_processes or _env_int("JAX_NUM_PROCESSES", env_n)
+    process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID", env_id)
     if not coordinator and not num_processes:
         return
     if not (coordinator and num_processes and process_id is not None):
@@ -95,3 +102,13 @@ def init_distributed(
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def _env_int(name: str, value: str | None) -> int | None:
+    """An integer environment variable, None when unset; a one-line error when not a number."""
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        fail(f"{name} must be an integer, got '{value}'")

@@ -6,6 +6,8 @@ fields. `validate()` turns out-of-range values into a one-line :class:`UserError
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 
 from catvae_jax.errors import UserError
@@ -121,8 +123,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("image_size", f"must be at least 11 (the SSIM window), got {config.image_size}")
     if config.model.name == "vae_cats_v1" and config.image_size != 128:
         _fail("image_size", f"must be 128 for model vae_cats_v1, got {config.image_size}")
-    if config.model.name == "resvae" and config.image_size % 16:
-        _fail("image_size", f"must be a multiple of 16 for model resvae, got {config.image_size}")
+    if config.model.name == "vae_cats_v1" and config.model.h_dim != 1024:
+        _fail(
+            "model.h_dim", f"must be 1024 for model vae_cats_v1 (256×2×2), got {config.model.h_dim}"
+        )
+    if config.model.name == "resvae":
+        _validate_resvae(config)
     if config.model.z_dim <= 0:
         _fail("model.z_dim", f"must be positive, got {config.model.z_dim}")
     if config.loss.beta < 0:
@@ -132,6 +138,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("loss.ssim_weight", "and mse_weight, l1_weight must be >= 0 with a positive sum")
     if not 0 < config.plateau.factor < 1:
         _fail("plateau.factor", f"must be in (0, 1), got {config.plateau.factor}")
+    if config.plateau.patience < 0:
+        _fail("plateau.patience", f"must be >= 0, got {config.plateau.patience}")
+    if config.early_stop_patience < 1:
+        _fail("early_stop_patience", f"must be at least 1, got {config.early_stop_patience}")
+    for field in ("weight_decay", "grad_clip_norm"):
+        if config[field] < 0:
+            _fail(field, f"must be >= 0 (0 = off), got {config[field]}")
     if config.data.source not in ("synthetic", "folder", "cats_vs_dogs", "oxford_iiit_pet"):
         _fail("data.source", f"is not a known source: '{config.data.source}'")
     if config.data.source == "folder" and not config.data.path:
@@ -145,12 +158,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for split in ("num_train", "num_validation"):
         if config.data[split] <= 0:
             _fail(f"data.{split}", f"must be positive, got {config.data[split]}")
+    if config.data.num_test < 0:
+        _fail("data.num_test", f"must be >= 0, got {config.data.num_test}")
     if config.wandb.mode not in ("offline", "online", "disabled"):
         _fail("wandb.mode", f"must be offline, online or disabled, got '{config.wandb.mode}'")
     if config.log_every_steps <= 0:
         _fail("log_every_steps", f"must be positive, got {config.log_every_steps}")
     if config.train_ssim_images < 0:
         _fail("train_ssim_images", f"must be >= 0 (0 = all), got {config.train_ssim_images}")
+    if config.num_eval_images < 1:
+        _fail("num_eval_images", f"must be at least 1, got {config.num_eval_images}")
+
+
+def _validate_resvae(config: ml_collections.ConfigDict) -> None:
+    """resvae halves the image once per entry of `model.widths`, down to a bottom grid."""
+    widths = config.model.widths
+    if not widths or any(not isinstance(w, int) or w <= 0 for w in widths):
+        _fail("model.widths", f"must be a non-empty tuple of positive ints, got {widths}")
+    if any(w > 8 and w % 8 for w in widths):  # GroupNorm splits a width into min(8, w) groups
+        _fail("model.widths", f"must each be at most 8 or a multiple of 8, got {widths}")
+    if config.model.blocks_per_stage < 0:
+        _fail("model.blocks_per_stage", f"must be >= 0, got {config.model.blocks_per_stage}")
+    factor = 2 ** len(widths)
+    if config.image_size % factor:
+        _fail(
+            "image_size",
+            f"must be a multiple of {factor} for model resvae with {len(widths)} widths, "
+            f"got {config.image_size}",
+        )
+
+
+def read_json(path) -> dict:
+    """A workdir's config.json as a dict; UserError when it is unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not a readable config.json: {e}") from e
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -189,7 +189,7 @@ if __name__ == "__main__":
     from catvae_jax import cli
 
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", "configs/exp1.py", "Config of the vae_cats_v1 model to import into."
+        "config", cli.config_file("exp1.py"), "Config of the vae_cats_v1 model to import into."
     )
     _CKPT = flags.DEFINE_string("ckpt", None, "PyTorch Lightning .ckpt or state_dict file.")
     _WORKDIR = flags.DEFINE_string("workdir", None, "New catvae_jax workdir to write.")

@@ -6,8 +6,6 @@ each is jitted once per input shape.
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,6 +13,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from catvae_jax import config as config_lib
 from catvae_jax import models, sampling, steps
 from catvae_jax.checkpoint import Checkpoints
 from catvae_jax.errors import UserError
@@ -153,7 +152,7 @@ def read_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise UserError(f"{workdir} is not a catvae_jax workdir (no config.json)")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(config_lib.read_json(path))
 
 
 def load(workdir: str | epath.Path, step: str | int = "best") -> VaeModel:

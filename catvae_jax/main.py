@@ -14,7 +14,7 @@ from ml_collections import config_flags
 from catvae_jax import cli, malloc
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Config file.", lock_config=True
+    "config", cli.config_file("default.py"), "Config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and outputs.")
 flags.mark_flag_as_required("workdir")

@@ -221,6 +221,8 @@ def evaluate(
         if max_examples <= 0:
             raise UserError(f"max_examples must be positive, got {max_examples}")
         images = images[:max_examples]
+    if batch_size <= 0:
+        raise UserError(f"batch_size must be positive, got {batch_size}")
     train = data.load_split(model.config, "train")[:SIGMA_FIT_IMAGES]
     batch_size = max(1, min(batch_size, len(train), len(images)))  # one shape: one compile
     sigma = fit_sigma(model, train, seed, batch_size)

@@ -75,9 +75,10 @@ class ResBlock(nnx.Module):
 
 
 class ResVae(nnx.Module):
-    """The recommended VAE: residual blocks with GroupNorm and SiLU, four stride-2 3×3 convolutions
-    down to 1/16 of the image size, and four nearest-resize + 3×3 convolutions back up (no
-    transposed convolutions, so no checkerboard artefacts). Any image size that is a multiple of 16.
+    """The recommended VAE: residual blocks with GroupNorm and SiLU, one stride-2 3×3 convolution
+    per entry of `widths` (four by default: down to 1/16 of the image size), and as many
+    nearest-resize + 3×3 convolutions back up (no transposed convolutions, so no checkerboard
+    artefacts). Any image size that is a multiple of 2^len(widths).
     """
 
     def __init__(

@@ -368,8 +368,8 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(2048)
-    except OSError as e:
-        cli.fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+    except (OSError, OverflowError) as e:  # OverflowError: a port outside 0-65535
+        cli.fail(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}")
     return sock
 
 

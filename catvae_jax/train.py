@@ -81,7 +81,7 @@ def _check_resume(workdir: epath.Path, config_dict: dict) -> None:
     path = workdir / "config.json"
     if not path.exists():
         return
-    old = json.loads(path.read_text())
+    old = config_lib.read_json(path)
     shaped = config_lib.shape_changes(old, config_dict)
     if shaped:
         flat_old, flat_new = config_lib.flatten(old), config_lib.flatten(config_dict)
@@ -104,7 +104,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     config_lib.validate(config)
     workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a file of that name, or no permission
+        what = "a file, not a directory" if workdir.is_file() else (e.strerror or str(e))
+        raise UserError(f"workdir {workdir}: {what}") from e
     is_main = jax.process_index() == 0
 
     # Mesh ------------------------------------------------------------------------------------

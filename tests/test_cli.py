@@ -24,6 +24,8 @@ TINY = [
         ("--config.batch_size=abc", "batch_size"),
         ("--config.batch_size=-4", "batch_size"),
         ("--config=configs/missing.py", "configs/missing.py"),
+        ("--config.model.widths=(8,0)", "model.widths"),
+        ("--config.num_eval_images=0", "num_eval_images"),
     ],
 )
 def test_config_errors_are_one_line_with_exit_2(tmp_path, override, named):
@@ -56,26 +58,58 @@ def test_batch_not_divisible_by_devices_is_a_user_error(tmp_path):
     assert "multiple of the device count (4)" in proc.stderr.strip().splitlines()[-1]
 
 
+def _one_line_error(proc, *words):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and all(w in last for w in words), last
+
+
+def test_a_file_as_workdir_is_a_user_error(tmp_path):
+    (tmp_path / "w").write_text("not a directory")
+    proc = run_cli("catvae_jax.main", "--workdir", str(tmp_path / "w"), *TINY)
+    _one_line_error(proc, "a file, not a directory")
+
+
+def test_a_broken_config_json_is_a_user_error(tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "config.json").write_text('{"half": ')  # e.g. a run killed mid-write
+    resume = run_cli("catvae_jax.main", "--workdir", str(tmp_path / "w"), *TINY)
+    _one_line_error(resume, "config.json")
+    generate = run_cli("catvae_jax.generate", "--workdir", str(tmp_path / "w"))
+    _one_line_error(generate, "config.json")
+
+
+@pytest.mark.parametrize(
+    "args,env,words",
+    [
+        (("catvae_jax.serve", "--workdir", "w", "--port", "70000"), {}, ("0-65535",)),
+        (("catvae_jax.main", "--workdir", "w"), {"JAX_NUM_PROCESSES": "abc"}, ("'abc'",)),
+        (
+            ("catvae_jax.data", "prepare", "--source", "synthetic", "--image_size", "16"),
+            {},
+            ("Not a directory",),
+        ),
+    ],
+)
+def test_other_bad_inputs_are_one_line_errors(tmp_path, args, env, words):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    if args[0] == "catvae_jax.data":
+        args = (*args, "--data_dir", str(blocker / "data"))
+    proc = run_cli(*args, env=env)
+    _one_line_error(proc, *words)
+
+
 def test_cli_trains_from_any_directory_on_the_xla_device_count(tmp_path):
-    """A relative workdir from another cwd (Orbax needs absolute paths), with 2 simulated
-    devices from XLA_FLAGS: the run uses and prints them, and writes its outputs."""
+    """The default config (no --config), found from another cwd, and a relative workdir there
+    (Orbax needs absolute paths), with 2 simulated devices from XLA_FLAGS: the run uses and
+    prints them, and writes its outputs."""
     import os
     import subprocess
     import sys
 
-    from conftest import REPO
-
-    config = f"{REPO}/configs/quickstart.py"
-    cmd = [
-        sys.executable,
-        "-m",
-        "catvae_jax.main",
-        "--config",
-        config,
-        "--workdir",
-        "runs/rel",
-        *TINY,
-    ]
+    cmd = [sys.executable, "-m", "catvae_jax.main", "--workdir", "runs/rel", *TINY]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -58,10 +58,23 @@ def test_experiments_reproduce_the_original(name, seed, epochs):
         ("wandb.mode", "sometimes", "wandb.mode"),
         ("plateau.factor", 1.5, "plateau.factor"),
         ("train_ssim_images", -1, "train_ssim_images"),
+        ("num_eval_images", 0, "num_eval_images"),
+        ("early_stop_patience", 0, "early_stop_patience"),
+        ("plateau.patience", -1, "plateau.patience"),
+        ("grad_clip_norm", -1.0, "grad_clip_norm"),
+        ("weight_decay", -0.1, "weight_decay"),
+        ("data.num_test", -3, "data.num_test"),
+        ("model.widths", (8, 0), "model.widths"),
+        ("model.widths", (), "model.widths"),
+        ("model.widths", (8, 12), "model.widths"),  # 12 channels do not split into 8 groups
+        ("model.blocks_per_stage", -1, "model.blocks_per_stage"),
+        ("image_size", 48, "image_size"),  # not a multiple of 2^5 with five widths, below
     ],
 )
 def test_out_of_range_values_name_the_field(field, value, named):
     c = config_lib.get_config()
+    if (field, value) == ("image_size", 48):
+        c.model.widths = (8, 16, 32, 64, 64)
     parent, _, leaf = field.rpartition(".")
     (c[parent] if parent else c)[leaf] = value
     with pytest.raises(UserError, match=f"'{named}'"):
@@ -73,6 +86,19 @@ def test_vae_cats_v1_needs_128():
     c.model.name = "vae_cats_v1"
     with pytest.raises(UserError, match="128"):
         config_lib.validate(c)
+
+
+def test_vae_cats_v1_needs_h_dim_1024():
+    c = _load("exp1")
+    c.model.h_dim = 512  # fixed by the architecture: 256 channels × 2 × 2 at 128²
+    with pytest.raises(UserError, match=r"'model\.h_dim' must be 1024"):
+        config_lib.validate(c)
+
+
+def test_resvae_accepts_other_depths():
+    c = config_lib.get_config()
+    c.model.widths, c.image_size = (8, 16, 32), 40  # three halvings: a multiple of 8 is enough
+    config_lib.validate(c)
 
 
 def test_shape_changes_are_told_apart_from_others():

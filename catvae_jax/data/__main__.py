@@ -11,6 +11,7 @@ image, is a one-line error with exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from catvae_jax import cli
@@ -65,6 +66,16 @@ def report(prepared) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _os_errors():
+    """A path that cannot be created or used (a file where a folder should be, no permission)
+    is a one-line error, not a traceback."""
+    try:
+        yield
+    except (NotADirectoryError, FileExistsError, PermissionError) as e:
+        cli.fail(f"cannot prepare the dataset: {e.strerror or e}: '{e.filename}'")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     cli.quiet_logs()
@@ -72,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.fail(f"--image_size must be positive, got {args.image_size}")
     if hasattr(sys.stdout, "reconfigure"):  # file names may hold any character
         sys.stdout.reconfigure(errors="backslashreplace")
-    with cli.user_errors():
+    with cli.user_errors(), _os_errors():
         from catvae_jax.data import builders
 
         if args.source == "folder":
