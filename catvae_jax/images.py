@@ -32,10 +32,11 @@ def grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.ndarr
     return out
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """Encodes one [H, W, 3] image (float in [0, 1] or uint8) as PNG."""
+def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """Encodes one [H, W, 3] image (float in [0, 1] or uint8) as PNG (lossless). Level 1 is
+    ~4× faster than the default 6 for ~10–25 % more bytes: for PNGs made per request or item."""
     buf = io.BytesIO()
-    Image.fromarray(to_uint8(image)).save(buf, format="PNG")
+    Image.fromarray(to_uint8(image)).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 

@@ -18,12 +18,13 @@ import sys
 import numpy as np
 from absl import app, flags
 from etils import epath
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from catvae_jax import cli, images
+from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (*decode.EXTENSIONS, ".gif", ".tif", ".tiff")  # data folders' + a few more
 FLAGS = flags.FLAGS
 
 
@@ -56,27 +57,22 @@ def image_files(paths: list[str]) -> list[epath.Path]:
     return files
 
 
-def _center_square(image: Image.Image) -> Image.Image:
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return image.crop((left, top, left + side, top + side))
-
-
 def read_images(
     files: list[epath.Path], size: int, resize: bool = False
 ) -> tuple[np.ndarray, list[epath.Path], list[str]]:
     """(images [N, size, size, 3] float32 in [0, 1], the files read, the files skipped with why).
 
-    An image that is not size×size raises UserError, unless `resize`: then it is centre-cropped
-    and resized (Lanczos) with a warning on stderr. Unreadable files are skipped.
+    Pixels are read as training reads them (`data.decode`: EXIF orientation applied,
+    transparency on white, 16-bit scaled to 8 bits). An image that is not size×size raises
+    UserError, unless `resize`: then it is centre-cropped and resized as in training (Lanczos),
+    with a warning on stderr. Unreadable files are skipped.
     """
     out, kept, skipped = [], [], []
     for f in files:
         try:
             with Image.open(f) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
+                image = decode.to_rgb(ImageOps.exif_transpose(im))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
             skipped.append(f"{f} ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
             continue
         if image.size != (size, size):
@@ -90,7 +86,7 @@ def read_images(
                 f"to {size}×{size}",
                 file=sys.stderr,
             )
-            image = _center_square(image).resize((size, size), Image.Resampling.LANCZOS)
+            image = decode.square_resize(image, size)
         out.append(np.asarray(image, np.float32) / 255.0)
         kept.append(f)
     empty = np.zeros((0, size, size, 3), np.float32)

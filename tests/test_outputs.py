@@ -14,6 +14,7 @@ from PIL import Image
 
 import catvae_jax
 from catvae_jax import data, images, sampling
+from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 from catvae_jax.ssim import ssim
 
@@ -130,9 +131,11 @@ def test_read_images_policy_and_comparison_grid(tmp_path):
 
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 255
+    rgba[0, 1] = 0  # a transparent pixel: on white, as training composites it
     Image.fromarray(rgba).save(tmp_path / "a.png")
     Image.fromarray(np.full((16, 16), 7, np.uint8)).save(tmp_path / "b.jpg", quality=100)
-    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "c.png")
+    noise = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "c.png")
     (tmp_path / "d.png").write_text("broken")
     files = image_files([str(tmp_path)])
     assert [f.name for f in files] == ["a.png", "b.jpg", "c.png", "d.png"]
@@ -142,6 +145,11 @@ def test_read_images_policy_and_comparison_grid(tmp_path):
     assert x.shape == (3, 16, 16, 3) and x.dtype == np.float32
     assert [f.name for f in kept] == ["a.png", "b.jpg", "c.png"] and "d.png" in skipped[0]
     np.testing.assert_allclose(x[0, 0, 0], [200 / 255, 0, 0])  # RGBA → RGB, grey → 3 channels
+    np.testing.assert_allclose(x[0, 0, 1], [1, 1, 1])
+    # A resized image has exactly the pixels the training data pipeline gives the same file.
+    np.testing.assert_array_equal(
+        images.to_uint8(x[2]), decode.decode_image((tmp_path / "c.png").read_bytes(), 16)
+    )
     assert np.abs(x[1] - 7 / 255).max() < 2 / 255
     with pytest.raises(UserError, match="no such file"):
         image_files([str(tmp_path / "nope")])

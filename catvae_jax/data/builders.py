@@ -29,7 +29,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tqdm.auto import tqdm
 
-from catvae_jax.data import decode, synthetic
+from catvae_jax import images
+from catvae_jax.data import synthetic
 from catvae_jax.data.folders import (
     FOLDER_VERSION,
     SPLITS,
@@ -115,9 +116,9 @@ class SyntheticCats(_Builder):
         offset, chunk = synthetic.SPLIT_OFFSETS[split], 256
         for start in range(0, num_examples, chunk):
             stop = min(num_examples, start + chunk)
-            images = synthetic.make_cats(offset + np.arange(start, stop), c.image_size, c.seed)
-            for i, image in zip(range(start, stop), images, strict=True):
-                yield i, {"image": decode.png_bytes(image), "index": i}
+            cats = synthetic.make_cats(offset + np.arange(start, stop), c.image_size, c.seed)
+            for i, image in zip(range(start, stop), cats, strict=True):
+                yield i, {"image": images.png_bytes(image, compress_level=1), "index": i}
                 if self.progress:
                     self.progress(1)
 

@@ -113,10 +113,3 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     except OSError as e:
         raise Undecodable(f"unreadable ({e.strerror or type(e).__name__})") from None
     return decode_image(data, size)
-
-
-def png_bytes(image: np.ndarray, compress_level: int = 1) -> bytes:
-    """uint8 [H, W, 3] → PNG bytes (lossless; level 1 is fast and within ~10% of the smallest)."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()

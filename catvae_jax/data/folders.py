@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from etils import epath
 
+from catvae_jax import images
 from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 
@@ -117,7 +118,8 @@ def decode_folder(
             return f"unreadable ({e.strerror or type(e).__name__})", b""
         digest = hashlib.sha256(content).digest()
         try:
-            return decode.png_bytes(decode.decode_image(content, image_size)), digest
+            image = decode.decode_image(content, image_size)
+            return images.png_bytes(image, compress_level=1), digest
         except decode.Undecodable as e:
             return str(e), digest
         except Exception as e:  # a decoder bug must not stop the build: skip and report it
