@@ -26,7 +26,8 @@ run: install
 	$(PY) -m catvae_jax.main --config configs/quickstart.py --workdir $(WORKDIR)
 
 lint: install-dev
-	$(PY) -m ruff check catvae_jax configs tests
+	$(PY) -m ruff check catvae_jax configs tests benchmarks
+	$(PY) -m ruff format --check catvae_jax configs tests benchmarks
 
 # Chromium for tests/test_serve_browser.py: installed with apt-get when missing and run as root.
 browser:

@@ -1,10 +1,10 @@
 """The original VAE_cats model in PyTorch, and its train-step benchmark.
 
-`Model` rebuilds the original Lightning module's network layer for layer (from
-/work/shared/reference/vae_cats.md), with the same state_dict keys (`encode.{0,2,4,6}`,
-`FC_mean`, `FC_var`, `fc`, `decode.{1,3,5,7,9}`), so a checkpoint of it is a checkpoint of the
-original. Images are NCHW float32 in [0, 1]. The parity test (tests/test_import_torch.py) and the
-comparison (benchmarks/compare.py) use this one copy.
+`Model` rebuilds the original Lightning module's network layer for layer (as described by the
+original project; summarised in `catvae_jax.models.VaeCatsV1`), with the same state_dict keys
+(`encode.{0,2,4,6}`, `FC_mean`, `FC_var`, `fc`, `decode.{1,3,5,7,9}`), so a checkpoint of it is
+a checkpoint of the original. Images are NCHW float32 in [0, 1]. The parity test
+(tests/test_import_torch.py) and the comparison (benchmarks/compare.py) use this one copy.
 
 Benchmark, same flags and JSON line as `python -m catvae_jax.bench`:
 
