@@ -196,65 +196,61 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     pending: list[dict] = []
     bar = _progress_bar(config, total_steps, step, enabled=is_main)
     last_time, last_step, final = time.perf_counter(), step, {}
-    with jax.set_mesh(mesh):
-        while step < total_steps:
-            profiler.before(step)
-            state, metrics = train_step(state, train_data.batch(step))
-            pending.append(metrics)
-            step += 1
-            profiler.after(step, metrics)
-            done = step == total_steps
-            if step % config.log_every_steps == 0 or done or eval_due(step) or ckpt_due(step):
-                fetched = jax.device_get(pending)
-                now = time.perf_counter()
-                for i, m in enumerate(fetched):
-                    if not m["finite"]:
-                        bar.close()
-                        ckpts.wait()
-                        raise NonFiniteError(step - len(fetched) + i + 1)
-                means = {
-                    k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"
-                }
-                means["img_per_s"] = (step - last_step) * config.batch_size / (now - last_time)
-                writer.write(step, _epoch(step), means)
-                bar.update(step - last_step)
-                bar.set_postfix(
-                    loss=f"{means['train_loss']:.4g}", img_s=f"{means['img_per_s']:.0f}"
-                )
-                pending, last_time, last_step = [], now, step
-            scheduled = eval_due(step)
-            if scheduled or ckpt_due(step) or done:
-                final = validate_and_save(step, scheduled, save=True)
-                last_time = time.perf_counter()  # validation time is not train throughput
-                if progress.bad_evals >= config.early_stop_patience:
-                    print(
-                        f"early stopping at step {step}: no better validation loss in "
-                        f"{progress.bad_evals} validations",
-                        flush=True,
+    try:
+        with jax.set_mesh(mesh):
+            while step < total_steps:
+                profiler.before(step)
+                state, metrics = train_step(state, train_data.batch(step))
+                pending.append(metrics)
+                step += 1
+                profiler.after(step, metrics)
+                done = step == total_steps
+                if step % config.log_every_steps == 0 or done or eval_due(step) or ckpt_due(step):
+                    fetched = jax.device_get(pending)
+                    now = time.perf_counter()
+                    for i, m in enumerate(fetched):
+                        if not m["finite"]:
+                            raise NonFiniteError(step - len(fetched) + i + 1)
+                    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                    del means["finite"]
+                    means["img_per_s"] = (step - last_step) * config.batch_size / (now - last_time)
+                    writer.write(step, _epoch(step), means)
+                    bar.update(step - last_step)
+                    bar.set_postfix(
+                        loss=f"{means['train_loss']:.4g}", img_s=f"{means['img_per_s']:.0f}"
                     )
-                    break
-            elif preemption.reached(step):
-                validate_and_save(step, scheduled=False, save=True)
-                ckpts.wait()
-                bar.close()
-                raise Preempted(step)
-    preemption.restore()
-    profiler.stop()
-    bar.close()
-    if not final:  # resumed at the end: nothing trained, still report the final metrics
-        final = evaluate(eval_step, state.params, val_split, config.batch_size, mesh, eval_key)
-    ckpts.wait()
-    ckpts.close()
+                    pending, last_time, last_step = [], now, step
+                scheduled = eval_due(step)
+                if scheduled or ckpt_due(step) or done:
+                    final = validate_and_save(step, scheduled, save=True)
+                    last_time = time.perf_counter()  # validation time is not train throughput
+                    if progress.bad_evals >= config.early_stop_patience:
+                        print(
+                            f"early stopping at step {step}: no better validation loss in "
+                            f"{progress.bad_evals} validations",
+                            flush=True,
+                        )
+                        break
+                elif preemption.reached(step):
+                    validate_and_save(step, scheduled=False, save=True)
+                    raise Preempted(step)
+        if not final:  # resumed at the end: nothing trained, still report the final metrics
+            final = evaluate(eval_step, state.params, val_split, config.batch_size, mesh, eval_key)
 
-    # Outputs a person looks at -----------------------------------------------------------------
-    if is_main:
-        params = jax.device_get(state.params)
-        vae = VaeModel(graphdef, params, config, step=step)
-        _write_pictures(workdir, vae, val_split[: config.num_eval_images], config.seed)
-        writer.write_image(
-            step, "samples", np.asarray(images.grid(vae.generate(64, seed=config.seed)))
-        )
-    writer.close()
+        # Outputs a person looks at -------------------------------------------------------------
+        if is_main:
+            params = jax.device_get(state.params)
+            vae = VaeModel(graphdef, params, config, step=step)
+            _write_pictures(workdir, vae, val_split[: config.num_eval_images], config.seed)
+            writer.write_image(
+                step, "samples", np.asarray(images.grid(vae.generate(64, seed=config.seed)))
+            )
+    finally:  # also when the run stops early (non-finite loss, preemption, a user error)
+        preemption.restore()
+        profiler.stop()
+        bar.close()
+        ckpts.close()  # waits for checkpoints still being written
+        writer.close()
     return {**final, "step": step, "params_sha256": params_digest(state.params)}
 
 

@@ -33,21 +33,28 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     assert catvae_jax.load(workdir, step="latest").step == step
 
 
-def test_corrupt_newest_checkpoint_is_skipped(tmp_path, trained_workdir):
+def test_corrupt_newest_checkpoint_is_skipped(tmp_path, trained_workdir, capsys):
     from conftest import tiny_config
 
     from catvae_jax.train import train_and_evaluate
 
     workdir = tmp_path / "corrupt"
     shutil.copytree(trained_workdir[0], workdir)
-    newest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    for path in (workdir / "checkpoints" / str(newest)).rglob("*"):
+    ckpts = workdir / "checkpoints"
+    newest = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    garbled = 0
+    for path in (ckpts / str(newest)).rglob("*"):
         if path.is_file() and path.stat().st_size > 0 and "state" in str(path):
             path.write_bytes(b"\0garbage")
+            garbled += 1
+    assert garbled, "no state files found to corrupt: has Orbax's layout changed?"
     config = tiny_config()
     config.num_epochs = 4
     result = train_and_evaluate(config, str(workdir))
+    assert f"skipping unreadable checkpoint at step {newest}" in capsys.readouterr().out
+    assert len(list(ckpts.glob(f"unreadable-{newest}-*"))) == 1  # moved aside, kept
     assert result["step"] == 48  # resumed from the older checkpoint and trained to the end
+    assert catvae_jax.load(workdir, step="latest").step == 48
 
 
 def test_profile_writes_a_trace(tmp_path):

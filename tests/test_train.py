@@ -1,6 +1,7 @@
 """The whole train_and_evaluate loop on a tiny config: learning, outputs, resume, loading."""
 
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -117,6 +118,9 @@ def test_nonfinite_loss_stops_at_the_step(tmp_path):
     config = tiny_config()
     config.learning_rate = 1e30
     config.grad_clip_norm = 0.0
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(NonFiniteError) as err:
         train_and_evaluate(config, str(tmp_path / "nan"))
     assert 1 <= err.value.step <= 36
+    # A library caller gets its process back as it was: its SIGTERM handler, no open run.
+    assert signal.getsignal(signal.SIGTERM) is before
