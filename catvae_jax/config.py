@@ -98,6 +98,36 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
+def original_experiment(seed: int, num_epochs: int) -> ml_collections.ConfigDict:
+    """The original VAE_cats experiments (configs/exp1–3.py differ only in seed and epochs):
+    vae_cats_v1 at 128², batch 64, lr 0.01 constant, AdamW with PyTorch's default weight decay
+    0.01, no gradient clipping; (1 − SSIM)·H·W·C per image + the KL (β = 1, no warm-up);
+    plateau factor 0.5 / patience 10, early stopping patience 25; 1706 training images (the
+    original's cat-face set), no flips."""
+    c = get_config()
+    c.seed = seed
+    c.batch_size = 64
+    c.learning_rate = 0.01
+    c.lr_schedule = "constant"
+    c.weight_decay = 0.01
+    c.grad_clip_norm = 0.0
+    c.num_epochs = num_epochs
+    c.image_size = 128
+    c.model.name = "vae_cats_v1"
+    c.model.h_dim = 1024
+    c.model.z_dim = 32
+    c.loss.ssim_weight = 1.0
+    c.loss.mse_weight = 0.0
+    c.loss.beta = 1.0
+    c.loss.kl_warmup_steps = 0
+    c.plateau.factor = 0.5
+    c.plateau.patience = 10
+    c.early_stop_patience = 25
+    c.data.num_train = 1706  # as many images as the original's cat-face set
+    c.data.flip = False  # the original did not augment
+    return c
+
+
 def _fail(field: str, why: str) -> None:
     raise UserError(f"config field '{field}' {why}")
 
