@@ -1,4 +1,4 @@
-"""Upsampling convolutions for flax.nnx, computed as sub-pixel convolutions.
+"""Convolution layers with fast CPU paths: sub-pixel upsampling convolutions and an im2col conv.
 
 Transposed convolutions (the original vae_cats_v1 decoder). Semantics are PyTorch's
 ``ConvTranspose2d(padding=0)``: for an NHWC input ``x`` and a kernel of shape
@@ -18,6 +18,9 @@ input (the decoder's first layer) is a plain einsum.
 
 Nearest ×2 upsampling followed by a convolution (the resvae decoder): :func:`upsample2_conv`
 runs the same sub-pixel trick, one convolution at the input's resolution plus depth-to-space.
+
+Strided VALID convolutions (the vae_cats_v1 encoder on CPU): :func:`conv` gathers im2col patches
+and runs one matmul, which beats XLA:CPU's native convolution there (benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -59,7 +59,9 @@ def make_mesh() -> jax.sharding.Mesh:
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def evaluate(eval_step, params, split: np.ndarray, batch_size: int, mesh, key) -> dict[str, float]:
+def validation_metrics(
+    eval_step, params, split: np.ndarray, batch_size: int, mesh: jax.sharding.Mesh, key: jax.Array
+) -> dict[str, float]:
     """Mean per-image loss, recon, kl and ssim over a whole split (deterministic noise `key`)."""
     totals: dict[str, float] = {}
     for batch, mask in data.eval_batches(split, batch_size, mesh):
@@ -163,7 +165,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def validate_and_save(step: int, scheduled: bool, save: bool) -> dict[str, float]:
         nonlocal state
-        metrics = evaluate(eval_step, state.params, val_split, config.batch_size, mesh, eval_key)
+        metrics = validation_metrics(
+            eval_step, state.params, val_split, config.batch_size, mesh, eval_key
+        )
         if scheduled:  # plateau and early stopping count scheduled validations only
             state = state.replace(plateau=plateau_update(state.plateau, metrics["val_loss"]))
             if metrics["val_loss"] < progress.best_val_loss:
@@ -235,22 +239,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     validate_and_save(step, scheduled=False, save=True)
                     raise Preempted(step)
         if not final:  # resumed at the end: nothing trained, still report the final metrics
-            final = evaluate(eval_step, state.params, val_split, config.batch_size, mesh, eval_key)
+            final = validation_metrics(
+                eval_step, state.params, val_split, config.batch_size, mesh, eval_key
+            )
 
         # Outputs a person looks at -------------------------------------------------------------
         if is_main:
             params = jax.device_get(state.params)
             vae = VaeModel(graphdef, params, config, step=step)
-            _write_pictures(workdir, vae, val_split[: config.num_eval_images], config.seed)
-            writer.write_image(
-                step, "samples", np.asarray(images.grid(vae.generate(64, seed=config.seed)))
-            )
+            grid = _write_pictures(workdir, vae, val_split[: config.num_eval_images], config.seed)
+            writer.write_image(step, "samples", grid)
     finally:  # also when the run stops early (non-finite loss, preemption, a user error)
         preemption.restore()
         profiler.stop()
         bar.close()
         ckpts.close()  # waits for checkpoints still being written
         writer.close()
+        train_data.close()
     return {**final, "step": step, "params_sha256": params_digest(state.params)}
 
 
@@ -262,12 +267,17 @@ def params_digest(params: Any) -> str:
     return digest.hexdigest()
 
 
-def _write_pictures(workdir: epath.Path, vae: VaeModel, originals: np.ndarray, seed: int) -> None:
-    """samples.png: 8×8 prior samples (fixed seed); reconstructions.png: inputs above outputs."""
-    images.save_png(workdir / "samples.png", images.grid(vae.generate(64, seed=seed), ncols=8))
+def _write_pictures(
+    workdir: epath.Path, vae: VaeModel, originals: np.ndarray, seed: int
+) -> np.ndarray:
+    """samples.png: 8×8 prior samples (fixed seed); reconstructions.png: inputs above outputs.
+    Returns the samples grid (uint8 HWC)."""
+    samples = images.grid(vae.generate(64, seed=seed), ncols=8)
+    images.save_png(workdir / "samples.png", samples)
     x = originals.astype(np.float32) / 255.0
     both = np.concatenate([x, vae.reconstruct(x)])
     images.save_png(workdir / "reconstructions.png", images.grid(both, ncols=len(x)))
+    return samples
 
 
 class PreemptionNotice:

@@ -77,6 +77,9 @@ class DeviceData:
         epoch, pos = divmod(step, self.steps_per_epoch)
         return self._draw(self.images, np.int32(self.seed), np.int32(epoch), np.int32(pos))
 
+    def close(self) -> None:
+        """Nothing to stop (the streaming pipeline's close stops its threads)."""
+
 
 def eval_batches(images: np.ndarray, batch_size: int, mesh: Mesh):
     """Yields (uint8 batch [B, S, S, 3], mask [B] float32) covering `images` once, in order.

@@ -132,7 +132,7 @@ def random_access(config: ml_collections.ConfigDict, split: str):
             if idx:
                 parts.append(TfdsImages(builder.as_data_source(tfds_split), size, idx))
         return Concat(parts)
-    raise UserError(f"data.source '{source}' is not available in this version")
+    raise UserError(f"data.source '{source}' is not a known source")  # validate() stops it first
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
@@ -227,7 +227,7 @@ def catalog_cats(name: str, data_dir: str, download: bool) -> dict[str, list[tup
     """(TFDS split, record index) of every cat of a catalog data set, per split of ours.
 
     Reads every record once (the class is stored with the image); undecodable records are left
-    out. Our splits come from `builders.assign_splits` over "<tfds split>/<index>".
+    out. Our splits come from `folders.assign_splits` over "<tfds split>/<index>".
     """
     from catvae_jax.data.folders import assign_splits
 
