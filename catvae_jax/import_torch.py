@@ -22,13 +22,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 import numpy as np
 from etils import epath
 
 from catvae_jax.errors import UserError
+
+if TYPE_CHECKING:
+    from catvae_jax.models import VaeCatsV1
 
 # (PyTorch module name, path of the nnx module in VaeCatsV1, weight permutation).
 _CONV, _LINEAR, _CONV_T = (2, 3, 1, 0), (1, 0), (2, 3, 0, 1)
@@ -90,7 +93,7 @@ def _strip_prefix(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return state_dict
 
 
-def load_into(model, state_dict: dict[str, np.ndarray]) -> None:
+def load_into(model: VaeCatsV1, state_dict: dict[str, np.ndarray]) -> None:
     """Copies the original Model's `state_dict` into a VaeCatsV1 `model` in place.
 
     Raises UserError naming the first missing, unexpected or mis-shaped key.

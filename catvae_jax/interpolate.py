@@ -9,6 +9,7 @@ reconstructions of A and B), image B.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 from absl import app, flags
@@ -16,6 +17,9 @@ from etils import epath
 
 from catvae_jax import cli, images
 from catvae_jax.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: importing it here would be circular
+    from catvae_jax.inference import VaeModel
 
 FLAGS = flags.FLAGS
 
@@ -36,7 +40,7 @@ MAX_PAIRS = 64
 
 
 def interpolation_rows(
-    model, pairs: int = 4, steps: int = 8, seed: int = 0, split: str = "validation"
+    model: VaeModel, pairs: int = 4, steps: int = 8, seed: int = 0, split: str = "validation"
 ) -> np.ndarray:
     """[pairs, steps + 2, S, S, 3] float32: per row image A, the decoded path, image B."""
     from catvae_jax.data import load_split

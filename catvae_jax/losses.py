@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 
 from catvae_jax.ssim import ssim
 
@@ -58,7 +59,7 @@ def kl_weight(step: jax.Array, loss_cfg: ml_collections.ConfigDict) -> jax.Array
 
 
 def vae_loss(
-    model,
+    model: nnx.Module,
     x: jax.Array,
     key: jax.Array,
     beta: jax.Array,

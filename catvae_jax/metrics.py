@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import dm_pix as pix
 import jax
@@ -35,6 +36,9 @@ from jax.scipy.special import log_ndtr
 from catvae_jax import data
 from catvae_jax.errors import UserError
 from catvae_jax.ssim import ms_ssim, ms_ssim_scales, ssim
+
+if TYPE_CHECKING:  # annotations only: importing it here would be circular
+    from catvae_jax.inference import VaeModel
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 SIGMA_FIT_IMAGES = 1024
@@ -153,7 +157,7 @@ def _batches(images: np.ndarray, batch_size: int):
         yield i, chunk, real
 
 
-def fit_sigma(model, images: np.ndarray, seed: int = 0, batch_size: int = 64) -> float:
+def fit_sigma(model: VaeModel, images: np.ndarray, seed: int = 0, batch_size: int = 64) -> float:
     """The decoder σ: RMS pixel error of decode(z ~ q(z|x)) over uint8 `images`, at least 1e-3."""
     key = jax.random.fold_in(jax.random.key(seed), 0x51)
     per = _run(model, images, key, 1.0, 1, min(batch_size, len(images)))
@@ -171,7 +175,7 @@ def likelihood_sentence(sigma: float, num_images: int) -> str:
 
 
 def evaluate_images(
-    model,
+    model: VaeModel,
     images: np.ndarray,
     *,
     sigma: float,
@@ -206,7 +210,7 @@ def evaluate_images(
 
 
 def evaluate(
-    model,
+    model: VaeModel,
     split: str = "test",
     *,
     iw_samples: int = 100,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,9 @@ import numpy as np
 from etils import epath
 
 from catvae_jax.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: importing it here would be circular
+    from catvae_jax.inference import VaeModel
 
 DEFAULT_COMPONENTS = 10
 DEFAULT_MAX_IMAGES = 10_000
@@ -104,7 +108,7 @@ def fit(
     )
 
 
-def encode_means(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def encode_means(model: VaeModel, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Posterior means [N, z] of uint8 images [N, S, S, 3], in batches of one shape."""
     out = []
     batch_size = min(batch_size, len(images))
@@ -123,7 +127,7 @@ def cache_path(workdir: str | epath.Path, step: int | None) -> epath.Path:
 
 
 def load_or_fit(
-    model,
+    model: VaeModel,
     n_components: int = DEFAULT_COMPONENTS,
     max_images: int = DEFAULT_MAX_IMAGES,
     seed: int = 0,

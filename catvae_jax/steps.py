@@ -6,6 +6,7 @@ no per-call graph traversal. Batches are uint8 NHWC; the steps scale them to [0,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -52,16 +53,19 @@ def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformat
     )
 
 
-def init_state(config: ml_collections.ConfigDict, model: nnx.Module) -> tuple[Any, TrainState]:
-    """Splits `model` into (graphdef, TrainState at step 0)."""
-    graphdef, params = nnx.split(model)
-    state = TrainState(
+def _state_at_step_0(config: ml_collections.ConfigDict, params: nnx.State) -> TrainState:
+    return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=make_optimizer(config).init(params),
         plateau=make_plateau(config).init(params),
     )
-    return graphdef, state
+
+
+def init_state(config: ml_collections.ConfigDict, model: nnx.Module) -> tuple[Any, TrainState]:
+    """Splits `model` into (graphdef, TrainState at step 0)."""
+    graphdef, params = nnx.split(model)
+    return graphdef, _state_at_step_0(config, params)
 
 
 def to_unit(batch: jax.Array) -> jax.Array:
@@ -70,13 +74,13 @@ def to_unit(batch: jax.Array) -> jax.Array:
 
 
 def loss_and_grads(
-    graphdef,
+    graphdef: nnx.GraphDef,
     config: ml_collections.ConfigDict,
-    params,
+    params: nnx.State,
     batch: jax.Array,
     key: jax.Array,
     beta: jax.Array,
-):
+) -> tuple[tuple[jax.Array, dict[str, jax.Array]], nnx.State]:
     """((mean loss, per-image metrics), gradients) of the VAE loss on a uint8 batch.
 
     The `ssim` metric covers `config.train_ssim_images` images when SSIM is not in the loss.
@@ -91,8 +95,11 @@ def loss_and_grads(
 
 
 def make_train_step(
-    graphdef, config: ml_collections.ConfigDict, base_key: jax.Array, total_steps: int | None = None
-):
+    graphdef: nnx.GraphDef,
+    config: ml_collections.ConfigDict,
+    base_key: jax.Array,
+    total_steps: int | None = None,
+) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
     """Returns train_step(state, batch_u8) -> (state, metrics), to be jitted with donation.
 
     `total_steps`, the run's length, is the horizon of a cosine `config.lr_schedule`.
@@ -132,7 +139,7 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(graphdef, config: ml_collections.ConfigDict):
+def make_eval_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) -> Callable:
     """Returns eval_step(params, batch_u8, mask, key) -> sums over unmasked images.
 
     The validation loss uses the full β (no warm-up), so it measures the same objective all run.
@@ -149,17 +156,10 @@ def make_eval_step(graphdef, config: ml_collections.ConfigDict):
     return eval_step
 
 
-def abstract_state(config: ml_collections.ConfigDict, model_fn) -> tuple[Any, TrainState]:
+def abstract_state(
+    config: ml_collections.ConfigDict, model_fn: Callable[[], nnx.Module]
+) -> tuple[Any, TrainState]:
     """(graphdef, TrainState of ShapeDtypeStructs) for `model_fn()`, allocating nothing."""
     graphdef, params = nnx.split(nnx.eval_shape(model_fn))
     params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params)
-
-    def make(p):
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=p,
-            opt_state=make_optimizer(config).init(p),
-            plateau=make_plateau(config).init(p),
-        )
-
-    return graphdef, jax.eval_shape(make, params)
+    return graphdef, jax.eval_shape(lambda p: _state_at_step_0(config, p), params)

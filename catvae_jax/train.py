@@ -13,12 +13,14 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from etils import epath
+from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -60,7 +62,12 @@ def make_mesh() -> jax.sharding.Mesh:
 
 
 def validation_metrics(
-    eval_step, params, split: np.ndarray, batch_size: int, mesh: jax.sharding.Mesh, key: jax.Array
+    eval_step: Callable,
+    params: nnx.State,
+    split: np.ndarray,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+    key: jax.Array,
 ) -> dict[str, float]:
     """Mean per-image loss, recon, kl and ssim over a whole split (deterministic noise `key`)."""
     totals: dict[str, float] = {}
