@@ -144,19 +144,24 @@ def benchmark(
     return roofline(result, *xla_cost(compiled), peak_tflops, peak_gbps)
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", cli.config_file("exp1.py"), "Config file.", lock_config=True
-)
-_LOSS = flags.DEFINE_enum("loss", "ssim", sorted(LOSSES), "Reconstruction loss to time.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.", lower_bound=1)
-_BATCH = flags.DEFINE_integer("batch", 0, "Batch size; 0 = the config's.", lower_bound=0)
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).", lower_bound=1)
-_PEAK_TFLOPS = flags.DEFINE_float(
-    "peak_tflops", 0.0, "Device peak TFLOP/s, for the compute roofline fraction.", lower_bound=0
-)
-_PEAK_GBPS = flags.DEFINE_float(
-    "peak_gbps", 0.0, "Device peak memory GB/s, for the memory roofline fraction.", lower_bound=0
-)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the flags of this command (called by `run`, so importing the module defines none)."""
+    config_flags.DEFINE_config_file(
+        "config", cli.config_file("exp1.py"), "Config file.", lock_config=True
+    )
+    flags.DEFINE_enum("loss", "ssim", sorted(LOSSES), "Reconstruction loss to time.")
+    flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.", lower_bound=1)
+    flags.DEFINE_integer("batch", 0, "Batch size; 0 = the config's.", lower_bound=0)
+    flags.DEFINE_integer("repeats", 3, "Timed repeats (median reported).", lower_bound=1)
+    flags.DEFINE_float(
+        "peak_tflops", 0.0, "Device peak TFLOP/s, for the compute roofline fraction.", lower_bound=0
+    )
+    flags.DEFINE_float(
+        "peak_gbps", 0.0, "Device peak memory GB/s, for the memory roofline.", lower_bound=0
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -166,14 +171,15 @@ def main(argv: list[str]) -> None:
     with cli.user_errors():
         reuse = malloc.configure()
         result = benchmark(
-            _CONFIG.value, _LOSS.value, _STEPS.value, _REPEATS.value, _BATCH.value,
-            peak_tflops=_PEAK_TFLOPS.value, peak_gbps=_PEAK_GBPS.value,
+            FLAGS.config, FLAGS.loss, FLAGS.steps, FLAGS.repeats, FLAGS.batch,
+            peak_tflops=FLAGS.peak_tflops, peak_gbps=FLAGS.peak_gbps,
         )  # fmt: skip
     result["malloc"] = "reuse" if reuse else "system"
     print(json.dumps(result), flush=True)
 
 
 def run() -> None:
+    define_flags()
     app.run(main, flags_parser=cli.parse_flags)
 
 

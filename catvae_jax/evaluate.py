@@ -9,14 +9,13 @@ See catvae_jax/metrics.py for the definitions. The same seed gives the same numb
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 from absl import app, flags
 from etils import epath
 
-from catvae_jax import cli
+from catvae_jax import cli, writers
 
 FLAGS = flags.FLAGS
 
@@ -38,10 +37,7 @@ def write_json(result: dict, path: str | epath.Path) -> epath.Path:
     """Writes `result` as indented JSON atomically; returns the path."""
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return writers.write_json(path, result)
 
 
 def main(argv: list[str]) -> None:

@@ -9,6 +9,8 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
+from catvae_jax import writers
+
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] (clipped) or uint8 → uint8, same shape."""
@@ -42,7 +44,4 @@ def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
 
 def save_png(path: str | epath.Path, image: np.ndarray) -> None:
     """Writes one [H, W, 3] image to `path` atomically (a temp file, then a rename)."""
-    path = epath.Path(path)
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(png_bytes(image))
-    tmp.replace(path)
+    writers.write_atomic(path, png_bytes(image))

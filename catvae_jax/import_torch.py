@@ -20,7 +20,6 @@ Layouts (PyTorch → flax.nnx):
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -137,7 +136,7 @@ def import_checkpoint(
     import jax
 
     from catvae_jax import config as config_lib
-    from catvae_jax import data, models, steps
+    from catvae_jax import data, models, steps, writers
     from catvae_jax.checkpoint import Checkpoints
     from catvae_jax.train import Progress
 
@@ -159,7 +158,7 @@ def import_checkpoint(
     workdir.mkdir(parents=True, exist_ok=True)
     config_dict = config.to_dict()
     config_dict["dataset"] = data.describe(config)
-    (workdir / "config.json").write_text(json.dumps(config_dict, indent=2))
+    writers.write_json(workdir / "config.json", config_dict)
     meta = {
         "step": step,
         "progress": dataclasses.asdict(Progress()),
@@ -174,27 +173,43 @@ def import_checkpoint(
     return step
 
 
+def define_flags() -> None:
+    """Defines the flags of this command (called by `run`, so importing the module defines none)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from catvae_jax import cli
+
+    config_flags.DEFINE_config_file(
+        "config", cli.config_file("exp1.py"), "Config of the vae_cats_v1 model to import into."
+    )
+    flags.DEFINE_string("ckpt", None, "PyTorch Lightning .ckpt or state_dict file.")
+    flags.DEFINE_string("workdir", None, "New catvae_jax workdir to write.")
+    flags.mark_flags_as_required(["ckpt", "workdir"])
+
+
 def main(argv: list[str]) -> None:
+    from absl import flags
+
     from catvae_jax import cli
 
     if len(argv) > 1:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     cli.quiet_logs()
+    f = flags.FLAGS
     with cli.user_errors():
-        step = import_checkpoint(_CKPT.value, _WORKDIR.value, _CONFIG.value)
-    print(f"imported {_CKPT.value} as step {step} into {_WORKDIR.value}", flush=True)
+        step = import_checkpoint(f.ckpt, f.workdir, f.config)
+    print(f"imported {f.ckpt} as step {step} into {f.workdir}", flush=True)
 
 
-if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
+def run() -> None:
+    from absl import app
 
     from catvae_jax import cli
 
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", cli.config_file("exp1.py"), "Config of the vae_cats_v1 model to import into."
-    )
-    _CKPT = flags.DEFINE_string("ckpt", None, "PyTorch Lightning .ckpt or state_dict file.")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "New catvae_jax workdir to write.")
-    flags.mark_flags_as_required(["ckpt", "workdir"])
-    sys.exit(app.run(main, flags_parser=cli.parse_flags))
+    define_flags()
+    app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

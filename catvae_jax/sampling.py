@@ -9,6 +9,7 @@ WORKDIR/gmm_<step>.npz, so it runs once.
 from __future__ import annotations
 
 import dataclasses
+import io
 import sys
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
+from catvae_jax import writers
 from catvae_jax.errors import UserError
 
 if TYPE_CHECKING:  # annotations only: importing it here would be circular
@@ -47,18 +49,16 @@ class GaussianMixture:
 
     def save(self, path: str | epath.Path) -> None:
         """Writes the parameters to an .npz file atomically."""
-        path = epath.Path(path)
-        tmp = path.parent / f".{path.name}.tmp"
-        with tmp.open("wb") as f:
-            np.savez(
-                f,
-                weights=self.weights,
-                means=self.means,
-                covariances=self.covariances,
-                num_images=self.num_images,
-                max_images=self.max_images,
-            )
-        tmp.replace(path)
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            weights=self.weights,
+            means=self.means,
+            covariances=self.covariances,
+            num_images=self.num_images,
+            max_images=self.max_images,
+        )
+        writers.write_atomic(path, buf.getvalue())
 
     @classmethod
     def read(cls, path: str | epath.Path) -> GaussianMixture:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import signal
 import threading
 import time
@@ -25,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from catvae_jax import config as config_lib
-from catvae_jax import data, images, models, steps
+from catvae_jax import data, images, models, steps, writers
 from catvae_jax.checkpoint import Checkpoints, abstract_like
 from catvae_jax.errors import UserError
 from catvae_jax.inference import VaeModel
@@ -77,12 +76,6 @@ def validation_metrics(
             totals[k] = totals.get(k, 0.0) + float(v)
     count = totals.pop("count")
     return {f"val_{k}": v / count for k, v in totals.items()}
-
-
-def _write_json(path: epath.Path, obj: Any) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def _check_resume(workdir: epath.Path, config_dict: dict) -> None:
@@ -148,7 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config_dict["dataset"] = data.describe(config)
     _check_resume(workdir, config_dict)
     if is_main:
-        _write_json(workdir / "config.json", config_dict)
+        writers.write_json(workdir / "config.json", config_dict)
     ckpts = Checkpoints(workdir)
     progress = Progress()
     restored = ckpts.restore_newest_readable(abstract_like(state, replicated))

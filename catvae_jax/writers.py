@@ -1,6 +1,7 @@
-"""Where run metrics go: WORKDIR/metrics.jsonl (one flat JSON object per line) and W&B.
+"""How files are written: atomically (`write_atomic`, `write_json`: a reader never sees half a
+file), and where run metrics go: WORKDIR/metrics.jsonl (one flat JSON object per line) and W&B.
 
-Only process 0 writes; other processes get a writer that does nothing.
+Only process 0 writes metrics; other processes get a MetricWriter that does nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,23 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
+
+
+def write_atomic(path: str | epath.Path, data: bytes | str) -> epath.Path:
+    """Writes `data` to `path` through a temporary file and a rename; returns the path."""
+    path = epath.Path(path)
+    tmp = path.parent / f".{path.name}.tmp"
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    tmp.replace(path)
+    return path
+
+
+def write_json(path: str | epath.Path, obj: Any) -> epath.Path:
+    """Writes `obj` as indented JSON, atomically; returns the path."""
+    return write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _plain(value: Any) -> Any:
