@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import ml_collections
+from etils import epath
 
 from catvae_jax.errors import UserError
 
@@ -218,7 +219,7 @@ def _validate_resvae(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def read_json(path) -> dict:
+def read_json(path: epath.Path) -> dict:
     """A workdir's config.json as a dict; UserError when it is unreadable or not JSON."""
     try:
         return json.loads(path.read_text())

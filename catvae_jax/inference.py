@@ -135,14 +135,15 @@ class VaeModel:
 
 SAMPLERS = ("prior", "gmm")
 MAX_GENERATE = 4096
+MAX_TEMPERATURE = 10.0
 
 
 def check_generate_args(n: int, temperature: float, sampler: str = "prior") -> None:
     """Raises UserError unless 1 ≤ n ≤ 4096, 0 < temperature ≤ 10 and sampler is known."""
     if not 0 < n <= MAX_GENERATE:
         raise UserError(f"n must be between 1 and {MAX_GENERATE}, got {n}")
-    if not 0 < temperature <= 10:
-        raise UserError(f"temperature must be in (0, 10], got {temperature}")
+    if not 0 < temperature <= MAX_TEMPERATURE:
+        raise UserError(f"temperature must be in (0, {MAX_TEMPERATURE:g}], got {temperature}")
     if sampler not in SAMPLERS:
         raise UserError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'")
 

@@ -49,7 +49,7 @@ from catvae_jax.serve_metrics import ObserveRequests, ServiceMetrics
 
 ENDPOINTS = ("/", "/healthz", "/grid.png", "/reconstruct", "/metrics")
 SAMPLERS = inference.SAMPLERS
-MAX_TEMPERATURE = 10.0
+MAX_TEMPERATURE = inference.MAX_TEMPERATURE
 MAX_PIXELS = 40_000_000  # decoded uploads larger than this are refused before decoding
 _DRAIN_FACTOR = 8  # an oversize body is read (and dropped) up to this multiple, then cut off
 
@@ -216,8 +216,10 @@ def create_app(
 
     At most `compute_slots` model calls run at once (the rest queue; PNG encoding and the other
     endpoints go on meanwhile): one keeps a CPU's cores on one batch instead of thrashing."""
-    if not 1 <= default_n <= max_n <= 4096:
-        raise UserError(f"need 1 <= default_n <= max_n <= 4096, got {default_n} and {max_n}")
+    if not 1 <= default_n <= max_n <= inference.MAX_GENERATE:
+        raise UserError(
+            f"need 1 <= default_n <= max_n <= {inference.MAX_GENERATE}, got {default_n} and {max_n}"
+        )
     if compute_slots < 1:
         raise UserError(f"compute_slots must be at least 1, got {compute_slots}")
     if not max_upload_mb > 0:
