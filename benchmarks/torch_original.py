@@ -166,8 +166,6 @@ def main(argv: list[str]) -> None:
 
     from catvae_jax import cli, malloc
 
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     config = flags.FLAGS.config
     with cli.user_errors():
         reuse = malloc.configure(flags.FLAGS.malloc)
@@ -189,7 +187,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
 
     from catvae_jax import cli
@@ -202,4 +200,4 @@ if __name__ == "__main__":
     flags.DEFINE_integer("batch", 0, "Batch size; 0 = the config's batch_size.", lower_bound=0)
     flags.DEFINE_integer("repeats", 3, "Timed repeats; the median is reported.", lower_bound=1)
     flags.DEFINE_enum("malloc", "system", ["system", "reuse"], "glibc malloc settings.")
-    sys.exit(app.run(main, flags_parser=cli.parse_flags))
+    sys.exit(cli.run_app(main))

@@ -6,6 +6,7 @@ import contextlib
 import pathlib
 import re
 import sys
+from collections.abc import Callable
 
 from absl import flags
 
@@ -16,6 +17,28 @@ def config_file(name: str) -> str:
     """Absolute path of `configs/NAME` in this source checkout, so that a default --config
     works from any directory."""
     return str(pathlib.Path(__file__).resolve().parents[1] / "configs" / name)
+
+
+def run_app(
+    main: Callable[[list[str]], None],
+    define_flags: Callable[[], None] | None = None,
+    positional: bool = False,
+) -> None:
+    """Runs an absl command: defines its flags, parses them (errors: one line, exit 2), keeps
+    INFO logs quiet and calls `main(argv)`. Positional arguments are an error unless
+    `positional`."""
+    from absl import app
+
+    if define_flags is not None:
+        define_flags()
+
+    def run(argv: list[str]) -> None:
+        if len(argv) > 1 and not positional:
+            fail(f"unexpected arguments: {' '.join(argv[1:])}")
+        quiet_logs()
+        main(argv)
+
+    app.run(run, flags_parser=parse_flags)
 
 
 def fail(message: str) -> None:

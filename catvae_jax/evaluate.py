@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 from etils import epath
 
 from catvae_jax import cli, writers
@@ -41,9 +41,6 @@ def write_json(result: dict, path: str | epath.Path) -> epath.Path:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.quiet_logs()
     from catvae_jax import metrics
     from catvae_jax.inference import load
 
@@ -74,8 +71,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run_app(main, define_flags)
 
 
 if __name__ == "__main__":

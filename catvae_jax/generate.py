@@ -13,7 +13,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
 
 from catvae_jax import cli, images
@@ -59,9 +59,6 @@ def write_samples(
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.quiet_logs()
     from catvae_jax.inference import check_generate_args, load
 
     with cli.user_errors():
@@ -87,8 +84,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run_app(main, define_flags)
 
 
 if __name__ == "__main__":

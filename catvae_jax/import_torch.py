@@ -193,9 +193,6 @@ def main(argv: list[str]) -> None:
 
     from catvae_jax import cli
 
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.quiet_logs()
     f = flags.FLAGS
     with cli.user_errors():
         step = import_checkpoint(f.ckpt, f.workdir, f.config)
@@ -203,12 +200,9 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    from absl import app
-
     from catvae_jax import cli
 
-    define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run_app(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
 
 from catvae_jax import cli, images
@@ -58,9 +58,6 @@ def interpolation_rows(
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.quiet_logs()
     from catvae_jax.inference import load
 
     with cli.user_errors():
@@ -85,8 +82,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run_app(main, define_flags)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from catvae_jax import cli, malloc
@@ -24,9 +24,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.quiet_logs()
     with cli.user_errors():
         malloc.configure()  # reuse freed memory: far fewer page faults per XLA:CPU step
     cli.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -51,7 +48,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run_app(main)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -109,7 +109,6 @@ def comparison_grid(originals: np.ndarray, recons: np.ndarray, ncols: int = 8) -
 
 def main(argv: list[str]) -> None:
     paths = [*FLAGS.images, *argv[1:]]  # a shell glob after --images gives more paths
-    cli.quiet_logs()
     from catvae_jax.inference import load, read_config
 
     with cli.user_errors():
@@ -145,8 +144,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    define_flags()
-    app.run(main, flags_parser=cli.parse_flags)
+    cli.run_app(main, define_flags, positional=True)
 
 
 if __name__ == "__main__":
