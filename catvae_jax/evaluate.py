@@ -33,13 +33,6 @@ def define_flags() -> None:
     flags.mark_flag_as_required("workdir")
 
 
-def write_json(result: dict, path: str | epath.Path) -> epath.Path:
-    """Writes `result` as indented JSON atomically; returns the path."""
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return writers.write_json(path, result)
-
-
 def main(argv: list[str]) -> None:
     from catvae_jax import metrics
     from catvae_jax.inference import load
@@ -63,7 +56,9 @@ def main(argv: list[str]) -> None:
         )
         seconds = time.perf_counter() - start
         try:
-            path = write_json(result, FLAGS.out or epath.Path(FLAGS.workdir) / "eval.json")
+            path = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / "eval.json")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writers.write_json(path, result)
         except OSError as e:
             cli.fail(f"cannot write eval.json: {e.strerror or e}")
     print(metrics.format_table(result))
