@@ -122,5 +122,5 @@ def test_nonfinite_loss_stops_at_the_step(tmp_path):
     with pytest.raises(NonFiniteError) as err:
         train_and_evaluate(config, str(tmp_path / "nan"))
     assert 1 <= err.value.step <= 36
-    # A library caller gets its process back as it was: its SIGTERM handler, no open run.
+    # A library caller gets its SIGTERM handler back (the run's finally also closes W&B, Orbax).
     assert signal.getsignal(signal.SIGTERM) is before
