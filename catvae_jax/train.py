@@ -97,12 +97,18 @@ def _check_resume(workdir: epath.Path, config_dict: dict) -> None:
         print(f"resuming with changed fields: {', '.join(others)}", flush=True)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
     """Trains the configured VAE in `workdir` (resuming from its latest checkpoint if any).
 
     Writes checkpoints/, config.json, metrics.jsonl, samples.png and reconstructions.png, and
     returns the final validation metrics plus `step`. Raises UserError for a bad config and
-    NonFiniteError when the loss diverges.
+    NonFiniteError when the loss diverges. `on_validation(step, val_metrics)`, if given, is
+    called after each validation's checkpoint is saved (a sweep reports to its pruner there);
+    an exception it raises ends the run cleanly, that checkpoint complete.
     """
     config_lib.validate(config)
     workdir = epath.Path(workdir)
@@ -179,6 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if save:
             meta = {"step": step, "progress": dataclasses.asdict(progress)}
             ckpts.save(step, state, meta, config_dict, metrics["val_loss"])
+        if on_validation is not None:
+            on_validation(step, metrics)
         return metrics
 
     def _epoch(step: int) -> int:
