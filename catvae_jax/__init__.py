@@ -7,7 +7,16 @@ reconstruct and interpolate; `catvae_jax.metrics.evaluate(model)` computes eval.
 
 from catvae_jax.config import get_config
 from catvae_jax.errors import UserError
-from catvae_jax.inference import VaeModel, load
 
 __all__ = ["UserError", "VaeModel", "get_config", "load"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`load` and `VaeModel` are imported on first use: they bring in the model, checkpoint
+    and Orbax stack, which `python -m catvae_jax.data prepare` (a subpackage) never needs."""
+    if name in ("load", "VaeModel"):
+        from catvae_jax import inference
+
+        return getattr(inference, name)
+    raise AttributeError(f"module 'catvae_jax' has no attribute '{name}'")

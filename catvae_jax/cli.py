@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from absl import flags
 
-from catvae_jax.errors import UserError, exit_with
+from catvae_jax.errors import NonFiniteError, Preempted, UserError, exit_with
 
 
 def config_file(name: str) -> str:
@@ -79,8 +79,6 @@ def _first_line(e: BaseException) -> str:
 def user_errors():
     """Turns UserError into a one-line message with exit code 2, and a diverged run into
     a last line naming the step with exit code 1."""
-    from catvae_jax.train import NonFiniteError, Preempted
-
     try:
         yield
     except UserError as e:

@@ -26,25 +26,9 @@ from jax.sharding import PartitionSpec as P
 from catvae_jax import config as config_lib
 from catvae_jax import data, images, models, steps, writers
 from catvae_jax.checkpoint import Checkpoints, abstract_like
-from catvae_jax.errors import UserError
+from catvae_jax.errors import NonFiniteError, Preempted, UserError
 from catvae_jax.inference import VaeModel
 from catvae_jax.writers import MetricWriter
-
-
-class Preempted(RuntimeError):
-    """SIGTERM arrived: a checkpoint of `step` was saved and the run stopped (exit code 143)."""
-
-    def __init__(self, step: int):
-        super().__init__(f"preempted at step {step}; checkpoint saved, re-run to resume")
-        self.step = step
-
-
-class NonFiniteError(RuntimeError):
-    """The loss or gradient norm became NaN/inf at `step`; the run stops (exit code 1)."""
-
-    def __init__(self, step: int):
-        super().__init__(f"non-finite loss or gradient norm at step {step}; training stopped")
-        self.step = step
 
 
 @dataclasses.dataclass
