@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
+import pathlib
 
 from conftest import run_python
+
+import catvae_jax
 
 
 def test_data_prepare_never_imports_the_training_stack(tmp_path):
@@ -27,3 +32,87 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith(("catvae_jax", "o
     assert "catvae_jax.data.builders" in loaded  # it did prepare
     for heavy in ("catvae_jax.train", "catvae_jax.steps", "catvae_jax.models", "orbax.checkpoint"):
         assert heavy not in loaded, loaded
+
+
+def _module_names() -> list[str]:
+    root = pathlib.Path(catvae_jax.__file__).parent
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def _imports(name: str) -> set[str]:
+    """The catvae_jax modules `name` imports anywhere (functions too), except under
+    `if TYPE_CHECKING:` (annotations only, never executed)."""
+    spec = importlib.util.find_spec(name)
+    tree = ast.parse(pathlib.Path(spec.origin).read_text())
+    known = set(_module_names())
+    out = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("catvae_jax"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("catvae_jax"):
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.add(sub if sub in known else node.module)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    out.discard(name)
+    return out
+
+
+def test_the_import_graph_has_no_cycle():
+    """Every import between catvae_jax modules, at module level or inside a function, points one
+    way: an import inside a function that only dodges a cycle would show up here as a cycle."""
+    graph = {name: _imports(name) for name in _module_names()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, set())):
+            if state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                walk(nxt, [*path, nxt])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            walk(name, [name])
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """Each catvae_jax module is the first catvae_jax module a fresh process imports (forked
+    after the third-party packages are loaded, to keep it fast): a cycle between modules
+    fails there with ImportError or AttributeError on a partly initialised module."""
+    code = f"""
+import os, sys, traceback
+import absl.flags, fastapi, grain, jax, flax.nnx, optax, orbax.checkpoint, PIL.Image
+import ml_collections, tensorflow_datasets, uvicorn, prometheus_client, tqdm.auto
+failed = []
+for name in {_module_names()!r}:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            __import__(name)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush(); sys.stderr.flush()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if status:
+        failed.append(name)
+print("failed:", failed)
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0 and "failed: []" in proc.stdout, proc.stdout + proc.stderr[-3000:]

@@ -15,6 +15,7 @@ import contextlib
 import sys
 
 from catvae_jax import cli
+from catvae_jax.data import builders
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,8 +85,6 @@ def main(argv: list[str] | None = None) -> None:
     if hasattr(sys.stdout, "reconfigure"):  # file names may hold any character
         sys.stdout.reconfigure(errors="backslashreplace")
     with cli.user_errors(), _os_errors():
-        from catvae_jax.data import builders
-
         if args.source == "folder":
             if not args.path:
                 cli.fail("--path is required with --source folder")

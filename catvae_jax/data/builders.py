@@ -13,7 +13,8 @@ reads them back without catvae_jax.
   files are skipped and listed, with their reasons, in the data set's `metadata.json`.
 
 `prepare_folder` / `prepare_synthetic` build one unless it is already there and return a
-`Prepared` record of what it holds (the `prepare` CLI prints it).
+`Prepared` record of what it holds (the `prepare` CLI prints it); `prepare_source(config)` does
+it for a training config's source.
 """
 
 from __future__ import annotations
@@ -24,9 +25,13 @@ import os
 import time
 from collections.abc import Iterator
 
+import jax
+import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from catvae_jax import images
@@ -42,7 +47,6 @@ from catvae_jax.data.folders import (
     list_folder,
     printable,
 )
-from catvae_jax.data.sources import synthetic_name
 from catvae_jax.errors import UserError
 
 
@@ -62,7 +66,7 @@ def synthetic_config(
 ) -> SyntheticCatsConfig:
     """The `synthetic_cats` builder config for these settings (its name encodes all of them)."""
     return SyntheticCatsConfig(
-        name=synthetic_name(image_size, seed, num_train, num_validation, num_test),
+        name=synthetic.config_name(image_size, seed, num_train, num_validation, num_test),
         version=synthetic.VERSION,
         description="Procedurally drawn cat faces (catvae_jax.data.synthetic).",
         image_size=image_size,
@@ -234,8 +238,6 @@ class Prepared:
 @contextlib.contextmanager
 def quiet():
     """Hides TFDS's absl warnings (custom config in use, OpenCV missing) while active."""
-    from absl import logging
-
     level = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)
     try:
@@ -337,6 +339,43 @@ def prepare_synthetic(
     """Writes the synthetic cats as `synthetic_cats/<S>px_seed<seed>_n<...>` in `data_dir`."""
     builder = synthetic_builder(image_size, seed, num_train, num_validation, num_test, data_dir)
     return prepare(builder, None, progress, total=num_train + num_validation + num_test)
+
+
+def prepare_source(config: ml_collections.ConfigDict) -> Prepared:
+    """Prepares the folder or synthetic source of `config` unless done; returns `Prepared`.
+
+    In a multi-process run process 0 builds while the others wait, then all read it.
+    """
+    d = config.data
+
+    def build(progress: bool) -> Prepared:
+        if d.source == "folder":
+            if not d.path:
+                raise UserError(
+                    "config field 'data.path' must name a folder when data.source is 'folder'"
+                )
+            return prepare_folder(d.path, config.image_size, d.data_dir, progress)
+        return prepare_synthetic(
+            config.image_size,
+            d.seed,
+            d.num_train,
+            d.num_validation,
+            d.num_test,
+            d.data_dir,
+            progress,
+        )
+
+    is_main = jax.process_index() == 0
+    progress = bool(config.progress_bar) and is_main
+    if jax.process_count() > 1:
+        prepared = build(progress) if is_main else None
+        multihost_utils.sync_global_devices("catvae_jax: data prepared")
+        prepared = prepared or build(False)
+    else:
+        prepared = build(progress)
+    if not prepared.reused and is_main:
+        print(summary(prepared), flush=True)
+    return prepared
 
 
 def summary(p: Prepared) -> str:

@@ -21,6 +21,7 @@ FOLDER_VERSION = "1.0.0"  # the cat_folder version: bump when decoding or splitt
 SPLITS = ("train", "validation", "test")
 _HOLDOUT_BUCKETS = {0: "validation", 1: "test"}  # of 10 hash buckets; the other 8 are train
 ProgressFn = Callable[[int], None]
+THREADS = min(32, (os.cpu_count() or 1) + 2)  # threads that read and decode files at once
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +127,7 @@ def decode_folder(
             return f"cannot decode ({type(e).__name__}: {' '.join(str(e).split())[:200]})", digest
 
     good, skipped, total = {}, [], hashlib.sha256()
-    workers = min(32, (os.cpu_count() or 1) + 2)
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
         for name, (result, digest) in zip(listing.files, pool.map(one, listing.files), strict=True):
             total.update(_digest(name) + digest)
             if isinstance(result, bytes):

@@ -6,27 +6,27 @@
 * `folder`: a folder of images (`data.path`), prepared once as the TFDS data set
   `cat_folder/<S>px_<fingerprint>` in `data.data_dir` (prepared on first use).
 * `cats_vs_dogs` (label == cat), `oxford_iiit_pet` (species == cat): TFDS catalog data sets in
-  array_record format in `data.data_dir`; their cats are split 80/10/10 by record id.
+  array_record format in `data.data_dir`; their cats are split 80/10/10 by record id
+  (`catalog.py`).
+
+Preparing the TFDS data sets is `builders.py`'s job; this module only chooses and reads them.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import functools
-import os
 from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
-from catvae_jax.data import synthetic
+from catvae_jax.data import folders, synthetic
+from catvae_jax.data.builders import prepare_source, quiet
+from catvae_jax.data.catalog import CATALOG, catalog_builder, catalog_cats, describe_catalog
 from catvae_jax.data.decode import square_resize_array
+from catvae_jax.data.folders import SPLITS, THREADS
 from catvae_jax.errors import UserError
-
-SPLITS = ("train", "validation", "test")
-# Catalog data set → (the class feature, its TFDS splits). Images whose class is "cat" are kept.
-CATALOG = {"cats_vs_dogs": ("label", ("train",)), "oxford_iiit_pet": ("species", ("train", "test"))}
-_THREADS = min(32, (os.cpu_count() or 1) + 2)
 
 
 def split_size(config: ml_collections.ConfigDict, split: str) -> int:
@@ -38,15 +38,10 @@ def split_size(config: ml_collections.ConfigDict, split: str) -> int:
     }[split]
 
 
-def synthetic_name(image_size: int, seed: int, n_train: int, n_val: int, n_test: int) -> str:
-    """The `synthetic_cats` config name: `<S>px_seed<seed>_n<train>-<validation>-<test>`."""
-    return f"{image_size}px_seed{seed}_n{n_train}-{n_val}-{n_test}"
-
-
 def synthetic_config_name(config: ml_collections.ConfigDict) -> str:
     """The `synthetic_cats` config name of a config's synthetic source."""
-    d = config.data
-    return synthetic_name(config.image_size, d.seed, d.num_train, d.num_validation, d.num_test)
+    d, size = config.data, config.image_size
+    return synthetic.config_name(size, d.seed, d.num_train, d.num_validation, d.num_test)
 
 
 def _check_split(split: str) -> None:
@@ -65,7 +60,7 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
 
 def read_all(source: Sequence[np.ndarray]) -> np.ndarray:
     """Every image of a random-access source, stacked: uint8 [N, S, S, 3] (parallel reads)."""
-    with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
         images = list(pool.map(source.__getitem__, range(len(source))))
     if not images:
         raise UserError("the data split is empty")
@@ -80,8 +75,6 @@ class TfdsImages:
         self.image_size = image_size
         self.indices = None if indices is None else np.asarray(indices, np.int64)
         if len(self):
-            from catvae_jax.data.builders import quiet
-
             with quiet():  # TFDS warns once, on the first image, that OpenCV is missing
                 self[0]
 
@@ -114,18 +107,16 @@ def random_access(config: ml_collections.ConfigDict, split: str):
     Folder and synthetic sources are prepared as TFDS data sets first if needed.
     """
     _check_split(split)
-    import tensorflow_datasets as tfds
-
     source, size = config.data.source, config.image_size
     if source in ("synthetic", "folder"):
-        prepared = prepare(config)
+        prepared = prepare_source(config)
         if not prepared.splits.get(split):
             raise UserError(f"the {split} split of {prepared.name}/{prepared.config} is empty")
         builder = tfds.builder_from_directory(prepared.path)
         return TfdsImages(builder.as_data_source(split), size)
     if source in CATALOG:
         refs = catalog_cats(source, config.data.data_dir, config.data.download)[split]
-        builder = _catalog_builder(source, config.data.data_dir, config.data.download)
+        builder = catalog_builder(source, config.data.data_dir, config.data.download)
         parts = []
         for tfds_split in CATALOG[source][1]:
             idx = [i for s, i in refs if s == tfds_split]
@@ -141,7 +132,7 @@ def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
     if source == "synthetic":
         return split_size(config, split)
     if source == "folder":
-        return prepare(config).splits.get(split, 0)
+        return prepare_source(config).splits.get(split, 0)
     return len(catalog_cats(source, config.data.data_dir, config.data.download)[split])
 
 
@@ -154,113 +145,6 @@ def pipeline(config: ml_collections.ConfigDict) -> str:
     return "device" if nbytes <= config.data.device_memory_mb * 2**20 else "grain"
 
 
-# Prepared TFDS data sets -----------------------------------------------------------------------
-
-
-def prepare(config: ml_collections.ConfigDict):
-    """Prepares the folder or synthetic source of `config` unless done; returns `Prepared`.
-
-    In a multi-process run process 0 builds while the others wait, then all read it.
-    """
-    import jax
-
-    from catvae_jax.data import builders
-
-    d = config.data
-
-    def build(progress: bool):
-        if d.source == "folder":
-            if not d.path:
-                raise UserError(
-                    "config field 'data.path' must name a folder when data.source is 'folder'"
-                )
-            return builders.prepare_folder(d.path, config.image_size, d.data_dir, progress)
-        return builders.prepare_synthetic(
-            config.image_size,
-            d.seed,
-            d.num_train,
-            d.num_validation,
-            d.num_test,
-            d.data_dir,
-            progress,
-        )
-
-    is_main = jax.process_index() == 0
-    progress = bool(config.progress_bar) and is_main
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        prepared = build(progress) if is_main else None
-        multihost_utils.sync_global_devices("catvae_jax: data prepared")
-        prepared = prepared or build(False)
-    else:
-        prepared = build(progress)
-    if not prepared.reused and is_main:
-        print(builders.summary(prepared), flush=True)
-    return prepared
-
-
-# Catalog data sets -----------------------------------------------------------------------------
-
-
-def _catalog_builder(name: str, data_dir: str, download: bool):
-    import tensorflow_datasets as tfds
-
-    hint = (
-        f"build it where TensorFlow is installed with `tfds build {name} "
-        f"--file_format=array_record{' --data_dir=' + data_dir if data_dir else ''}`"
-    )
-    builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
-    if not builder.is_prepared():
-        if not download:
-            raise UserError(f"{name} is not in data_dir '{builder.data_dir_root}'; {hint}")
-        try:
-            builder.download_and_prepare(file_format="array_record")
-        except Exception as e:
-            first = " ".join(str(e).split())[:200] or type(e).__name__
-            raise UserError(f"{name} could not be downloaded and prepared ({first}); {hint}") from e
-    return builder
-
-
-@functools.lru_cache(maxsize=4)
-def catalog_cats(name: str, data_dir: str, download: bool) -> dict[str, list[tuple[str, int]]]:
-    """(TFDS split, record index) of every cat of a catalog data set, per split of ours.
-
-    Reads every record once (the class is stored with the image); undecodable records are left
-    out. Our splits come from `folders.assign_splits` over "<tfds split>/<index>".
-    """
-    from catvae_jax.data.folders import assign_splits
-
-    field, tfds_splits = CATALOG[name]
-    builder = _catalog_builder(name, data_dir, download)
-    names = [n.lower() for n in builder.info.features[field].names]
-    cat = names.index("cat")
-    refs = []
-    for tfds_split in tfds_splits:
-        try:
-            ds = builder.as_data_source(tfds_split)
-        except Exception as e:  # e.g. prepared as tfrecord: no random access
-            first = " ".join(str(e).split())[:200]
-            raise UserError(
-                f"{name} in data_dir '{data_dir}' cannot be read by index ({first}); "
-                f"it must be prepared with --file_format=array_record"
-            ) from e
-
-        def label(i: int, ds=ds) -> int:
-            try:
-                return int(ds[i][field])
-            except Exception:  # an undecodable record: left out
-                return -1
-
-        with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
-            labels = list(pool.map(label, range(len(ds))))
-        refs += [(tfds_split, i) for i, v in enumerate(labels) if v == cat]
-    if len(refs) < 3:
-        raise UserError(f"{name} holds {len(refs)} cat images; at least 3 are needed")
-    parts = assign_splits([f"{s}/{i}" for s, i in refs])
-    return {split: [refs[i] for i in idx] for split, idx in parts.items()}
-
-
 def describe(config: ml_collections.ConfigDict) -> dict[str, str]:
     """Name, config and version of the data set, written into the run's config.json."""
     d = config.data
@@ -271,8 +155,6 @@ def describe(config: ml_collections.ConfigDict) -> dict[str, str]:
             "config": synthetic_config_name(config),
         }
     if d.source == "folder":
-        from catvae_jax.data import folders
-
         listing = folders.list_folder(d.path)
         return {
             "name": "cat_folder",
@@ -280,11 +162,4 @@ def describe(config: ml_collections.ConfigDict) -> dict[str, str]:
             "config": folders.folder_config_name(listing, config.image_size),
             "path": str(d.path),
         }
-    builder = _catalog_builder(d.source, d.data_dir, d.download)
-    field = CATALOG[d.source][0]
-    return {
-        "name": d.source,
-        "version": str(builder.version),
-        "config": builder.builder_config.name if builder.builder_config else "",
-        "filter": f"{field} == cat",
-    }
+    return describe_catalog(d.source, d.data_dir, d.download)

@@ -22,6 +22,13 @@ import numpy as np
 VERSION = "1.0.0"  # bump when the drawing changes: it names the data set version
 
 SPLIT_OFFSETS = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
+
+
+def config_name(image_size: int, seed: int, n_train: int, n_val: int, n_test: int) -> str:
+    """The `synthetic_cats` TFDS config name: `<S>px_seed<seed>_n<train>-<validation>-<test>`."""
+    return f"{image_size}px_seed{seed}_n{n_train}-{n_val}-{n_test}"
+
+
 _SPLIT_STRIDE = 10_000_000
 _CHUNK_PIXELS = 1 << 16  # pixels drawn per batch: keeps working arrays cache-sized
 
