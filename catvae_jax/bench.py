@@ -30,6 +30,7 @@ from ml_collections import config_flags
 from catvae_jax import cli, malloc, models, steps
 from catvae_jax import config as config_lib
 from catvae_jax.errors import UserError
+from catvae_jax.train import make_mesh
 
 LOSSES = {"ssim": (1.0, 0.0), "mse": (0.0, 1.0)}  # (ssim_weight, mse_weight)
 
@@ -90,8 +91,6 @@ def benchmark(
     `img_per_s` = batch / that time. `peak_tflops` / `peak_gbps`: the device's peaks (per
     device, 0 = unknown) for the roofline fractions (:func:`roofline`).
     """
-    from catvae_jax.train import make_mesh
-
     config = bench_config(config, loss, batch)
     mesh = make_mesh()
     if config.batch_size % jax.device_count():

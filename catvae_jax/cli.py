@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import re
 import sys
 from collections.abc import Callable
 
-from absl import flags
+import jax
+from absl import app, flags, logging
 
 from catvae_jax.errors import NonFiniteError, Preempted, UserError, exit_with
 
@@ -27,8 +29,6 @@ def run_app(
     """Runs an absl command: defines its flags, parses them (errors: one line, exit 2), keeps
     INFO logs quiet and calls `main(argv)`. Positional arguments are an error unless
     `positional`."""
-    from absl import app
-
     if define_flags is not None:
         define_flags()
 
@@ -94,8 +94,6 @@ def user_errors():
 
 def quiet_logs() -> None:
     """Keeps absl/JAX/Orbax INFO chatter off the terminal; warnings still show."""
-    from absl import logging
-
     logging.set_verbosity(logging.WARNING)
 
 
@@ -107,8 +105,6 @@ def init_distributed(
     Flags win over the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
     JAX_PROCESS_ID. Nothing happens for a single-process run. On CPU the collectives use gloo.
     """
-    import os
-
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     env_n, env_id = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
     num_processes = num_processes or _env_int("JAX_NUM_PROCESSES", env_n)
@@ -119,8 +115,6 @@ def init_distributed(
         fail("a multi-process run needs --coordinator, --num_processes and --process_id")
     if not 0 <= process_id < num_processes:
         fail(f"--process_id must be in [0, {num_processes}), got {process_id}")
-    import jax
-
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
 

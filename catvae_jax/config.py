@@ -12,6 +12,7 @@ import ml_collections
 from etils import epath
 
 from catvae_jax.errors import UserError
+from catvae_jax.models import MODELS
 
 # Fields that change the model, the data or their shapes: a resumed run may not change them.
 SHAPE_FIELDS = (
@@ -135,8 +136,6 @@ def _fail(field: str, why: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises UserError naming the first field whose value is out of range."""
-    from catvae_jax.models import MODELS  # models import config indirectly: avoid a cycle
-
     if config.batch_size <= 0:
         _fail("batch_size", f"must be positive, got {config.batch_size}")
     if config.learning_rate <= 0:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
 from catvae_jax import cli, malloc
+from catvae_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", cli.config_file("default.py"), "Config file.", lock_config=True
@@ -27,10 +29,6 @@ def main(argv: list[str]) -> None:
     with cli.user_errors():
         malloc.configure()  # reuse freed memory: far fewer page faults per XLA:CPU step
     cli.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    import jax
-
-    from catvae_jax.train import train_and_evaluate
-
     print(
         f"devices: {jax.device_count()} × {jax.devices()[0].platform} "
         f"({jax.process_count()} process(es)): {jax.devices()}",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
 
 import dm_pix as pix
 import jax
@@ -35,10 +34,8 @@ from jax.scipy.special import log_ndtr
 
 from catvae_jax import data
 from catvae_jax.errors import UserError
+from catvae_jax.inference import VaeModel
 from catvae_jax.ssim import ms_ssim, ms_ssim_scales, ssim
-
-if TYPE_CHECKING:  # annotations only: importing it here would be circular
-    from catvae_jax.inference import VaeModel
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 SIGMA_FIT_IMAGES = 1024

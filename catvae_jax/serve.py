@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         app = create_app(
             args.workdir, step, args.max_n, args.default_n, args.max_upload_mb, args.compute_slots
         )
-    import uvicorn
+    import uvicorn  # the server itself: only when serving (create_app users never need it)
 
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
