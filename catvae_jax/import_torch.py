@@ -21,16 +21,22 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 from etils import epath
+from ml_collections import config_flags
 
+from catvae_jax import cli, data, models, steps, writers
+from catvae_jax import config as config_lib
+from catvae_jax.checkpoint import Checkpoints
 from catvae_jax.errors import UserError
-
-if TYPE_CHECKING:
-    from catvae_jax.models import VaeCatsV1
+from catvae_jax.models import VaeCatsV1
+from catvae_jax.train import Progress
 
 # (PyTorch module name, path of the nnx module in VaeCatsV1, weight permutation).
 _CONV, _LINEAR, _CONV_T = (2, 3, 1, 0), (1, 0), (2, 3, 0, 1)
@@ -53,7 +59,7 @@ def read_state_dict(path: str | epath.Path) -> tuple[dict[str, np.ndarray], int]
     if not path.is_file():
         raise UserError(f"checkpoint file {path} does not exist")
     try:
-        import torch
+        import torch  # an optional extra (catvae_jax[torch]), slow to import: only when used
     except ImportError as e:
         raise UserError(
             "importing PyTorch checkpoints needs torch: pip install 'catvae_jax[torch]'"
@@ -97,8 +103,6 @@ def load_into(model: VaeCatsV1, state_dict: dict[str, np.ndarray]) -> None:
 
     Raises UserError naming the first missing, unexpected or mis-shaped key.
     """
-    import jax.numpy as jnp
-
     state_dict = _strip_prefix(state_dict)
     expected = set()
     for torch_name, path, perm in LAYOUT:
@@ -133,13 +137,6 @@ def import_checkpoint(
     `config` must name model `vae_cats_v1`. Returns the step of the written checkpoint (the
     Lightning global_step, or 0). Raises UserError for any input a user can fix.
     """
-    import jax
-
-    from catvae_jax import config as config_lib
-    from catvae_jax import data, models, steps, writers
-    from catvae_jax.checkpoint import Checkpoints
-    from catvae_jax.train import Progress
-
     config_lib.validate(config)
     if config.model.name != "vae_cats_v1":
         raise UserError(
@@ -175,11 +172,6 @@ def import_checkpoint(
 
 def define_flags() -> None:
     """Defines the flags of this command (called by `run`, so importing the module defines none)."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    from catvae_jax import cli
-
     config_flags.DEFINE_config_file(
         "config", cli.config_file("exp1.py"), "Config of the vae_cats_v1 model to import into."
     )
@@ -189,10 +181,6 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
-
-    from catvae_jax import cli
-
     f = flags.FLAGS
     with cli.user_errors():
         step = import_checkpoint(f.ckpt, f.workdir, f.config)
@@ -200,8 +188,6 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    from catvae_jax import cli
-
     cli.run_app(main, define_flags)
 
 
