@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pathlib
 import re
 import sys
 from collections.abc import Callable
@@ -12,13 +11,14 @@ from collections.abc import Callable
 import jax
 from absl import app, flags, logging
 
+from catvae_jax import config_files
 from catvae_jax.errors import NonFiniteError, Preempted, UserError, exit_with
 
 
 def config_file(name: str) -> str:
-    """Absolute path of `configs/NAME` in this source checkout, so that a default --config
-    works from any directory."""
-    return str(pathlib.Path(__file__).resolve().parents[1] / "configs" / name)
+    """The path of the shipped config `name` (e.g. "default.py"), for a default --config that
+    works from any directory and in an installed wheel (`config_files.shipped`)."""
+    return str(config_files.shipped(name))
 
 
 def run_app(
@@ -47,23 +47,57 @@ def fail(message: str) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing that turns any flag or config-override error into one line, exit 2."""
+    """absl flag parsing that turns any flag, config-file or config-override error into one line,
+    exit 2. A --config name that does not exist from here is looked up among the shipped
+    configs (`config_files.resolve`)."""
+    has_config = "config" in flags.FLAGS
+    index, argument = _config_argument(argv) if has_config else (None, None)
+    if argument is not None:
+        resolved = config_files.resolve(argument)
+        if index is not None and resolved != argument:
+            argv = [*argv[:index], argv[index].replace(argument, resolved), *argv[index + 1 :]]
+        problem = config_files.source_problem(resolved.partition(":")[0])
+        if problem:
+            fail(problem.replace(resolved.partition(":")[0], argument.partition(":")[0]))
     try:
         rest = flags.FLAGS(argv)
-        if "config" in flags.FLAGS:  # config files load lazily: load it now, inside the try
-            flags.FLAGS["config"].value.keys()
+        if has_config:  # config files load lazily: load it now, inside the try
+            value = flags.FLAGS["config"].value
+            value.keys()
+            problem = config_files.not_a_config(argument or "", value)
+            if problem:
+                fail(problem)
         return rest
-    except (KeyError, AttributeError) as e:  # an override of a field the config does not have
-        key = str(e.__context__ or e).strip("'\"")
-        overrides = [a[2:].split("=")[0] for a in argv if a.startswith("--config.")]
-        field = next((o[len("config.") :] for o in overrides if key in o.split(".")), key)
-        fail(f"unknown config field '{field}'")
-    except OSError:
-        path = flags.FLAGS["config"].serialize().split("=", 1)[-1]
-        fail(f"cannot load config file '{path}'")
-    except (flags.Error, TypeError, ValueError) as e:
-        fail(_first_line(e))
+    except Exception as e:
+        problem = config_files.run_problem(config_files.resolve(argument)) if argument else None
+        fail(problem or _override_error(e, argv))
     return []
+
+
+def _config_argument(argv: list[str]) -> tuple[int | None, str | None]:
+    """(index in argv, value) of the last --config FILE / --config=FILE; (None, the default's
+    value) when argv has none."""
+    found = (None, None)
+    for i, arg in enumerate(argv):
+        match = re.fullmatch(r"--?config(=(.*))?", arg, re.S)
+        if match and match[1]:
+            found = (i, match[2])
+        elif match and i + 1 < len(argv):
+            found = (i + 1, argv[i + 1])
+    if found[0] is None:
+        default = flags.FLAGS["config"].default_as_str or ""
+        return None, default.strip("'") or None
+    return found
+
+
+def _override_error(e: Exception, argv: list[str]) -> str:
+    """The one-line message of a flag or config-override error."""
+    if isinstance(e, KeyError | AttributeError):  # an override of a field the config lacks
+        key = str(e.__context__ or e).strip("'\"")
+        overrides = [a.lstrip("-").split("=")[0] for a in argv if re.match(r"--?config\.", a)]
+        field = next((o[len("config.") :] for o in overrides if key in o.split(".")), key)
+        return f"unknown config field '{field}'"
+    return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:

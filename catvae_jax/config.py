@@ -7,6 +7,7 @@ fields. `validate()` turns out-of-range values into a one-line :class:`UserError
 from __future__ import annotations
 
 import json
+import math
 
 import ml_collections
 from etils import epath
@@ -135,7 +136,11 @@ def _fail(field: str, why: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises UserError naming the first field whose value is out of range."""
+    """Raises UserError naming the first field whose value is out of range (NaN and ±inf are
+    out of every range)."""
+    for field, value in flatten(config.to_dict()).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail(field, f"must be a finite number, got {value}")
     if config.batch_size <= 0:
         _fail("batch_size", f"must be positive, got {config.batch_size}")
     if config.learning_rate <= 0:
@@ -203,7 +208,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _validate_resvae(config: ml_collections.ConfigDict) -> None:
     """resvae halves the image once per entry of `model.widths`, down to a bottom grid."""
     widths = config.model.widths
-    if not widths or any(not isinstance(w, int) or w <= 0 for w in widths):
+    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in widths):
         _fail("model.widths", f"must be a non-empty tuple of positive ints, got {widths}")
     if any(w > 8 and w % 8 for w in widths):  # GroupNorm splits a width into min(8, w) groups
         _fail("model.widths", f"must each be at most 8 or a multiple of 8, got {widths}")
