@@ -123,3 +123,43 @@ def test_shipped_configs_resolve_from_any_directory(tmp_path, monkeypatch):
     (tmp_path / "configs" / "exp1.py").write_text("")  # the user's own file wins
     assert config_files.resolve("configs/exp1.py") == "configs/exp1.py"
     assert config_files.resolve("configs/nope.py") == "configs/nope.py"  # then: no such file
+
+
+def test_an_installed_wheel_finds_its_configs_from_another_directory(tmp_path):
+    """The wheel of this checkout, unpacked where the repository is not: the default config and
+    `--config configs/exp1.py` load from an unrelated working directory (the run then stops at
+    the out-of-range batch size, exit 2, before any training)."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for part in ("catvae_jax", "configs"):
+        shutil.copytree(os.path.join(REPO, part), src / part, ignore=junk)
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, part), src / part)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("catvae_jax-*.whl")
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import catvae_jax.static, catvae_jax; print(catvae_jax.__file__)"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert where.stdout.startswith(str(site)), where.stdout + where.stderr
+    for config in ([], ["--config", "configs/exp1.py"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "catvae_jax.main", "--workdir", "w", *config,
+             "--config.batch_size=-1"],
+            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip() == "error: config field 'batch_size' must be positive, got -1"
