@@ -15,7 +15,8 @@ import time
 from absl import flags
 from etils import epath
 
-from catvae_jax import cli, writers
+from catvae_jax import cli, metrics, writers
+from catvae_jax.inference import load
 
 FLAGS = flags.FLAGS
 
@@ -34,16 +35,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    from catvae_jax import metrics
-    from catvae_jax.inference import load
-
+    max_examples = FLAGS.max_examples or None  # 0: all
     with cli.user_errors():
-        if not 1 <= FLAGS.iw_samples <= metrics.MAX_IW_SAMPLES:
-            cli.fail(
-                f"iw_samples must be between 1 and {metrics.MAX_IW_SAMPLES}, got {FLAGS.iw_samples}"
-            )
-        if FLAGS.max_examples < 0:
-            cli.fail(f"max_examples must be >= 0, got {FLAGS.max_examples}")
+        metrics.check_args(FLAGS.iw_samples, FLAGS.batch_size, max_examples)  # before the load
         model = load(FLAGS.workdir, FLAGS.step)
         start = time.perf_counter()
         result = metrics.evaluate(
@@ -52,11 +46,11 @@ def main(argv: list[str]) -> None:
             iw_samples=FLAGS.iw_samples,
             seed=FLAGS.seed,
             batch_size=FLAGS.batch_size,
-            max_examples=FLAGS.max_examples or None,
+            max_examples=max_examples,
         )
         seconds = time.perf_counter() - start
+        path = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / "eval.json")
         try:
-            path = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / "eval.json")
             path.parent.mkdir(parents=True, exist_ok=True)
             writers.write_json(path, result)
         except OSError as e:

@@ -8,16 +8,14 @@ folder --out. The same seed gives the same images.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
-import numpy as np
 from absl import flags
 from etils import epath
 
-from catvae_jax import cli, images
-from catvae_jax.errors import UserError
+from catvae_jax import cli, pictures
+from catvae_jax.inference import check_generate_args, load
 
 FLAGS = flags.FLAGS
 
@@ -38,33 +36,9 @@ def define_flags() -> None:
     flags.mark_flag_as_required("workdir")
 
 
-def write_samples(
-    samples: np.ndarray, out: str | epath.Path, individual: bool = False
-) -> list[epath.Path]:
-    """Writes images [N, S, S, 3] in [0, 1] as one grid PNG (⌈√N⌉ columns) at `out`, or as
-    `out`/sample_0000.png … when `individual`. Returns the paths written."""
-    out = epath.Path(out)
-    try:
-        if not individual:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            images.save_png(out, images.grid(samples, ncols=math.ceil(math.sqrt(len(samples)))))
-            return [out]
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [out / f"sample_{i:04d}.png" for i in range(len(samples))]
-        for path, image in zip(paths, samples, strict=True):
-            images.save_png(path, image)
-        return paths
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from e
-
-
 def main(argv: list[str]) -> None:
-    from catvae_jax.inference import check_generate_args, load
-
     with cli.user_errors():
-        check_generate_args(FLAGS.n, FLAGS.temperature, FLAGS.sampler)
-        if FLAGS.gmm_components <= 0:
-            cli.fail(f"gmm_components must be positive, got {FLAGS.gmm_components}")
+        check_generate_args(FLAGS.n, FLAGS.temperature, FLAGS.sampler)  # before the slow load
         model = load(FLAGS.workdir, FLAGS.step)
         if FLAGS.sampler == "gmm":
             model.fit_gmm(n_components=FLAGS.gmm_components)
@@ -73,7 +47,7 @@ def main(argv: list[str]) -> None:
         seconds = time.perf_counter() - start
         default = "generated" if FLAGS.individual else "generated.png"
         out = FLAGS.out or str(epath.Path(FLAGS.workdir) / default)
-        paths = write_samples(samples, out, FLAGS.individual)
+        paths = pictures.write_samples(samples, out, FLAGS.individual)
     where = out if len(paths) == 1 else f"{len(paths)} files in {out}"
     print(
         f"wrote {FLAGS.n} samples (checkpoint {model.step}, sampler {FLAGS.sampler}, "

@@ -12,6 +12,11 @@ from PIL import Image
 from catvae_jax import writers
 
 
+def to_unit(images):
+    """uint8 images (numpy, or jax inside a jitted function) → float32 in [0, 1], same shape."""
+    return images.astype(np.float32) / 255.0
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] (clipped) or uint8 → uint8, same shape."""
     images = np.asarray(images)

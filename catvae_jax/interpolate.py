@@ -9,17 +9,12 @@ reconstructions of A and B), image B.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
-import numpy as np
 from absl import flags
 from etils import epath
 
-from catvae_jax import cli, images
-from catvae_jax.errors import UserError
-
-if TYPE_CHECKING:  # annotations only: importing it here would be circular
-    from catvae_jax.inference import VaeModel
+from catvae_jax import cli, images, pictures
+from catvae_jax.inference import load
 
 FLAGS = flags.FLAGS
 
@@ -36,44 +31,13 @@ def define_flags() -> None:
     flags.mark_flag_as_required("workdir")
 
 
-MAX_PAIRS = 64
-
-
-def interpolation_rows(
-    model: VaeModel, pairs: int = 4, steps: int = 8, seed: int = 0, split: str = "validation"
-) -> np.ndarray:
-    """[pairs, steps + 2, S, S, 3] float32: per row image A, the decoded path, image B."""
-    from catvae_jax.data import load_split
-
-    if not 1 <= pairs <= MAX_PAIRS:
-        raise UserError(f"pairs must be between 1 and {MAX_PAIRS}, got {pairs}")
-    data = load_split(model.config, split)
-    if len(data) < 2 * pairs:
-        raise UserError(f"{pairs} pairs need {2 * pairs} {split} images, the split has {len(data)}")
-    order = np.random.default_rng(seed).permutation(len(data))[: 2 * pairs]
-    x = data[order].astype(np.float32) / 255.0
-    x_a, x_b = x[:pairs], x[pairs:]
-    path = model.interpolate(x_a, x_b, steps)
-    return np.concatenate([x_a[:, None], path, x_b[:, None]], axis=1)
-
-
 def main(argv: list[str]) -> None:
-    from catvae_jax.inference import load
-
     with cli.user_errors():
-        if not 2 <= FLAGS.steps <= 256:
-            cli.fail(f"steps must be between 2 and 256, got {FLAGS.steps}")
-        if not 1 <= FLAGS.pairs <= MAX_PAIRS:
-            cli.fail(f"pairs must be between 1 and {MAX_PAIRS}, got {FLAGS.pairs}")
         model = load(FLAGS.workdir, FLAGS.step)
-        rows = interpolation_rows(model, FLAGS.pairs, FLAGS.steps, FLAGS.seed, FLAGS.split)
-        out = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / "interpolations.png")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            grid = images.grid(rows.reshape(-1, *rows.shape[2:]), ncols=rows.shape[1])
-            images.save_png(out, grid)
-        except OSError as e:
-            cli.fail(f"cannot write {out}: {e.strerror or e}")
+        rows = pictures.interpolation_rows(model, FLAGS.pairs, FLAGS.steps, FLAGS.seed, FLAGS.split)
+        out = FLAGS.out or epath.Path(FLAGS.workdir) / "interpolations.png"
+        grid = images.grid(rows.reshape(-1, *rows.shape[2:]), ncols=rows.shape[1])
+        pictures.write_png(out, grid)
     print(
         f"wrote {rows.shape[0]} interpolations of {FLAGS.steps} steps between {FLAGS.split} "
         f"images (checkpoint {model.step}) to {out}",

@@ -171,6 +171,17 @@ def likelihood_sentence(sigma: float, num_images: int) -> str:
     )
 
 
+def check_args(iw_samples: int, batch_size: int, max_examples: int | None = None) -> None:
+    """Raises UserError unless 1 ≤ iw_samples ≤ MAX_IW_SAMPLES, batch_size > 0 and
+    max_examples is None or positive."""
+    if not 1 <= iw_samples <= MAX_IW_SAMPLES:
+        raise UserError(f"iw_samples must be between 1 and {MAX_IW_SAMPLES}, got {iw_samples}")
+    if batch_size <= 0:
+        raise UserError(f"batch_size must be positive, got {batch_size}")
+    if max_examples is not None and max_examples <= 0:
+        raise UserError(f"max_examples must be positive, got {max_examples}")
+
+
 def evaluate_images(
     model: VaeModel,
     images: np.ndarray,
@@ -182,10 +193,7 @@ def evaluate_images(
 ) -> dict:
     """Metrics (see the module docstring) of `model` on uint8 images [N, S, S, 3], without the
     `split`, `checkpoint_step` and `likelihood` entries."""
-    if not 1 <= iw_samples <= MAX_IW_SAMPLES:
-        raise UserError(f"iw_samples must be between 1 and {MAX_IW_SAMPLES}, got {iw_samples}")
-    if batch_size <= 0:
-        raise UserError(f"batch_size must be positive, got {batch_size}")
+    check_args(iw_samples, batch_size)
     if len(images) == 0:
         raise UserError("no images to evaluate")
     key = jax.random.fold_in(jax.random.key(seed), 0xE7A1)
@@ -217,13 +225,10 @@ def evaluate(
 ) -> dict:
     """All of eval.json for `model` (a VaeModel) on `split` of its configured data: a flat dict
     with exactly the keys in KEYS. σ is fitted on up to 1024 training images first."""
+    check_args(iw_samples, batch_size, max_examples)
     images = data.load_split(model.config, split)
     if max_examples is not None:
-        if max_examples <= 0:
-            raise UserError(f"max_examples must be positive, got {max_examples}")
         images = images[:max_examples]
-    if batch_size <= 0:
-        raise UserError(f"batch_size must be positive, got {batch_size}")
     train = data.load_split(model.config, "train")[:SIGMA_FIT_IMAGES]
     batch_size = max(1, min(batch_size, len(train), len(images)))  # one shape: one compile
     sigma = fit_sigma(model, train, seed, batch_size)

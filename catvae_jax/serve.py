@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import logging
 import math
 import re
@@ -34,14 +33,13 @@ from importlib import resources
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image, ImageOps
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from catvae_jax import cli, images, inference
+from catvae_jax import cli, images, inference, pictures
 from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 from catvae_jax.inference import VaeModel, load
@@ -50,7 +48,6 @@ from catvae_jax.serve_metrics import ObserveRequests, ServiceMetrics
 ENDPOINTS = ("/", "/healthz", "/grid.png", "/reconstruct", "/metrics")
 SAMPLERS = inference.SAMPLERS
 MAX_TEMPERATURE = inference.MAX_TEMPERATURE
-MAX_PIXELS = 40_000_000  # decoded uploads larger than this are refused before decoding
 _DRAIN_FACTOR = 8  # an oversize body is read (and dropped) up to this multiple, then cut off
 
 
@@ -148,30 +145,13 @@ def _temperature(value: str) -> float:
 
 
 def decode_upload(data: bytes, size: int) -> tuple[np.ndarray, str | None]:
-    """Image file bytes → ([1, size, size, 3] float32 in [0, 1], how it was resized or None).
-
-    Raises HTTPException 415 for bytes PIL cannot decode, 413 for more than MAX_PIXELS.
-    """
+    """`pictures.read_upload` with HTTP errors: 413 over the pixel limit, 415 not an image."""
     try:
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        if w * h > MAX_PIXELS:
-            raise HTTPException(413, f"image of {w}×{h} pixels is over {MAX_PIXELS} pixels")
-        # decodes (PIL's bomb guard applies) and reads pixels as training does: transparency
-        # on white, 16-bit samples scaled to 8 bits
-        img = decode.to_rgb(ImageOps.exif_transpose(img))
-    except HTTPException:
-        raise
-    except Exception as e:  # anything PIL raises on undecodable bytes is the upload's fault
-        raise HTTPException(415, f"the upload is not a decodable image ({type(e).__name__})") from e
-    resized = None
-    if img.size != (size, size):
-        w, h = img.size  # after any EXIF rotation
-        side = min(w, h)
-        crop = "" if w == h else f"centre-cropped to {side}x{side}, "
-        img = decode.square_resize(img, size)  # as training resizes (Lanczos)
-        resized = f"{w}x{h} {crop}resized to {size}x{size}"
-    return np.asarray(img, np.float32)[None] / 255.0, resized
+        return pictures.read_upload(data, size)
+    except decode.TooLarge as e:
+        raise HTTPException(413, f"image {e}") from None
+    except decode.Undecodable as e:
+        raise HTTPException(415, f"the upload is not a decodable image ({e})") from None
 
 
 async def _read_body(request: Request, limit: int) -> bytes | None:

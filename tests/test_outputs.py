@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import struct
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,23 @@ def workdir_copy(trained_workdir, tmp_path):
     dst = tmp_path / "run"
     shutil.copytree(trained_workdir[0], dst)
     return dst
+
+
+def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A PNG of under 100 bytes whose header declares width × height 1-bit pixels (a
+    decompression bomb: decoded it would be gigabytes); never decoded by the tests."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _one_error_line(proc) -> str:
@@ -114,7 +133,7 @@ def test_decoded_means_beat_the_mean_image(well_trained):
 
 
 def test_interpolation_rows_frame_each_path_with_its_images(model):
-    from catvae_jax.interpolate import interpolation_rows
+    from catvae_jax.pictures import interpolation_rows
 
     rows = interpolation_rows(model, pairs=2, steps=4, seed=1)
     assert rows.shape == (2, 6, 16, 16, 3)
@@ -127,7 +146,7 @@ def test_interpolation_rows_frame_each_path_with_its_images(model):
 
 
 def test_read_images_policy_and_comparison_grid(tmp_path):
-    from catvae_jax.reconstruct import comparison_grid, image_files, read_images
+    from catvae_jax.pictures import comparison_grid, image_files, read_images
 
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 255
@@ -137,13 +156,19 @@ def test_read_images_policy_and_comparison_grid(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "c.png")
     (tmp_path / "d.png").write_text("broken")
+    (tmp_path / "e.PNG").write_bytes(bomb_png())  # 30000×30000: skipped, never decoded
+    (tmp_path / "f.png").write_bytes(bomb_png(8000, 8000))  # 64 M: over the one limit too
     files = image_files([str(tmp_path)])
-    assert [f.name for f in files] == ["a.png", "b.jpg", "c.png", "d.png"]
+    assert [f.name for f in files] == ["a.png", "b.jpg", "c.png", "d.png", "e.PNG", "f.png"]
     with pytest.raises(UserError, match=r"c.png is 48×32 pixels .* --resize"):
         read_images(files, 16)
     x, kept, skipped = read_images(files, 16, resize=True)
     assert x.shape == (3, 16, 16, 3) and x.dtype == np.float32
     assert [f.name for f in kept] == ["a.png", "b.jpg", "c.png"] and "d.png" in skipped[0]
+    assert "e.PNG (too large: 900000000 pixels is over the limit" in skipped[1]
+    assert "f.png (too large: 64000000 pixels is over the limit" in skipped[2]
+    with pytest.raises(decode.TooLarge):  # the same reader and limit as the data pipeline
+        decode.decode_image(bomb_png(), 16)
     np.testing.assert_allclose(x[0, 0, 0], [200 / 255, 0, 0])  # RGBA → RGB, grey → 3 channels
     np.testing.assert_allclose(x[0, 0, 1], [1, 1, 1])
     # A resized image has exactly the pixels the training data pipeline gives the same file.
@@ -242,6 +267,7 @@ def test_reconstruct_cli_folder_with_bad_files_and_resize(trained_workdir, model
     (folder / "broken.png").write_bytes(b"not a png")
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(folder / "z_big.png")
+    (folder / "bomb.png").write_bytes(bomb_png())  # 30000×30000 declared: skipped and listed
     out = tmp_path / "recon.png"
     proc = run_cli(
         "catvae_jax.reconstruct", "--workdir", str(trained_workdir[0]), "--images", str(folder),
@@ -249,6 +275,8 @@ def test_reconstruct_cli_folder_with_bad_files_and_resize(trained_workdir, model
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipped: " in proc.stderr and "broken.png" in proc.stderr
+    assert "bomb.png (too large: 900000000 pixels is over the limit" in proc.stderr
+    assert "skipped 2 unreadable file(s)" in proc.stdout
     assert "warning: " in proc.stderr and "z_big.png is 30×40" in proc.stderr
     assert "wrote 5 reconstructions" in proc.stdout
     got = np.asarray(Image.open(out))

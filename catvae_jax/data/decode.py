@@ -1,32 +1,50 @@
-"""Robust image decoding: any file a user may put in a folder → uint8 [S, S, 3] or a skip reason.
+"""The one reader of user images: any file a user may give → uint8 [S, S, 3] or a skip reason.
 
-`load_image(path, size)` opens a file with PIL, applies its EXIF orientation, converts every mode
-to RGB (16-bit samples scaled to 8 bits, transparency composited on `BACKGROUND`, palette and CMYK
-converted), centre-crops the largest square and resizes it to `size` × `size` (smaller images are
-upscaled). A file that cannot be decoded raises :class:`Undecodable` whose message is the reason.
+Training data folders (`folders.py`), `reconstruct` and the HTTP service all read images here,
+with one list of file types (`EXTENSIONS`) and one pixel limit (`MAX_PIXELS`, also PIL's own
+decompression-bomb limit). `read_image(data, size)` opens a file with PIL, refuses more than
+MAX_PIXELS before decoding, applies its EXIF orientation, converts every mode to RGB (16-bit
+samples scaled to 8 bits, transparency composited on `BACKGROUND`, palette and CMYK
+converted), centre-crops the largest square and resizes it to `size` × `size` (smaller images
+are upscaled). A file that cannot be decoded raises :class:`Undecodable` whose message is the
+reason; one over the limit raises its subclass :class:`TooLarge`.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 
 import numpy as np
 from etils import epath
 from PIL import Image, ImageOps
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # matched in any letter case
+# matched in any letter case
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 BACKGROUND = (255, 255, 255)  # the plain background transparent pixels are composited on
-MAX_PIXELS = 200_000_000  # larger images are refused (decompression-bomb guard)
+# Larger images are refused before decoding (a decompression bomb: a small file that decodes to
+# gigabytes). 50 MP holds every common camera's photos; decoded, it is 150 MB of RGB.
+MAX_PIXELS = 50_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL's own bomb check, raised by Image.open, agrees
+_ORIENTATION = 0x0112  # the EXIF tag; values 5-8 turn the image by 90°
 
 
 class Undecodable(Exception):
     """A file that is not a usable image; `str(e)` is the one-line reason shown to the user."""
 
 
+class TooLarge(Undecodable):
+    """An image of more than MAX_PIXELS pixels (refused before decoding)."""
+
+
+def _too_large(pixels: int | str) -> TooLarge:
+    return TooLarge(f"too large: {pixels} pixels is over the limit of {MAX_PIXELS} pixels")
+
+
 def is_candidate(name: str) -> bool:
-    """Whether a file name has an image extension (.jpg/.jpeg/.png/.webp/.bmp, any case)."""
+    """Whether a file name has an image extension (EXTENSIONS, any case) and is not hidden."""
     return name.lower().endswith(EXTENSIONS) and not os.path.basename(name).startswith(".")
 
 
@@ -78,8 +96,9 @@ def square_resize_array(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(square_resize(to_rgb(Image.fromarray(image)), size))
 
 
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Encoded image bytes → uint8 [size, size, 3]. Raises Undecodable with a reason."""
+def read_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoded image bytes → (uint8 [size, size, 3], the image's own (width, height) after its
+    EXIF orientation). Raises TooLarge over MAX_PIXELS, Undecodable with a reason otherwise."""
     if not data:
         raise Undecodable("empty file (0 bytes)")
     try:
@@ -87,18 +106,22 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > MAX_PIXELS:
-                raise Undecodable(f"too large ({img.width}×{img.height} pixels)")
+                raise _too_large(f"{img.width}×{img.height}")
+            w, h = img.size
+            if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+                w, h = h, w
             if img.format == "JPEG":
                 img.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
             img.load()
             img = ImageOps.exif_transpose(img)
-            return np.asarray(square_resize(to_rgb(img), size), dtype=np.uint8)
+            return np.asarray(square_resize(to_rgb(img), size), dtype=np.uint8), (w, h)
     except Undecodable:
         raise
     except Image.UnidentifiedImageError:
         raise Undecodable("not an image (unknown format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise Undecodable("too large (decompression-bomb limit)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))  # "Image size (N pixels) exceeds ..."
+        raise _too_large(found[1] if found else "more than") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         reason = " ".join(str(e).split()) or type(e).__name__
         if "truncated" in reason.lower():
@@ -106,10 +129,19 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         raise Undecodable(f"corrupt image ({reason})") from None
 
 
-def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """An image file → uint8 [size, size, 3]. Raises Undecodable with a reason."""
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Encoded image bytes → uint8 [size, size, 3] (`read_image` without the size)."""
+    return read_image(data, size)[0]
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a file; Undecodable("unreadable (...)") when it cannot be read."""
     try:
-        data = epath.Path(path).read_bytes()
+        return epath.Path(path).read_bytes()
     except OSError as e:
         raise Undecodable(f"unreadable ({e.strerror or type(e).__name__})") from None
-    return decode_image(data, size)
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """An image file → uint8 [size, size, 3]. Raises Undecodable with a reason."""
+    return decode_image(read_file(path), size)

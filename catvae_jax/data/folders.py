@@ -114,9 +114,9 @@ def decode_folder(
 
     def one(name: str) -> tuple[bytes | str, bytes]:
         try:
-            content = (listing.root / name).read_bytes()
-        except OSError as e:
-            return f"unreadable ({e.strerror or type(e).__name__})", b""
+            content = decode.read_file(listing.root / name)
+        except decode.Undecodable as e:
+            return str(e), b""
         digest = hashlib.sha256(content).digest()
         try:
             image = decode.decode_image(content, image_size)
