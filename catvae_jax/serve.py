@@ -19,18 +19,19 @@ thread pool, so requests are served while others compute; n is rounded up to a p
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from importlib import resources
 
 import numpy as np
+from absl import flags
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -329,11 +330,6 @@ def create_app(
     return app
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every catvae_jax CLI
-        cli.fail(message)
-
-
 def _listen(host: str, port: int) -> socket.socket:
     """A bound, listening TCP socket, or a one-line error (exit 2)."""
     try:
@@ -347,34 +343,44 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = _Parser(prog="python -m catvae_jax.serve", description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", required=True, help="A training run's directory.")
-    p.add_argument("--step", default="best", help='"best", "latest" or a checkpoint number.')
-    p.add_argument("--host", default="127.0.0.1", help="Listen address (default: loopback).")
-    p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one.")
-    p.add_argument("--max_n", type=int, default=256, help="Most images one grid may hold.")
-    p.add_argument("--default_n", type=int, default=64, help="Grid size when n is not given.")
-    p.add_argument("--max_upload_mb", type=float, default=10.0, help="Upload size limit.")
-    p.add_argument("--compute_slots", type=int, default=1, help="Model calls run at once.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the flags of this command (called by `run`, so importing the module defines none)."""
+    flags.DEFINE_string("workdir", None, "A training run's directory.")
+    flags.DEFINE_string("step", "best", '"best", "latest" or a checkpoint number.')
+    flags.DEFINE_string("host", "127.0.0.1", "Listen address (default: loopback).")
+    flags.DEFINE_integer("port", 8000, "TCP port; 0 picks a free one.")
+    flags.DEFINE_integer("max_n", 256, "Most images one grid may hold.")
+    flags.DEFINE_integer("default_n", 64, "Grid size when n is not given.")
+    flags.DEFINE_float("max_upload_mb", 10.0, "Upload size limit.")
+    flags.DEFINE_integer("compute_slots", 1, "Model calls run at once.")
     levels = ["critical", "error", "warning", "info", "debug"]
-    p.add_argument("--log_level", default="warning", choices=levels, help="uvicorn log level.")
-    args = p.parse_args(argv)
-    cli.quiet_logs()
-    step = int(args.step) if args.step.isdigit() else args.step
-    sock = _listen(args.host, args.port)  # a busy port fails before the model loads
+    flags.DEFINE_enum("log_level", "warning", levels, "uvicorn log level.")
+    flags.mark_flag_as_required("workdir")
+
+
+def main(argv: list[str]) -> None:
+    step = int(FLAGS.step) if FLAGS.step.isdigit() else FLAGS.step
+    sock = _listen(FLAGS.host, FLAGS.port)  # a busy port fails before the model loads
     with cli.user_errors():
         app = create_app(
-            args.workdir, step, args.max_n, args.default_n, args.max_upload_mb, args.compute_slots
-        )
+            FLAGS.workdir, step, FLAGS.max_n, FLAGS.default_n, FLAGS.max_upload_mb,
+            FLAGS.compute_slots,
+        )  # fmt: skip
     import uvicorn  # the server itself: only when serving (create_app users never need it)
 
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    print(f"serving {args.workdir} (step {app.state.service.model.step}) at {url}", flush=True)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    print(f"serving {FLAGS.workdir} (step {app.state.service.model.step}) at {url}", flush=True)
+    config = uvicorn.Config(app, log_level=FLAGS.log_level, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def run() -> None:
+    cli.run_app(main, define_flags)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

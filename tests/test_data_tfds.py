@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import run_cli
 
 from catvae_jax import data
 from catvae_jax.config import get_config, validate
@@ -35,12 +36,14 @@ def test_synthetic_cats_on_disk_equal_the_in_memory_cats(tmp_path):
     assert again.reused and again.path == p.path
 
 
-def test_prepare_cli_synthetic_reports_what_it_built(tmp_path, capsys):
-    from catvae_jax.data.__main__ import main
-
+def test_prepare_cli_synthetic_reports_what_it_built(tmp_path):
     args = ["prepare", "--source", "synthetic", "--data_dir", str(tmp_path), "--image_size"]
-    main([*args, "16", "--num_train", "8", "--num_validation", "2", "--num_test", "2"])
-    out = capsys.readouterr().out
+    proc = run_cli(
+        "catvae_jax.data", *args, "16", "--num_train", "8", "--num_validation", "2",
+        "--num_test", "2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
     assert "synthetic_cats/16px_seed0_n8-2-2, version 1.0.0" in out
     assert "train 8, validation 2, test 2" in out
     assert (tmp_path / "synthetic_cats" / "16px_seed0_n8-2-2" / "1.0.0").is_dir()

@@ -348,24 +348,27 @@ def test_load_200_requests_8_concurrent(server, capsys):
     assert max(in_flight) >= 2  # requests overlap: served while others compute
 
 
-def test_cli_errors(server, tmp_path, capsys):
+def test_cli_errors(server, tmp_path):
     """A bad flag, a missing workdir, a busy port: one line `error: ...`, exit code 2."""
-    from absl import logging
-
-    from catvae_jax import serve
-
     port = str(httpx.URL(str(server[0].base_url)).port)
-    verbosity = logging.get_verbosity()
-    for args, message in [
-        (["--workdir", str(tmp_path), "--port", "x"], "error: argument --port: invalid int"),
+    cases = [
+        (["--workdir", str(tmp_path), "--port", "x"], "error: flag --port=x: invalid literal"),
         (["--workdir", str(tmp_path / "nope"), "--port", "0"], "error: workdir"),
         (["--workdir", str(server[1]), "--port", port], "error: cannot listen on 127.0.0.1:"),
-    ]:
-        with pytest.raises(SystemExit) as exit_:
-            serve.main(args)
-        err = capsys.readouterr().err
-        assert exit_.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
-    logging.set_verbosity(verbosity)
+    ]
+    procs = [  # at once: each is an interpreter start
+        subprocess.Popen(
+            [sys.executable, "-m", "catvae_jax.serve", *args],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, _ in cases
+    ]
+    for proc, (_, message) in zip(procs, cases, strict=True):
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2 and err.startswith(message) and err.count("\n") == 1, err
 
 
 class _StandIn:

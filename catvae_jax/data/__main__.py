@@ -10,33 +10,29 @@ image, is a one-line error with exit code 2.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
+
+from absl import flags
 
 from catvae_jax import cli
 from catvae_jax.data import builders
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every catvae_jax CLI
-        cli.fail(message)
+FLAGS = flags.FLAGS
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m catvae_jax.data", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    prep = sub.add_parser("prepare", help="build a TFDS data set (array_record) on disk")
-    prep.add_argument("--source", choices=("folder", "synthetic"), required=True)
-    prep.add_argument("--path", default="", help="folder of images (--source folder)")
-    prep.add_argument("--data_dir", default="", help="TFDS data_dir (default: TFDS's own)")
-    prep.add_argument("--image_size", type=int, default=128, help="side of the square images")
-    prep.add_argument("--seed", type=int, default=0, help="synthetic: which cats are drawn")
-    prep.add_argument("--num_train", type=int, default=4096, help="synthetic: train examples")
-    prep.add_argument("--num_validation", type=int, default=256)
-    prep.add_argument("--num_test", type=int, default=256)
-    prep.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    return p
+def define_flags() -> None:
+    """Defines the flags of this command (called by `run`, so importing the module defines none)."""
+    flags.DEFINE_enum("source", None, ["folder", "synthetic"], "What to prepare.")
+    flags.DEFINE_string("path", "", "Folder of images (--source folder).")
+    flags.DEFINE_string("data_dir", "", "TFDS data_dir (default: TFDS's own).")
+    flags.DEFINE_integer("image_size", 128, "Side of the square images.", lower_bound=1)
+    flags.DEFINE_integer("seed", 0, "Synthetic: which cats are drawn.")
+    flags.DEFINE_integer("num_train", 4096, "Synthetic: train examples.", lower_bound=0)
+    flags.DEFINE_integer("num_validation", 256, "Synthetic: validation examples.", lower_bound=0)
+    flags.DEFINE_integer("num_test", 256, "Synthetic: test examples.", lower_bound=0)
+    flags.DEFINE_bool("no_progress", False, "Hide the progress bar.")
+    flags.mark_flag_as_required("source")
 
 
 def report(prepared) -> str:
@@ -77,35 +73,30 @@ def _os_errors():
         cli.fail(f"cannot prepare the dataset: {e.strerror or e}: '{e.filename}'")
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    cli.quiet_logs()
-    if args.image_size < 1:
-        cli.fail(f"--image_size must be positive, got {args.image_size}")
+def main(argv: list[str]) -> None:
+    if argv[1:] != ["prepare"]:
+        cli.fail(f"expected the command 'prepare', got {' '.join(argv[1:]) or 'none'}")
     if hasattr(sys.stdout, "reconfigure"):  # file names may hold any character
         sys.stdout.reconfigure(errors="backslashreplace")
+    progress = not FLAGS.no_progress
     with cli.user_errors(), _os_errors():
-        if args.source == "folder":
-            if not args.path:
+        if FLAGS.source == "folder":
+            if not FLAGS.path:
                 cli.fail("--path is required with --source folder")
             prepared = builders.prepare_folder(
-                args.path, args.image_size, args.data_dir, progress=not args.no_progress
+                FLAGS.path, FLAGS.image_size, FLAGS.data_dir, progress=progress
             )
         else:
-            for name in ("num_train", "num_validation", "num_test"):
-                if getattr(args, name) < 0:
-                    cli.fail(f"--{name} must be >= 0")
             prepared = builders.prepare_synthetic(
-                args.image_size,
-                args.seed,
-                args.num_train,
-                args.num_validation,
-                args.num_test,
-                args.data_dir,
-                progress=not args.no_progress,
-            )
+                FLAGS.image_size, FLAGS.seed, FLAGS.num_train, FLAGS.num_validation,
+                FLAGS.num_test, FLAGS.data_dir, progress=progress,
+            )  # fmt: skip
     print(report(prepared), flush=True)
 
 
+def run() -> None:
+    cli.run_app(main, define_flags, positional=True)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())
