@@ -17,6 +17,15 @@ def to_unit(images):
     return images.astype(np.float32) / 255.0
 
 
+def pad_batch(images: np.ndarray, batch_size: int) -> np.ndarray:
+    """A last, short batch [n ≤ batch_size, ...] → [batch_size, ...]: zeros appended, so that
+    every batch has one shape (one compiled program); the caller drops the padded results."""
+    missing = batch_size - len(images)
+    if missing <= 0:
+        return images
+    return np.concatenate([images, np.zeros((missing, *images.shape[1:]), images.dtype)])
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Float images in [0, 1] (clipped) or uint8 → uint8, same shape."""
     images = np.asarray(images)

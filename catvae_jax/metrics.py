@@ -34,6 +34,7 @@ from jax.scipy.special import log_ndtr
 
 from catvae_jax import data
 from catvae_jax.errors import UserError
+from catvae_jax.images import pad_batch, to_unit
 from catvae_jax.inference import VaeModel
 from catvae_jax.ssim import ms_ssim, ms_ssim_scales, ssim
 
@@ -67,7 +68,7 @@ def _log1mexp(d: jax.Array) -> jax.Array:
 def discretized_gaussian_log_prob(x_u8: jax.Array, mean: jax.Array, sigma: jax.Array) -> jax.Array:
     """log p(x) [B] (nats, summed over pixels) of uint8 images [B, H, W, C] under a Gaussian of
     mean `mean` (in [0, 1], same shape) and scale `sigma`, discretized to the 256 bins."""
-    x = x_u8.astype(jnp.float32) / 255.0
+    x = to_unit(x_u8)
     half = 0.5 / 255.0
     lo = jnp.where(x_u8 == 0, -jnp.inf, (x - half - mean) / sigma)
     hi = jnp.where(x_u8 == 255, jnp.inf, (x + half - mean) / sigma)
@@ -90,7 +91,7 @@ def _batch_metrics(graphdef, params, x_u8, key, sigma, num_samples) -> dict:
     serves every K and also the σ fit (K = 1, `sq_err` of the sample's reconstruction).
     """
     model = nnx.merge(graphdef, params)
-    x = x_u8.astype(jnp.float32) / 255.0
+    x = to_unit(x_u8)
     mu, logvar = model.encode(x)
     std = jnp.exp(0.5 * logvar)
     recon = model.decode(mu)
@@ -147,11 +148,7 @@ def _batches(images: np.ndarray, batch_size: int):
     """Yields (index, uint8 batch [batch_size, ...], number of real images), zero-padded."""
     for i, start in enumerate(range(0, len(images), batch_size)):
         chunk = images[start : start + batch_size]
-        real = len(chunk)
-        if real < batch_size:
-            pad = np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        yield i, chunk, real
+        yield i, pad_batch(chunk, batch_size), len(chunk)
 
 
 def fit_sigma(model: VaeModel, images: np.ndarray, seed: int = 0, batch_size: int = 64) -> float:

@@ -20,6 +20,7 @@ from etils import epath
 
 from catvae_jax import writers
 from catvae_jax.errors import UserError
+from catvae_jax.images import pad_batch
 
 if TYPE_CHECKING:  # annotations only: importing it here would be circular
     from catvae_jax.inference import VaeModel
@@ -114,11 +115,8 @@ def encode_means(model: VaeModel, images: np.ndarray, batch_size: int = 256) -> 
     batch_size = min(batch_size, len(images))
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        mu, _ = model.encode(chunk.astype(np.float32) / 255.0)
-        out.append(mu[: batch_size - pad])
+        mu, _ = model.encode(pad_batch(chunk, batch_size).astype(np.float32) / 255.0)
+        out.append(mu[: len(chunk)])
     return np.concatenate(out)
 
 

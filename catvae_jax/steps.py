@@ -15,7 +15,7 @@ import ml_collections
 import optax
 from flax import nnx, struct
 
-from catvae_jax import losses
+from catvae_jax import images, losses
 
 
 @struct.dataclass
@@ -68,9 +68,7 @@ def init_state(config: ml_collections.ConfigDict, model: nnx.Module) -> tuple[An
     return graphdef, _state_at_step_0(config, params)
 
 
-def to_unit(batch: jax.Array) -> jax.Array:
-    """uint8 [B, H, W, C] → float32 in [0, 1]."""
-    return batch.astype(jnp.float32) / 255.0
+to_unit = images.to_unit  # uint8 [B, H, W, C] → float32 in [0, 1]
 
 
 def loss_and_grads(

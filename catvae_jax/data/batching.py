@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from catvae_jax.errors import UserError
+from catvae_jax.images import pad_batch
 
 
 def batch_plan(
@@ -91,7 +92,4 @@ def eval_batches(images: np.ndarray, batch_size: int, mesh: Mesh):
         chunk = images[start : start + batch_size]
         mask = np.zeros(batch_size, np.float32)
         mask[: len(chunk)] = 1.0
-        if len(chunk) < batch_size:
-            pad = np.zeros((batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        yield to_global(chunk, sharding), to_global(mask, sharding)
+        yield to_global(pad_batch(chunk, batch_size), sharding), to_global(mask, sharding)
