@@ -2,7 +2,8 @@
 
 Library entry points: `catvae_jax.train.train_and_evaluate(config, workdir)` trains;
 `catvae_jax.load(workdir, step="best")` returns a model with encode, decode, generate,
-reconstruct and interpolate; `catvae_jax.metrics.evaluate(model)` computes eval.json.
+reconstruct and interpolate; `catvae_jax.likelihood.evaluate(model)` computes eval.json
+(`catvae_jax.metrics` is its old name).
 """
 
 from catvae_jax.config import get_config

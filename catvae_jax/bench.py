@@ -98,7 +98,7 @@ def benchmark(
             f"batch ({config.batch_size}) must be a multiple of the device count "
             f"({jax.device_count()})"
         )
-    graphdef, state = steps.init_state(config, models.build(config))
+    graphdef, state = steps.init_state(config, models.init_compiled(config))
     state = jax.device_put(state, NamedSharding(mesh, P()))
     size = config.image_size
     rng = np.random.default_rng(config.seed)

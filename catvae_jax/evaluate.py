@@ -1,10 +1,10 @@
 """One evaluation command: python -m catvae_jax.evaluate --workdir W [--split test].
 
-Prints a table and writes W/eval.json, a flat object with the keys of `metrics.KEYS`: the
+Prints a table and writes W/eval.json, a flat object with the keys of `likelihood.KEYS`: the
 negative ELBO and importance-weighted NLL per image (nats) under a discretized Gaussian decoder
 likelihood (named in its `likelihood` entry), bits per dimension, SSIM, PSNR and MS-SSIM of the
 posterior-mean reconstructions, the KL per latent dimension and the number of active units.
-See catvae_jax/metrics.py for the definitions. The same seed gives the same numbers.
+See catvae_jax/likelihood.py for the definitions. The same seed gives the same numbers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from absl import flags
 from etils import epath
 
-from catvae_jax import cli, metrics, writers
+from catvae_jax import cli, likelihood, writers
 from catvae_jax.inference import load
 
 FLAGS = flags.FLAGS
@@ -37,10 +37,10 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     max_examples = FLAGS.max_examples or None  # 0: all
     with cli.user_errors():
-        metrics.check_args(FLAGS.iw_samples, FLAGS.batch_size, max_examples)  # before the load
+        likelihood.check_args(FLAGS.iw_samples, FLAGS.batch_size, max_examples)  # before the load
         model = load(FLAGS.workdir, FLAGS.step)
         start = time.perf_counter()
-        result = metrics.evaluate(
+        result = likelihood.evaluate(
             model,
             FLAGS.split,
             iw_samples=FLAGS.iw_samples,
@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
             writers.write_json(path, result)
         except OSError as e:
             cli.fail(f"cannot write eval.json: {e.strerror or e}")
-    print(metrics.format_table(result))
+    print(likelihood.format_table(result))
     print(f"wrote {path} ({seconds:.1f} s)", flush=True)
 
 

@@ -147,7 +147,7 @@ def import_checkpoint(
     if (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()):
         raise UserError(f"workdir {workdir} already holds checkpoints; use a new workdir")
     state_dict, step = read_state_dict(ckpt)
-    model = models.build(config)
+    model = models.init_compiled(config)
     load_into(model, state_dict)
     _, state = steps.init_state(config, model)
     state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))

@@ -165,7 +165,7 @@ def load(workdir: str | epath.Path, step: str | int = "best") -> VaeModel:
     number = ckpts.resolve(step)
     if number is None:
         raise UserError(f"no checkpoint in {workdir}")
-    graphdef, abstract = steps.abstract_state(config, lambda: models.make(config))
+    graphdef, abstract = steps.abstract_state(config, lambda: models.init_eager(config))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract

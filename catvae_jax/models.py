@@ -1,7 +1,9 @@
 """VAE models in flax.nnx, chosen by `config.model.name`.
 
 Every model exposes `encode(x) -> (mu, logvar)` and `decode(z) -> x_hat`, with images NHWC
-float32 in [0, 1] and latents [batch, z_dim]. `build(config, seed)` makes the configured one.
+float32 in [0, 1] and latents [batch, z_dim]. `init_compiled(config, seed)` makes the configured
+one with its initialisers in one compiled program (fast); `init_eager` runs them op by op (for
+`nnx.eval_shape`, which traces it without running anything).
 """
 
 from __future__ import annotations
@@ -152,13 +154,14 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] =
 }
 
 
-def make(config: ml_collections.ConfigDict, seed: int | None = None) -> nnx.Module:
-    """Constructs the model named by `config.model.name` op by op (for `nnx.eval_shape`)."""
+def init_eager(config: ml_collections.ConfigDict, seed: int | None = None) -> nnx.Module:
+    """Constructs the model named by `config.model.name`, its initialisers run op by op (each
+    compiles on its own: slow to run, meant for `nnx.eval_shape`)."""
     seed = config.seed if seed is None else seed
     return MODELS[config.model.name](config, nnx.Rngs(params=seed))
 
 
-def build(config: ml_collections.ConfigDict, seed: int | None = None) -> nnx.Module:
+def init_compiled(config: ml_collections.ConfigDict, seed: int | None = None) -> nnx.Module:
     """Makes the model named by `config.model.name`, initialised from `seed` (or config.seed).
 
     The initialisers run as ONE compiled program: constructed op by op, every initialiser
@@ -166,7 +169,10 @@ def build(config: ml_collections.ConfigDict, seed: int | None = None) -> nnx.Mod
     optimisation passes are off for this run-once program (its compile: 10 s → 1.5 s); the values
     equal the op-by-op ones to float rounding.
     """
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: make(config, seed)))
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: init_eager(config, seed)))
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
-    init = jax.jit(lambda: nnx.state(make(config, seed))).lower().compile(options)
+    init = jax.jit(lambda: nnx.state(init_eager(config, seed))).lower().compile(options)
     return nnx.merge(graphdef, init())
+
+
+build = init_compiled  # the old name, which train.py still calls

@@ -44,7 +44,7 @@ from catvae_jax import cli, images, inference, pictures
 from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 from catvae_jax.inference import VaeModel, load
-from catvae_jax.serve_metrics import ObserveRequests, ServiceMetrics
+from catvae_jax.prometheus import ObserveRequests, ServiceMetrics
 
 ENDPOINTS = ("/", "/healthz", "/grid.png", "/reconstruct", "/metrics")
 SAMPLERS = inference.SAMPLERS

@@ -28,7 +28,7 @@ from catvae_jax import data, images, models, steps, writers
 from catvae_jax.checkpoint import Checkpoints, abstract_like
 from catvae_jax.errors import NonFiniteError, Preempted, UserError
 from catvae_jax.inference import VaeModel
-from catvae_jax.writers import MetricWriter
+from catvae_jax.writers import TrainingLog
 
 
 @dataclasses.dataclass
@@ -151,7 +151,7 @@ def train_and_evaluate(
     eval_key = jax.random.fold_in(base_key, 2)
     plateau = steps.make_plateau(config)
     plateau_update = jax.jit(lambda s, v: plateau.update({}, s, value=v)[1])
-    writer = MetricWriter(workdir, config, resumed=restored is not None)
+    writer = TrainingLog(workdir, config, resumed=restored is not None)
 
     def validate_and_save(step: int, scheduled: bool, save: bool) -> dict[str, float]:
         nonlocal state

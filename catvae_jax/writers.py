@@ -1,7 +1,7 @@
 """How files are written: atomically (`write_atomic`, `write_json`: a reader never sees half a
 file), and where run metrics go: WORKDIR/metrics.jsonl (one flat JSON object per line) and W&B.
 
-Only process 0 writes metrics; other processes get a MetricWriter that does nothing.
+Only process 0 writes them; other processes get a TrainingLog that does nothing.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class MetricWriter:
-    """Appends metric lines to metrics.jsonl and logs them (and images) to W&B."""
+class TrainingLog:
+    """A training run's log: appends metric lines to metrics.jsonl and logs them (and images)
+    to W&B."""
 
     def __init__(
         self, workdir: str | epath.Path, config: ml_collections.ConfigDict, resumed: bool = False
@@ -85,3 +86,6 @@ class MetricWriter:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+MetricWriter = TrainingLog  # the old name

@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli
 
 import catvae_jax
-from catvae_jax import data, metrics
+from catvae_jax import data, likelihood
 from catvae_jax.errors import UserError
 from catvae_jax.ssim import gaussian_filter_fn, ms_ssim, ms_ssim_scales, ssim
 
@@ -36,7 +36,7 @@ def test_evaluate_cli_writes_eval_json(trained_workdir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bits/dim" in proc.stdout and "MS-SSIM (1 scales)" in proc.stdout
     result = json.loads((workdir / "eval.json").read_text())
-    assert list(result) == list(metrics.KEYS)
+    assert list(result) == list(likelihood.KEYS)
     types = {
         "split": str, "num_examples": int, "checkpoint_step": int, "neg_elbo_nats": float,
         "bits_per_dim": float, "iw_nll_nats": float, "iw_samples": int, "ssim": float,
@@ -73,19 +73,19 @@ def test_evaluate_cli_errors(trained_workdir):
 
 
 def test_evaluate_is_deterministic_and_follows_the_seed(model):
-    a = metrics.evaluate(model, "validation", iw_samples=3, seed=0)
-    assert a == metrics.evaluate(model, "validation", iw_samples=3, seed=0)
-    b = metrics.evaluate(model, "validation", iw_samples=3, seed=1)
+    a = likelihood.evaluate(model, "validation", iw_samples=3, seed=0)
+    assert a == likelihood.evaluate(model, "validation", iw_samples=3, seed=0)
+    b = likelihood.evaluate(model, "validation", iw_samples=3, seed=1)
     assert a["iw_nll_nats"] != b["iw_nll_nats"]
     assert a["ssim"] == b["ssim"]  # reconstructions at the posterior mean: no noise
     with pytest.raises(UserError, match="unknown split"):
-        metrics.evaluate(model, "dev")
+        likelihood.evaluate(model, "dev")
     with pytest.raises(UserError, match="iw_samples"):
-        metrics.evaluate(model, "validation", iw_samples=0)
+        likelihood.evaluate(model, "validation", iw_samples=0)
 
 
 def test_kl_per_dim_and_active_units_from_the_encoder(model):
-    result = metrics.evaluate(model, "validation", iw_samples=1, seed=0, max_examples=12)
+    result = likelihood.evaluate(model, "validation", iw_samples=1, seed=0, max_examples=12)
     x = data.load_split(model.config, "validation")[:12].astype(np.float32) / 255.0
     mu, logvar = model.encode(x)
     kl = 0.5 * (mu**2 + np.exp(logvar) - 1.0 - logvar)
@@ -98,7 +98,7 @@ def test_kl_per_dim_and_active_units_from_the_encoder(model):
 @pytest.mark.parametrize("sigma", [1e-3, 0.05, 2.0])
 def test_discretized_gaussian_is_a_pmf_over_256_levels(mean, sigma):
     levels = jnp.arange(256, dtype=jnp.uint8).reshape(256, 1, 1, 1)
-    log_p = metrics.discretized_gaussian_log_prob(levels, jnp.full(levels.shape, mean), sigma)
+    log_p = likelihood.discretized_gaussian_log_prob(levels, jnp.full(levels.shape, mean), sigma)
     assert np.all(np.isfinite(log_p)) or sigma == 1e-3  # far bins of a sharp one may underflow
     total = float(jax.scipy.special.logsumexp(log_p))
     assert total == pytest.approx(0.0, abs=1e-4)
@@ -107,7 +107,7 @@ def test_discretized_gaussian_is_a_pmf_over_256_levels(mean, sigma):
 def test_discretized_gaussian_matches_the_density_for_wide_sigma():
     x = jnp.array([100, 130], jnp.uint8).reshape(2, 1, 1, 1)
     mean, sigma = jnp.full(x.shape, 0.45), 0.1
-    got = np.asarray(metrics.discretized_gaussian_log_prob(x, mean, sigma))
+    got = np.asarray(likelihood.discretized_gaussian_log_prob(x, mean, sigma))
     v = np.array([100, 130]) / 255.0
     density = -0.5 * ((v - 0.45) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
     np.testing.assert_allclose(got, density - math.log(255.0), atol=1e-3)

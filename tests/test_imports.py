@@ -116,3 +116,13 @@ print("failed:", failed)
 """
     proc = run_python(code)
     assert proc.returncode == 0 and "failed: []" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_old_names_stay_importable():
+    """Renamed modules and names keep their old spelling for users' code."""
+    from catvae_jax import likelihood, metrics, models, train, writers
+
+    assert metrics.evaluate is likelihood.evaluate and metrics.KEYS is likelihood.KEYS
+    assert models.build is models.init_compiled
+    assert writers.MetricWriter is writers.TrainingLog
+    assert train.Preempted.__module__ == train.NonFiniteError.__module__ == "catvae_jax.errors"

@@ -33,7 +33,7 @@ batches = np.random.default_rng(0).integers(0, 256, (%(steps)d, 8, 16, 16, 3), d
 
 def run(devices):
     mesh = Mesh(np.array(devices), ("data",))
-    graphdef, state = steps.init_state(config, models.build(config))
+    graphdef, state = steps.init_state(config, models.init_compiled(config))
     state = jax.device_put(state, NamedSharding(mesh, P()))
     step = jax.jit(steps.make_train_step(graphdef, config, jax.random.key(0)), donate_argnums=0)
     first = jax.device_put(batches[0], NamedSharding(mesh, P("data")))
