@@ -15,7 +15,7 @@ A sweep file is Python with `get_sweep()` returning a dict::
         "objective": ("val_loss", "minimize"),  # a validation metric and its direction
         "sampler": "tpe",  # tpe | random (a grid runs its points in order)
         "seed": 0,  # the sampler's seed: same file and seed → same proposals
-        "pruner": "median",  # median | halving | none, or (name, {optuna kwargs})
+        "pruner": "median",  # median | halving | threshold | none, or (name, {kwargs})
         "trials": 20,  # the study's total; a grid's default is its size
     }
 
@@ -50,7 +50,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 VALIDATION_METRICS = ("val_loss", "val_recon", "val_kl", "val_ssim")
 BUDGET_FIELDS = ("max_steps", "num_epochs")
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "halving", "none")
+PRUNERS = ("median", "halving", "threshold", "none")
 KEYS = ("config", "overrides", "budget", "space", "grid", "objective", "sampler", "seed")
 KEYS += ("pruner", "trials")
 
@@ -330,12 +330,15 @@ def make_sampler(sweep: Sweep, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(spec: tuple[str, dict]) -> optuna.pruners.BasePruner:
-    """median → MedianPruner, halving → SuccessiveHalvingPruner, none → NopPruner."""
+    """median → MedianPruner (2 startup trials unless told), halving → SuccessiveHalvingPruner,
+    threshold → ThresholdPruner (e.g. {"upper": 1e4}), none → NopPruner."""
     name, kwargs = spec
     if name == "median":
         return optuna.pruners.MedianPruner(**{"n_startup_trials": 2, **kwargs})
     if name == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(**kwargs)
+    if name == "threshold":
+        return optuna.pruners.ThresholdPruner(**kwargs)
     return optuna.pruners.NopPruner(**kwargs)
 
 

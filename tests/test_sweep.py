@@ -32,8 +32,12 @@ from catvae_jax.errors import UserError
 
 
 def tiny_overrides() -> dict:
-    """conftest's tiny_config as flat overrides of the default config."""
-    tiny = config_lib.flatten(tiny_config().to_dict())
+    """conftest's tiny_config as flat overrides of the default config, with a constant
+    learning rate: trials of any length then share compiled programs (the cosine schedule's
+    horizon is a constant of the train step)."""
+    config = tiny_config()
+    config.lr_schedule = "constant"
+    tiny = config_lib.flatten(config.to_dict())
     default = config_lib.flatten(config_lib.get_config().to_dict())
     out = {k: v for k, v in tiny.items() if default[k] != v and k != "progress_bar"}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
@@ -139,11 +143,10 @@ def test_two_workers_share_one_journal_file(tmp_path):
     sweep = write_sweep(
         tmp_path / "sweep_two.py", space={"data.seed": ("int", 0, 10**6)}, sampler="random"
     )
-    outs = _two_workers(sweep, tmp_path / "w", "--trials", "4")
+    outs = _two_workers(sweep, tmp_path / "w", "--trials", "3")
     assert [o.returncode for o in outs] == [0, 0], [o.stderr[-1500:] for o in outs]
-    _assert_no_duplicates(read_rows(tmp_path / "w"), ["data.seed"], 4)
-    started = sum(o.stdout.count(": starting") for o in outs)
-    assert started == 4
+    _assert_no_duplicates(read_rows(tmp_path / "w"), ["data.seed"], 3)
+    assert sum(o.stdout.count(": starting") for o in outs) == 3  # no trial ran twice
 
 
 def _free_port() -> int:
@@ -181,28 +184,32 @@ def postgres():
 
 
 def test_two_workers_share_one_postgres_study_and_grid_points_run_once(tmp_path, postgres):
-    sweep = write_sweep(tmp_path / "sweep_pg.py", grid={"data.seed": [0, 1, 2, 3]})
+    sweep = write_sweep(tmp_path / "sweep_pg.py", grid={"data.seed": [0, 1, 2]})
     outs = _two_workers(sweep, tmp_path / "w", "--storage", postgres)
     assert [o.returncode for o in outs] == [0, 0], [o.stderr[-1500:] for o in outs]
-    _assert_no_duplicates(read_rows(tmp_path / "w"), ["data.seed"], 4)
+    _assert_no_duplicates(read_rows(tmp_path / "w"), ["data.seed"], 3)
     study = optuna.load_study(study_name="sweep_pg", storage=postgres)
-    assert len(study.trials) == 4  # the grid was enqueued once, not by each worker
+    assert len(study.trials) == 3  # the grid was enqueued once, not by each worker
     assert not (tmp_path / "w" / "study.journal").exists()
 
 
-def test_a_trial_built_to_be_pruned_is_pruned(tmp_path):
-    # 10x the reconstruction weight makes the validation loss ~10x worse at every step.
+def test_trials_built_to_be_pruned_are_pruned_and_end_with_their_checkpoint(tmp_path):
+    # The validation loss of a tiny run is ~700: above `upper` at the first validation (step 1).
     sweep = write_sweep(
         tmp_path / "sweep_prune.py",
-        grid={"loss.ssim_weight": [1.0, 10.0]},
-        pruner=("median", {"n_startup_trials": 1}),
+        grid={"data.seed": [0, 1]},
+        overrides={**tiny_overrides(), "eval_every_steps": 1},
+        pruner=("threshold", {"upper": 1.0}),
     )
-    sweep_study.run_sweep(sweep, str(tmp_path / "w"))
+    best = sweep_study.run_sweep(sweep, str(tmp_path / "w"))
     rows = read_rows(tmp_path / "w")
-    assert [r["state"] for r in rows] == ["complete", "pruned"]
-    assert rows[1]["steps"] == "2" and rows[1]["note"] == "pruned"
-    assert (tmp_path / "w" / "trials" / "1" / "checkpoints" / "2").is_dir()  # ended cleanly
-    assert "No parameter importances" in (tmp_path / "w" / "results.md").read_text()
+    assert [(r["state"], r["steps"], r["note"]) for r in rows] == [("pruned", "1", "pruned")] * 2
+    assert float(rows[0]["val_loss"]) > 1.0  # the last reported value
+    ckpts = tmp_path / "w" / "trials" / "1" / "checkpoints"
+    assert (ckpts / "1").is_dir() and not (ckpts / "2").exists()  # ended cleanly at step 1
+    assert best["command"] is None
+    results = (tmp_path / "w" / "results.md").read_text()
+    assert "no trial has completed" in results and "No parameter importances" in results
 
 
 def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
