@@ -259,7 +259,11 @@ def test_a_killed_worker_is_resumed_by_the_next(tmp_path):
 def test_a_seeded_sampler_proposes_the_same_trials(tmp_path):
     sweep_file = write_sweep(
         tmp_path / "sweep_seed.py",
-        space={"learning_rate": ("log", 1e-4, 1e-2), "model.z_dim": ("int", 4, 16)},
+        space={
+            "learning_rate": ("log", 1e-4, 1e-2),
+            "model.z_dim": ("int", 4, 16),
+            "model.widths": ("choice", [(8, 16, 16, 16), (8, 8, 16, 16)]),
+        },
     )
     sweep = sweep_spec.load(sweep_file)
 
@@ -278,6 +282,15 @@ def test_a_seeded_sampler_proposes_the_same_trials(tmp_path):
     first = proposals(0, "a")
     assert first == proposals(0, "b")
     assert first != proposals(1, "c")
+    config = sweep_spec.trial_config(sweep, first[0], "s", 0)  # a choice of tuples decodes
+    assert config.model.widths in ((8, 16, 16, 16), (8, 8, 16, 16))
+    assert f"--config.model.widths={_widths_flag(config.model.widths)}" in shlex.split(
+        sweep_spec.command_line(sweep, first[0], "w")
+    )
+
+
+def _widths_flag(widths) -> str:
+    return "(" + ",".join(map(str, widths)) + ")"
 
 
 BAD = {
