@@ -4,7 +4,8 @@ Runs trials of the sweep file's study until it has --trials (finished, pruned an
 together, shared by every worker), then writes W/results.csv, W/results.md and the plots and
 prints the best trial's command line. Start the same command in K processes (or hosts, with
 --storage postgresql://... or W on a shared file system) to run K trials at a time; re-run it
-after a crash to continue the study. A bad sweep file is a one-line error with exit code 2.
+after a crash to continue the study. A bad sweep file is a one-line error with exit code 2,
+an environment failure (a full disk) one line with exit code 1.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from absl import flags
 
 from catvae_jax import cli, sweep_study
+from catvae_jax.errors import exit_with
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (Python with get_sweep()).")
 flags.mark_flag_as_required("sweep")
@@ -26,10 +28,12 @@ _SEED = flags.DEFINE_integer("seed", None, "Sampler seed (default: the sweep fil
 
 
 def main(argv: list[str]) -> None:
-    with cli.user_errors():
-        best = sweep_study.run_sweep(
-            _SWEEP.value, _WORKDIR.value, _TRIALS.value, _STORAGE.value, _STUDY.value, _SEED.value
-        )
+    try:
+        with cli.user_errors():
+            rest = (_TRIALS.value, _STORAGE.value, _STUDY.value, _SEED.value)
+            best = sweep_study.run_sweep(_SWEEP.value, _WORKDIR.value, *rest)
+    except OSError as e:  # e.g. a full disk: the trial is released, its checkpoints intact
+        exit_with(f"{e}; re-run to continue the study", 1)
     if best["command"] is None:
         print(f"done: no trial completed; see {_WORKDIR.value}/results.md", flush=True)
     else:

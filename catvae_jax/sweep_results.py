@@ -1,14 +1,17 @@
 """What a sweep leaves for a person: W/results.csv, W/results.md, history.png, importances.png.
 
 One row per trial: number, state, params_<config field> per searched field, the objective, the
-steps it trained, its wall seconds (start to end, so a resumed trial includes its wait), a note
-(why it was pruned or failed). Every file is written atomically.
+other validation metrics (its last validation), the steps it trained, its wall seconds (start
+to end, so a resumed trial includes its wait), a note (why it was pruned or failed). Every
+file is written atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import os
 import pathlib
 import warnings
@@ -26,8 +29,26 @@ from catvae_jax import sweep_spec, writers
 from catvae_jax.sweep_spec import Sweep
 
 
-def rows(study: optuna.Study, sweep: Sweep) -> list[dict]:
-    """The results table: one dict per trial (WAITING grid points left out), by number."""
+def _others(sweep: Sweep) -> list[str]:
+    return [m for m in sweep_spec.VALIDATION_METRICS if m != sweep.objective]
+
+
+def last_validation(trial_dir: pathlib.Path) -> dict:
+    """The last validation line of a trial's metrics.jsonl ({} when there is none here, e.g.
+    a trial that ran on another host)."""
+    last = {}
+    with contextlib.suppress(OSError):
+        for line in (trial_dir / "metrics.jsonl").read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if "val_loss" in record:
+                    last = record
+    return last
+
+
+def rows(study: optuna.Study, sweep: Sweep, workdir: pathlib.Path) -> list[dict]:
+    """The results table: one dict per trial (WAITING grid points left out), by number; the
+    other validation metrics come from the trial's last validation."""
     out = []
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.WAITING:
@@ -35,6 +56,8 @@ def rows(study: optuna.Study, sweep: Sweep) -> list[dict]:
         row = {"number": t.number, "state": t.state.name.lower()}
         row.update({f"params_{f}": t.params.get(f, "") for f in sweep.distributions})
         row[sweep.objective] = "" if t.value is None else f"{t.value:.6g}"
+        last = last_validation(workdir / "trials" / str(t.number))
+        row.update({m: f"{last[m]:.6g}" if m in last else "" for m in _others(sweep)})
         row["steps"] = t.user_attrs.get("steps", "")
         wall = ""
         if t.datetime_start and t.datetime_complete:
@@ -63,9 +86,9 @@ def best_command(study: optuna.Study, sweep: Sweep, workdir: pathlib.Path) -> st
 
 def write_tables(study: optuna.Study, sweep: Sweep, workdir: pathlib.Path, notes: str = "") -> None:
     """W/results.csv and W/results.md from the study as it stands."""
-    table = rows(study, sweep)
+    table = rows(study, sweep, workdir)
     columns = ["number", "state", *(f"params_{f}" for f in sweep.distributions)]
-    columns += [sweep.objective, "steps", "wall_s", "note"]
+    columns += [sweep.objective, *_others(sweep), "steps", "wall_s", "note"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

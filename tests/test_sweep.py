@@ -84,6 +84,7 @@ def test_grid_sweep_end_to_end_and_best_command_runs(tmp_path):
     assert [r["state"] for r in rows] == ["complete"] * 3
     assert sorted(r["params_data.seed"] for r in rows) == ["0", "1", "2"]
     assert all(r["steps"] == "2" and float(r["val_loss"]) > 0 for r in rows)
+    assert all(0 < float(r["val_ssim"]) < 1 for r in rows)  # from each trial's last validation
     assert (work / "history.png").stat().st_size > 0
     assert (work / "importances.png").stat().st_size > 0
     trial_config = json.loads((work / "trials" / "1" / "config.json").read_text())
