@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -29,6 +30,7 @@ from conftest import REPO, run_cli, tiny_config
 from catvae_jax import config as config_lib
 from catvae_jax import sweep_spec, sweep_study
 from catvae_jax.errors import UserError
+from catvae_jax.writers import MetricWriter
 
 
 def tiny_overrides() -> dict:
@@ -334,3 +336,15 @@ def test_the_cli_exits_2_with_one_line_before_any_trial(tmp_path):
         "sqlite:///x.db",
     )
     assert sqlite.returncode == 2 and "SQLite" in sqlite.stderr
+
+
+def test_each_trial_is_a_wandb_run_in_the_studys_group(tmp_path, monkeypatch):
+    calls = []
+    run = SimpleNamespace(log=lambda *a, **k: None, finish=lambda: None)
+    fake = SimpleNamespace(init=lambda **kw: calls.append(kw) or run)
+    monkeypatch.setitem(sys.modules, "wandb", fake)  # what wandb.init is asked, nothing synced
+    sweep = sweep_spec.load(write_sweep(tmp_path / "sweep_wb.py", grid={"data.seed": [3]}))
+    config = sweep_spec.trial_config(sweep, {"data.seed": 3}, "my_study", 7)
+    config.wandb.mode = "offline"
+    MetricWriter(tmp_path, config).close()
+    assert calls[0]["group"] == "my_study" and calls[0]["name"] == "my_study-7"
