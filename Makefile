@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 
-.PHONY: install install-dev run test lint clean browser
+.PHONY: install install-dev run test lint clean browser postgres
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,18 @@ browser:
 	  else echo "note: no chromium/chromedriver and not root: the browser test skips"; fi; \
 	fi
 
+# PostgreSQL for tests/test_sweep.py's many-worker test (the test starts its own server on
+# loopback as user postgres): installed with apt-get when missing.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      postgresql) || echo "warning: postgresql not installed; its sweep test skips"; \
+	  else echo "note: no PostgreSQL and not root: the PostgreSQL sweep test skips"; fi; \
+	fi
+
 # One pytest worker per core (at most 4): most tests are compile-bound, i.e. single-threaded.
-test: install-dev lint browser
+test: install-dev lint browser postgres
 	$(PY) -m pytest -n auto --maxprocesses=4 --cov=catvae_jax --cov-report=term-missing:skip-covered --cov-fail-under=85
 
 clean:

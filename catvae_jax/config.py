@@ -95,6 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.wandb.mode = "offline"  # offline | online | disabled
     c.wandb.project = "catvae_jax"
     c.wandb.name = ""
+    c.wandb.group = ""  # runs of one sweep share a group: the study's name
 
     c.progress_bar = True
     c.profile = False

@@ -60,6 +60,7 @@ class TrainingLog:
             mode=config.wandb.mode,
             project=config.wandb.project,
             name=config.wandb.name or epath.Path(workdir).name,
+            group=config.wandb.get("group") or None,
             dir=str(workdir),
             config=config.to_dict(),
             resume="allow" if resumed else None,

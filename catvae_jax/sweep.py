@@ -1,0 +1,50 @@
+"""Command line: python -m catvae_jax.sweep --sweep experiments/sweep_original.py --workdir W.
+
+Runs trials of the sweep file's study until it has --trials (finished, pruned and failed
+together, shared by every worker), then writes W/results.csv, W/results.md and the plots and
+prints the best trial's command line. Start the same command in K processes (or hosts, with
+--storage postgresql://... or W on a shared file system) to run K trials at a time; re-run it
+after a crash to continue the study. A bad sweep file is a one-line error with exit code 2,
+an environment failure (a full disk) one line with exit code 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import flags
+
+from catvae_jax import cli, sweep_study
+from catvae_jax.errors import exit_with
+
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (Python with get_sweep()).")
+flags.mark_flag_as_required("sweep")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: trials/, results, journal.")
+flags.mark_flag_as_required("workdir")
+_TRIALS = flags.DEFINE_integer("trials", None, "The study's total trials (default: the file's).")
+_STORAGE = flags.DEFINE_string("storage", None, "postgresql://... (default: W/study.journal).")
+_STUDY = flags.DEFINE_string("study", None, "Study name (default: the sweep file's stem).")
+_SEED = flags.DEFINE_integer("seed", None, "Sampler seed (default: the sweep file's).")
+
+
+def main(argv: list[str]) -> None:
+    try:
+        with cli.user_errors():
+            rest = (_TRIALS.value, _STORAGE.value, _STUDY.value, _SEED.value)
+            best = sweep_study.run_sweep(_SWEEP.value, _WORKDIR.value, *rest)
+    except OSError as e:  # e.g. a full disk: the trial is released, its checkpoints intact
+        exit_with(f"{e}; re-run to continue the study", 1)
+    if best["command"] is None:
+        print(f"done: no trial completed; see {_WORKDIR.value}/results.md", flush=True)
+    else:
+        print(f"best: trial {best['number']}, objective {best['value']:.6g}", flush=True)
+        print(best["command"], flush=True)
+        print(f"results: {_WORKDIR.value}/results.md", flush=True)
+
+
+def run() -> None:
+    cli.run_app(main)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,350 @@
+"""Sweeps end to end: a grid of tiny trials, two workers on a journal file and on a real
+PostgreSQL server, pruning, divergence, a SIGKILLed worker, bad sweep files.
+
+Every trial is conftest's tiny_config (16×16) for 2 steps, written as overrides of
+configs/default.py, so the best trial's command line is an ordinary `catvae_jax.main` run.
+The PostgreSQL test needs Debian's `postgresql` package (`make test` installs it as root).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from conftest import REPO, run_cli, tiny_config
+
+from catvae_jax import config as config_lib
+from catvae_jax import sweep_spec, sweep_study
+from catvae_jax.errors import UserError
+from catvae_jax.writers import MetricWriter
+
+
+def tiny_overrides() -> dict:
+    """conftest's tiny_config as flat overrides of the default config, with a constant
+    learning rate: trials of any length then share compiled programs (the cosine schedule's
+    horizon is a constant of the train step)."""
+    config = tiny_config()
+    config.lr_schedule = "constant"
+    tiny = config_lib.flatten(config.to_dict())
+    default = config_lib.flatten(config_lib.get_config().to_dict())
+    out = {k: v for k, v in tiny.items() if default[k] != v and k != "progress_bar"}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
+
+
+def write_sweep(path, **keys) -> str:
+    """A sweep file at `path` whose get_sweep() returns the tiny base plus `keys`."""
+    sweep = {
+        "config": "configs/default.py",
+        "overrides": tiny_overrides(),
+        "budget": {"max_steps": 2},
+        "pruner": "none",
+        **keys,
+    }
+    path.write_text(f"def get_sweep():\n    return {sweep!r}\n")
+    return str(path)
+
+
+def sweep_cmd(sweep_file, workdir, *flags) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "catvae_jax.sweep",
+        "--sweep",
+        sweep_file,
+        "--workdir",
+        str(workdir),
+        *flags,
+    ]
+
+
+def read_rows(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "results.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_sweep_end_to_end_and_best_command_runs(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep_grid.py", grid={"data.seed": [0, 1, 2]})
+    work = tmp_path / "w"
+    done = run_cli("catvae_jax.sweep", "--sweep", sweep, "--workdir", str(work))
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = read_rows(work)
+    assert [r["number"] for r in rows] == ["0", "1", "2"]
+    assert [r["state"] for r in rows] == ["complete"] * 3
+    assert sorted(r["params_data.seed"] for r in rows) == ["0", "1", "2"]
+    assert all(r["steps"] == "2" and float(r["val_loss"]) > 0 for r in rows)
+    assert all(0 < float(r["val_ssim"]) < 1 for r in rows)  # from each trial's last validation
+    assert (work / "history.png").stat().st_size > 0
+    assert (work / "importances.png").stat().st_size > 0
+    trial_config = json.loads((work / "trials" / "1" / "config.json").read_text())
+    assert trial_config["wandb"]["group"] == "sweep_grid"
+    assert trial_config["data"]["seed"] == int(rows[1]["params_data.seed"])
+
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    command = done.stdout.strip().splitlines()[-2]
+    assert command in (work / "results.md").read_text()
+    assert f"--config.data.seed={best['params_data.seed']}" in command
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "catvae_jax.main"]
+    rerun = subprocess.run(
+        [sys.executable, *words[1:]], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    best_config = json.loads((work / "best" / "config.json").read_text())
+    assert best_config["data"]["seed"] == int(best["params_data.seed"])
+    assert f"val_loss {float(best['val_loss']):.4g}" in rerun.stdout  # the same run again
+
+    again = run_cli("catvae_jax.sweep", "--sweep", sweep, "--workdir", str(work))
+    assert again.returncode == 0 and "starting" not in again.stdout  # the study is complete
+    assert len(read_rows(work)) == 3
+
+
+def _two_workers(sweep_file, workdir, *flags) -> list[subprocess.CompletedProcess]:
+    env = {**os.environ}
+    procs = [
+        subprocess.Popen(
+            sweep_cmd(sweep_file, workdir, *flags),
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        outs.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return outs
+
+
+def _assert_no_duplicates(rows, fields, total):
+    assert len(rows) == total
+    assert sorted(int(r["number"]) for r in rows) == list(range(total))
+    points = [tuple(r[f"params_{f}"] for f in fields) for r in rows]
+    assert len(set(points)) == total, points
+    assert all(r["state"] == "complete" for r in rows), rows
+
+
+def test_two_workers_share_one_journal_file(tmp_path):
+    # A random search with one seed: unless each trial is seeded apart, both workers would
+    # draw the same points.
+    sweep = write_sweep(
+        tmp_path / "sweep_two.py", space={"data.seed": ("int", 0, 10**6)}, sampler="random"
+    )
+    outs = _two_workers(sweep, tmp_path / "w", "--trials", "3")
+    assert [o.returncode for o in outs] == [0, 0], [o.stderr[-1500:] for o in outs]
+    _assert_no_duplicates(read_rows(tmp_path / "w"), ["data.seed"], 3)
+    assert sum(o.stdout.count(": starting") for o in outs) == 3  # no trial ran twice
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 (initdb + pg_ctl, as user postgres when
+    running as root); yields its URL and stops it afterwards."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if not bins:
+        pytest.skip(
+            "PostgreSQL is not installed (Debian: apt-get install postgresql; "
+            "`make test` installs it when run as root)"
+        )
+    bindir = os.path.dirname(bins[-1])
+    data = tempfile.mkdtemp(prefix="catvae_pg_")
+    as_user = []
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        shutil.chown(data, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True, timeout=120)
+    run(f"{bindir}/initdb", "-D", data, "-U", "postgres", "-A", "trust")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={data}"
+    run(f"{bindir}/pg_ctl", "-D", data, "-o", options, "-l", f"{data}/log", "-w", "start")
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgres_study_and_grid_points_run_once(tmp_path, postgres):
+    sweep = write_sweep(tmp_path / "sweep_pg.py", grid={"data.seed": [0, 1, 2]})
+    outs = _two_workers(sweep, tmp_path / "w", "--storage", postgres)
+    assert [o.returncode for o in outs] == [0, 0], [o.stderr[-1500:] for o in outs]
+    _assert_no_duplicates(read_rows(tmp_path / "w"), ["data.seed"], 3)
+    study = optuna.load_study(study_name="sweep_pg", storage=postgres)
+    assert len(study.trials) == 3  # the grid was enqueued once, not by each worker
+    assert not (tmp_path / "w" / "study.journal").exists()
+
+
+def test_trials_built_to_be_pruned_are_pruned_and_end_with_their_checkpoint(tmp_path):
+    # The validation loss of a tiny run is ~700: above `upper` at the first validation (step 1).
+    sweep = write_sweep(
+        tmp_path / "sweep_prune.py",
+        grid={"data.seed": [0, 1]},
+        overrides={**tiny_overrides(), "eval_every_steps": 1},
+        pruner=("threshold", {"upper": 1.0}),
+    )
+    best = sweep_study.run_sweep(sweep, str(tmp_path / "w"))
+    rows = read_rows(tmp_path / "w")
+    assert [(r["state"], r["steps"], r["note"]) for r in rows] == [("pruned", "1", "pruned")] * 2
+    assert float(rows[0]["val_loss"]) > 1.0  # the last reported value
+    ckpts = tmp_path / "w" / "trials" / "1" / "checkpoints"
+    assert (ckpts / "1").is_dir() and not (ckpts / "2").exists()  # ended cleanly at step 1
+    assert best["command"] is None
+    results = (tmp_path / "w" / "results.md").read_text()
+    assert "no trial has completed" in results and "No parameter importances" in results
+
+
+def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
+    sweep = write_sweep(tmp_path / "sweep_div.py", grid={"learning_rate": [1e6, 3e-3]})
+    best = sweep_study.run_sweep(sweep, str(tmp_path / "w"))
+    rows = read_rows(tmp_path / "w")
+    assert [r["state"] for r in rows] == ["fail", "complete"]
+    assert rows[0]["note"].startswith("diverged: non-finite loss at step ")
+    assert int(rows[0]["steps"]) == int(rows[0]["note"].rsplit(" ", 1)[-1])
+    assert best["number"] == 1
+
+
+def test_a_killed_worker_is_resumed_by_the_next(tmp_path):
+    sweep = write_sweep(
+        tmp_path / "sweep_kill.py",
+        grid={"data.seed": [5]},
+        budget={"max_steps": 12},
+        overrides={**tiny_overrides(), "checkpoint_every_steps": 2},
+    )
+    work = tmp_path / "w"
+    proc = subprocess.Popen(
+        sweep_cmd(sweep, work),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    ckpts = work / "trials" / "0" / "checkpoints"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = max(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    assert saved < 12, "the worker finished before it was killed"
+
+    again = run_cli("catvae_jax.sweep", "--sweep", sweep, "--workdir", str(work))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "trial 0: resuming" in again.stdout
+    assert "resumed from step" in again.stdout
+    rows = read_rows(work)
+    assert len(rows) == 1 and rows[0]["state"] == "complete" and rows[0]["steps"] == "12"
+
+
+def test_a_seeded_sampler_proposes_the_same_trials(tmp_path):
+    sweep_file = write_sweep(
+        tmp_path / "sweep_seed.py",
+        space={
+            "learning_rate": ("log", 1e-4, 1e-2),
+            "model.z_dim": ("int", 4, 16),
+            "model.widths": ("choice", [(8, 16, 16, 16), (8, 8, 16, 16)]),
+        },
+    )
+    sweep = sweep_spec.load(sweep_file)
+
+    def proposals(seed: int, where: str) -> list[dict]:
+        seeded = dataclasses.replace(sweep, seed=seed)
+        study, lock = sweep_study.open_study(seeded, str(tmp_path / where), None, None)
+        out = []
+        for i in range(3):
+            with lock():
+                trial, resumed = sweep_study.next_trial(study, seeded, 3, "me")
+            assert not resumed
+            out.append(trial.params)
+            study.tell(trial, float(i))  # no training: only the proposals are compared
+        return out
+
+    first = proposals(0, "a")
+    assert first == proposals(0, "b")
+    assert first != proposals(1, "c")
+    config = sweep_spec.trial_config(sweep, first[0], "s", 0)  # a choice of tuples decodes
+    assert config.model.widths in ((8, 16, 16, 16), (8, 8, 16, 16))
+    assert f"--config.model.widths={_widths_flag(config.model.widths)}" in shlex.split(
+        sweep_spec.command_line(sweep, first[0], "w")
+    )
+
+
+def _widths_flag(widths) -> str:
+    return "(" + ",".join(map(str, widths)) + ")"
+
+
+BAD = {
+    "missing": (None, "does not exist"),
+    "syntax": ("def get_sweep(:\n", "syntax error"),
+    "no_get_sweep": ("def get_config():\n    return {}\n", "has no get_sweep()"),
+    "unknown_field": ({"grid": {"model.no_such": [1]}}, "unknown config field 'model.no_such'"),
+    "wrong_type": ({"space": {"model.z_dim": ("uniform", 1.0, 8.0)}}, "cannot take"),
+    "empty_space": ({"space": {}}, "is empty"),
+    "empty_grid": ({"grid": {"seed": []}}, "non-empty list"),
+    "bad_value": ({"space": {"learning_rate": ("log", 0.0, 1.0)}}, "learning_rate"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_a_bad_sweep_file_is_one_user_error(tmp_path, case):
+    body, message = BAD[case]
+    path = tmp_path / "sweep_bad.py"
+    if isinstance(body, str):
+        path.write_text(body)
+    elif isinstance(body, dict):
+        write_sweep(path, **body)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        sweep_spec.load(str(path))
+
+
+def test_the_cli_exits_2_with_one_line_before_any_trial(tmp_path):
+    path = write_sweep(tmp_path / "sweep_bad.py", space={"model.z_dim": ("uniform", 1.0, 8.0)})
+    done = run_cli("catvae_jax.sweep", "--sweep", path, "--workdir", str(tmp_path / "w"))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ")
+    assert not (tmp_path / "w").exists()
+    sqlite = run_cli(
+        "catvae_jax.sweep",
+        "--sweep",
+        write_sweep(tmp_path / "s.py", grid={"seed": [1]}),
+        "--workdir",
+        str(tmp_path / "w2"),
+        "--storage",
+        "sqlite:///x.db",
+    )
+    assert sqlite.returncode == 2 and "SQLite" in sqlite.stderr
+
+
+def test_each_trial_is_a_wandb_run_in_the_studys_group(tmp_path, monkeypatch):
+    calls = []
+    run = SimpleNamespace(log=lambda *a, **k: None, finish=lambda: None)
+    fake = SimpleNamespace(init=lambda **kw: calls.append(kw) or run)
+    monkeypatch.setitem(sys.modules, "wandb", fake)  # what wandb.init is asked, nothing synced
+    sweep = sweep_spec.load(write_sweep(tmp_path / "sweep_wb.py", grid={"data.seed": [3]}))
+    config = sweep_spec.trial_config(sweep, {"data.seed": 3}, "my_study", 7)
+    config.wandb.mode = "offline"
+    MetricWriter(tmp_path, config).close()
+    assert calls[0]["group"] == "my_study" and calls[0]["name"] == "my_study-7"
