@@ -125,9 +125,12 @@ done
 [[ ! -e $run/wandb ]] || die "WANDB_MODE=disabled did not win over the config: $run/wandb exists"
 [[ $(stat -c %u "$run/metrics.jsonl") == "$owner" ]] ||
   die "metrics.jsonl belongs to uid $(stat -c %u "$run/metrics.jsonl"), not $owner"
+echo "the run is in the mounted folder, its files owned by uid $owner: $(ls "$run" | tr '\n' ' ')"
 
 step "serving the run with catvae-jax:serve (read-only, as uid 4242) on port $PORT"
-"${ENGINE[@]}" run -d --name "$SERVE" "${RUN_OPTS[@]}" --user 4242:4242 \
+health=() # podman: no systemd here to time the checks; `healthcheck run` below runs one
+[[ ${ENGINE[0]} == podman ]] && health=(--health-interval disable)
+"${ENGINE[@]}" run -d --name "$SERVE" "${RUN_OPTS[@]}" "${health[@]}" --user 4242:4242 \
   -p "127.0.0.1:$PORT:8080" -v "$run:/model:ro" catvae-jax:serve >/dev/null
 for _ in $(seq 300); do
   curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break
