@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 
-.PHONY: install install-dev run test lint clean browser postgres
+.PHONY: install install-dev run test lint clean browser postgres docker docker-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,16 @@ postgres:
 # One pytest worker per core (at most 4): most tests are compile-bound, i.e. single-threaded.
 test: install-dev lint browser postgres
 	$(PY) -m pytest -n auto --maxprocesses=4 --cov=catvae_jax --cov-report=term-missing:skip-covered --cov-fail-under=85
+
+# Container images catvae-jax:train and :serve (docker/Dockerfile) with docker or podman, whichever
+# works; JAX_EXTRA=cuda12|tpu for the accelerator variants, BASE=image for another base.
+docker:
+	BASE='$(BASE)' JAX_EXTRA='$(JAX_EXTRA)' docker/build.sh
+
+# Builds both CPU images and proves them: a tiny run in `train`, then `serve` on it. Needs no
+# venv; installs podman with apt-get when missing (as root), and caches a local Debian base.
+docker-test:
+	docker/test.sh
 
 clean:
 	rm -rf runs .pytest_cache .coverage

@@ -51,13 +51,15 @@ class TrainingLog:
         self.active = jax.process_index() == 0
         self.path = epath.Path(workdir) / "metrics.jsonl"
         self.run = None
-        if not self.active or config.wandb.mode == "disabled":
+        # WANDB_MODE in the environment (a container, CI) wins over the config's mode.
+        mode = os.environ.get("WANDB_MODE") or config.wandb.mode
+        if not self.active or mode == "disabled":
             return
         import wandb  # slow to import; only when used
 
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(
-            mode=config.wandb.mode,
+            mode=mode,
             project=config.wandb.project,
             name=config.wandb.name or epath.Path(workdir).name,
             group=config.wandb.get("group") or None,
