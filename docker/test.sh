@@ -21,6 +21,7 @@ BASE=${DOCKER_TEST_BASE:-$LOCAL_BASE}
 SIZE=16 N=16 # a 16-image grid of 16x16 samples: 4 columns of 16 + 2 px padding, + 2 = 74 px
 GRID_PX=$(((SIZE + 2) * 4 + 2))
 PORT=${DOCKER_TEST_PORT:-18080}
+while (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do PORT=$((PORT + 1)); done # a free port
 TRAIN=train-test-$$ SERVE=serve-test-$$
 
 step() { echo "== [$(($(date +%s) - t0)) s] $*"; }
