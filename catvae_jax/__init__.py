@@ -6,6 +6,8 @@ reconstruct and interpolate; `catvae_jax.likelihood.evaluate(model)` computes ev
 (`catvae_jax.metrics` is its old name).
 """
 
+from typing import Any
+
 from catvae_jax.config import get_config
 from catvae_jax.errors import UserError
 
@@ -13,7 +15,7 @@ __all__ = ["UserError", "VaeModel", "get_config", "load"]
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     """`load` and `VaeModel` are imported on first use: they bring in the model, checkpoint
     and Orbax stack, which `python -m catvae_jax.data prepare` (a subpackage) never needs."""
     if name in ("load", "VaeModel"):

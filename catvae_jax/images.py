@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import TypeVar
 
 import numpy as np
 from etils import epath
@@ -11,8 +12,10 @@ from PIL import Image
 
 from catvae_jax import writers
 
+Array = TypeVar("Array")  # a numpy array, or a jax array inside a jitted function
 
-def to_unit(images):
+
+def to_unit(images: Array) -> Array:
     """uint8 images (numpy, or jax inside a jitted function) → float32 in [0, 1], same shape."""
     return images.astype(np.float32) / 255.0
 

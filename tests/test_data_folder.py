@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, run_python
+from conftest import bomb_png, run_cli, run_python
 from PIL import Image
 
 from catvae_jax import data
@@ -84,6 +84,7 @@ def hostile_files() -> dict[str, tuple[bytes, str | None]]:
         "text.jpg": (b"this is a note, not a picture\n", "not an image"),
         "zero.png": (b"", "empty"),
         "random.png": (RNG.bytes(600), "not an image"),
+        "bomb.png": (bomb_png(), "too large: 900000000 pixels is over"),  # never decoded
         "sub/kätzchen_猫.jpg": (good_jpeg, None),
         "sub/notes.txt": (b"not a candidate", None),
     }

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import math
 import shutil
-import struct
-import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_cli, tiny_config
+from conftest import bomb_png, run_cli, tiny_config
 from PIL import Image
 
 import catvae_jax
@@ -32,23 +30,6 @@ def workdir_copy(trained_workdir, tmp_path):
     dst = tmp_path / "run"
     shutil.copytree(trained_workdir[0], dst)
     return dst
-
-
-def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
-    """A PNG of under 100 bytes whose header declares width × height 1-bit pixels (a
-    decompression bomb: decoded it would be gigabytes); never decoded by the tests."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b""))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _one_error_line(proc) -> str:
