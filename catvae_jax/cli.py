@@ -79,6 +79,7 @@ def _first_line(e: BaseException) -> str:
 def user_errors():
     """Turns UserError into a one-line message with exit code 2, and a diverged run into
     a last line naming the step with exit code 1."""
+    from catvae_jax.errors import StorageError
     from catvae_jax.train import NonFiniteError, Preempted
 
     try:
@@ -89,9 +90,19 @@ def user_errors():
         print(f"error: {e}", file=sys.stderr, flush=True)
         print(f"stopped: non-finite loss at step {e.step}", flush=True)
         sys.exit(1)
+    except StorageError as e:  # an environment failure: the disk, not the user
+        print(
+            f"error: {e}; the last complete checkpoint is intact, re-run to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
     except Preempted as e:
         print(f"stopped: {e}", flush=True)
-        sys.exit(143)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop
+        print("stopped: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def quiet_logs() -> None:

@@ -6,6 +6,7 @@ and exits with status 2. Library callers get an ordinary exception.
 
 from __future__ import annotations
 
+import re
 import sys
 
 
@@ -17,3 +18,41 @@ def exit_with(message: str, code: int = 2) -> None:
     """Prints `message` as one line on stderr and exits with `code`."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+class StorageError(RuntimeError):
+    """Writing to the workdir failed (disk full, read-only or unwritable file system): an
+    environment failure, reported as one line with exit code 1. The last complete checkpoint
+    is intact and a re-run resumes from it."""
+
+
+# errno values and the words TensorStore/Orbax use for them, in wrapped error messages.
+_STORAGE_ERRNOS = {
+    28: "No space left on device",
+    30: "Read-only file system",
+    13: "Permission denied",
+    122: "Disk quota exceeded",
+}
+_STORAGE_WORDS = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+_PATH_IN_MESSAGE = re.compile(r'(?:writing|write|file|open) (?:local file )?"([^"]+)"', re.I)
+
+
+def storage_error(e: BaseException, where: str = "the workdir") -> StorageError | None:
+    """A StorageError naming the path and what failed if `e` (or an exception it wraps) is a
+    failed write to a file system (full, read-only, unwritable); None otherwise. `where` names
+    the place when the error itself names no file."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, StorageError):
+            return e
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            return StorageError(f"cannot write {e.filename or where}: {_STORAGE_ERRNOS[e.errno]}")
+        text = str(e)
+        code = re.search(r"os_error_code='(\d+)'", text)
+        what = _STORAGE_ERRNOS.get(int(code[1])) if code else None
+        what = what or next((w for w in _STORAGE_WORDS if w in text), None)
+        if what:
+            path = _PATH_IN_MESSAGE.search(text)
+            return StorageError(f"cannot write {path[1] if path else where}: {what}")
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None

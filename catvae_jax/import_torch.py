@@ -138,7 +138,7 @@ def import_checkpoint(
     from catvae_jax import config as config_lib
     from catvae_jax import data, models, steps, writers
     from catvae_jax.checkpoint import Checkpoints
-    from catvae_jax.train import Progress
+    from catvae_jax.train import Progress, lock_workdir
 
     config_lib.validate(config)
     if config.model.name != "vae_cats_v1":
@@ -147,8 +147,7 @@ def import_checkpoint(
             f"got '{config.model.name}'"
         )
     workdir = epath.Path(workdir)
-    if (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()):
-        raise UserError(f"workdir {workdir} already holds checkpoints; use a new workdir")
+    _refuse_checkpoints(workdir)
     state_dict, step = read_state_dict(ckpt)
     model = models.build(config)
     load_into(model, state_dict)
@@ -156,21 +155,31 @@ def import_checkpoint(
     state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
 
     workdir.mkdir(parents=True, exist_ok=True)
-    config_dict = config.to_dict()
-    config_dict["dataset"] = data.describe(config)
-    writers.write_json(workdir / "config.json", config_dict)
-    meta = {
-        "step": step,
-        "progress": dataclasses.asdict(Progress()),
-        "imported_from": str(epath.Path(ckpt).resolve()),
-    }
-    ckpts = Checkpoints(workdir)
+    lock = lock_workdir(workdir, "import_torch")  # no training may write here meanwhile
     try:
-        ckpts.save(step, state, meta, config_dict, float("inf"))
-        ckpts.wait()
+        _refuse_checkpoints(workdir)  # again: one may have appeared meanwhile
+        config_dict = config.to_dict()
+        config_dict["dataset"] = data.describe(config)
+        writers.write_json(workdir / "config.json", config_dict)
+        meta = {
+            "step": step,
+            "progress": dataclasses.asdict(Progress()),
+            "imported_from": str(epath.Path(ckpt).resolve()),
+        }
+        ckpts = Checkpoints(workdir)
+        try:
+            ckpts.save(step, state, meta, config_dict, float("inf"))
+            ckpts.wait()
+        finally:
+            ckpts.close()
     finally:
-        ckpts.close()
+        lock.release()
     return step
+
+
+def _refuse_checkpoints(workdir: epath.Path) -> None:
+    if (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()):
+        raise UserError(f"workdir {workdir} already holds checkpoints; use a new workdir")
 
 
 def define_flags() -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,17 +28,21 @@ from jax.sharding import PartitionSpec as P
 from catvae_jax import config as config_lib
 from catvae_jax import data, images, models, steps, writers
 from catvae_jax.checkpoint import Checkpoints, abstract_like
-from catvae_jax.errors import UserError
+from catvae_jax.errors import UserError, storage_error
 from catvae_jax.inference import VaeModel
+from catvae_jax.workdir_lock import WorkdirLock
 from catvae_jax.writers import MetricWriter
 
 
 class Preempted(RuntimeError):
-    """SIGTERM arrived: a checkpoint of `step` was saved and the run stopped (exit code 143)."""
+    """SIGTERM (exit code 143) or Ctrl-C / SIGINT (130) arrived: a checkpoint of `step` was
+    saved and the run stopped."""
 
-    def __init__(self, step: int):
-        super().__init__(f"preempted at step {step}; checkpoint saved, re-run to resume")
+    def __init__(self, step: int, signum: int = signal.SIGTERM):
+        what = "interrupted" if signum == signal.SIGINT else "preempted"
+        super().__init__(f"{what} at step {step}; checkpoint saved, re-run to resume")
         self.step = step
+        self.exit_code = 128 + int(signum)
 
 
 class NonFiniteError(RuntimeError):
@@ -117,6 +123,47 @@ def train_and_evaluate(
     except OSError as e:  # e.g. a file of that name, or no permission
         what = "a file, not a directory" if workdir.is_file() else (e.strerror or str(e))
         raise UserError(f"workdir {workdir}: {what}") from e
+    lock = lock_workdir(workdir, "training")
+    preemption = PreemptionNotice()  # from here on Ctrl-C and SIGTERM stop at a checkpoint
+    try:
+        return _train(config, workdir, on_validation, preemption)
+    except Exception as e:  # a full or unwritable disk, however deep Orbax wrapped it
+        failed = storage_error(e)
+        if failed is None or failed is e:
+            raise
+        raise failed from e
+    finally:
+        preemption.restore()
+        lock.release()
+
+
+def lock_workdir(workdir: epath.Path, what: str) -> WorkdirLock:
+    """Takes WORKDIR/.lock on process 0 (the one writer of a multi-process run; the others
+    learn of a refusal through a broadcast and raise the same UserError)."""
+    lock = WorkdirLock(workdir, what)
+    refusal = ""
+    if jax.process_index() == 0:
+        try:
+            lock.acquire()
+        except UserError as e:
+            refusal = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        refused = multihost_utils.broadcast_one_to_all(np.int32(bool(refusal)))
+        if refused and not refusal:
+            refusal = f"workdir {workdir} is in use by another writer (see process 0)"
+    if refusal:
+        raise UserError(refusal)
+    return lock
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: epath.Path,
+    on_validation: Callable[[int, dict[str, float]], None] | None,
+    preemption: PreemptionNotice,
+) -> dict[str, float]:
     is_main = jax.process_index() == 0
 
     # Mesh ------------------------------------------------------------------------------------
@@ -167,7 +214,8 @@ def train_and_evaluate(
     eval_key = jax.random.fold_in(base_key, 2)
     plateau = steps.make_plateau(config)
     plateau_update = jax.jit(lambda s, v: plateau.update({}, s, value=v)[1])
-    writer = MetricWriter(workdir, config, resumed=restored is not None)
+    step = int(state.step)
+    writer = MetricWriter(workdir, config, resumed=restored is not None, resumed_step=step)
 
     def validate_and_save(step: int, scheduled: bool, save: bool) -> dict[str, float]:
         nonlocal state
@@ -202,8 +250,6 @@ def train_and_evaluate(
         return eval_due(step)
 
     # Loop ------------------------------------------------------------------------------------
-    step = int(state.step)
-    preemption = PreemptionNotice()
     profiler = Profiler(workdir / "profile", start=step + 3, enabled=config.profile and is_main)
     pending: list[dict] = []
     bar = _progress_bar(config, total_steps, step, enabled=is_main)
@@ -233,7 +279,8 @@ def train_and_evaluate(
                     )
                     pending, last_time, last_step = [], now, step
                 scheduled = eval_due(step)
-                if scheduled or ckpt_due(step) or done:
+                saved = scheduled or ckpt_due(step) or done
+                if saved:
                     final = validate_and_save(step, scheduled, save=True)
                     last_time = time.perf_counter()  # validation time is not train throughput
                     if progress.bad_evals >= config.early_stop_patience:
@@ -243,9 +290,10 @@ def train_and_evaluate(
                             flush=True,
                         )
                         break
-                elif preemption.reached(step):
-                    validate_and_save(step, scheduled=False, save=True)
-                    raise Preempted(step)
+                if preemption.reached(step) and not done:
+                    if not saved:
+                        validate_and_save(step, scheduled=False, save=True)
+                    raise Preempted(step, preemption.signum)
         if not final:  # resumed at the end: nothing trained, still report the final metrics
             final = validation_metrics(
                 eval_step, state.params, val_split, config.batch_size, mesh, eval_key
@@ -258,13 +306,23 @@ def train_and_evaluate(
             grid = _write_pictures(workdir, vae, val_split[: config.num_eval_images], config.seed)
             writer.write_image(step, "samples", grid)
     finally:  # also when the run stops early (non-finite loss, preemption, a user error)
-        preemption.restore()
-        profiler.stop()
-        bar.close()
-        ckpts.close()  # waits for checkpoints still being written
-        writer.close()
-        train_data.close()
+        _close_all(profiler.stop, bar.close, ckpts.close, writer.close, train_data.close)
     return {**final, "step": step, "params_sha256": params_digest(state.params)}
+
+
+def _close_all(*closers: Callable[[], None]) -> None:
+    """Calls each closer (ckpts.close waits for checkpoints still being written). With an
+    exception already propagating, their own errors (the same full disk, again) are dropped;
+    otherwise the first is raised after all have run."""
+    propagating = sys.exc_info()[1] is not None
+    first: BaseException | None = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:
+            first = first or e
+    if first is not None and not propagating:
+        raise first
 
 
 def params_digest(params: Any) -> str:
@@ -289,17 +347,28 @@ def _write_pictures(
 
 
 class PreemptionNotice:
-    """Turns SIGTERM into a flag the loop checks between steps (all processes agree on the step)."""
+    """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the loop checks between steps, so the step
+    in flight finishes and a checkpoint is written (all processes agree on the step).
+
+    No KeyboardInterrupt is ever raised inside the loop: one raised while Orbax's save threads
+    wait for the main thread (a signalling barrier with a 300 s timeout) would hang the exit
+    for five minutes. A second Ctrl-C aborts at once (os._exit): a checkpoint being written
+    stays a *.orbax-checkpoint-tmp folder that the next run removes; complete ones are intact.
+    """
 
     def __init__(self):
-        self.flag = False
-        self.previous = None
+        self.flag, self.signum = False, signal.SIGTERM
+        self.previous: dict[int, Any] = {}
         if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
             return  # multi-process: JAX's preemption sync point decides (see reached)
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        self.flag = True
+        if self.flag and signum == signal.SIGINT:
+            print("stopped: interrupted twice; aborted at once", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.flag, self.signum = True, signum
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
@@ -309,9 +378,9 @@ class PreemptionNotice:
         return self.flag
 
     def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
+        for signum, previous in self.previous.items():
+            signal.signal(signum, previous)
+        self.previous = {}
 
 
 class Profiler:

@@ -1,5 +1,6 @@
 """Scale and faults across processes: 2-process training, and exact resume after SIGKILL."""
 
+import json
 import random
 import signal
 import socket
@@ -83,9 +84,14 @@ def test_sigkill_then_rerun_gives_bit_identical_parameters(tmp_path):
     proc.communicate(timeout=60)
     print(f"killed at step {trained} of 16 (aimed at {kill_after})")
     assert 4 < trained < 16
+    assert f'"pid": {proc.pid}' in (killed / ".lock").read_text()  # the dead run's lock is left
     rerun = subprocess.run(_cmd(killed), cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.returncode == 0, rerun.stderr[-3000:]  # ... and does not block
     assert "resumed from step" in rerun.stdout
+    # metrics.jsonl tells one history: the killed attempt's lines after its checkpoint dropped
+    lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if "train_loss" in m] == list(range(1, 17))
+    assert [m["step"] for m in lines if "val_loss" in m] == [4, 8, 12, 16]
 
     step_a, params_a = _params(straight)
     step_b, params_b = _params(killed)
