@@ -19,7 +19,6 @@ Layouts (PyTorch → flax.nnx):
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -136,9 +135,9 @@ def import_checkpoint(
     import jax
 
     from catvae_jax import config as config_lib
-    from catvae_jax import data, models, steps, writers
+    from catvae_jax import models, steps
+    from catvae_jax import workdir as workdir_lib
     from catvae_jax.checkpoint import Checkpoints
-    from catvae_jax.train import Progress, lock_workdir
 
     config_lib.validate(config)
     if config.model.name != "vae_cats_v1":
@@ -154,21 +153,18 @@ def import_checkpoint(
     _, state = steps.init_state(config, model)
     state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    lock = lock_workdir(workdir, "import_torch")  # no training may write here meanwhile
+    workdir = workdir_lib.create(workdir)
+    lock = workdir_lib.lock(workdir, "import_torch")  # no training may write here meanwhile
     try:
         _refuse_checkpoints(workdir)  # again: one may have appeared meanwhile
-        config_dict = config.to_dict()
-        config_dict["dataset"] = data.describe(config)
-        writers.write_json(workdir / "config.json", config_dict)
-        meta = {
-            "step": step,
-            "progress": dataclasses.asdict(Progress()),
-            "imported_from": str(epath.Path(ckpt).resolve()),
-        }
+        config_dict = workdir_lib.bootstrap(workdir, config)
         ckpts = Checkpoints(workdir)
         try:
-            ckpts.save(step, state, meta, config_dict, float("inf"))
+            origin = str(epath.Path(ckpt).resolve())
+            progress = workdir_lib.Progress()
+            workdir_lib.save(
+                ckpts, step, state, progress, config_dict, float("inf"), imported_from=origin
+            )
             ckpts.wait()
         finally:
             ckpts.close()
