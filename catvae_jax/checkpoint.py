@@ -98,11 +98,17 @@ class Checkpoints:
             self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
     def save(self, step: int, state: Any, meta: dict, config: dict, val_loss: float) -> None:
-        """Writes (asynchronously) the checkpoint of `step`; `val_loss` ranks it for "best"."""
+        """Writes (asynchronously) the checkpoint of `step`; `val_loss` ranks it for "best".
+
+        A TrainState's EMA goes into its own item `ema`, so the `state` item keeps the layout of
+        checkpoints written before EMA existed (and without it)."""
+        ema = getattr(state, "ema", None)
+        items = {"ema": ocp.args.StandardSave(ema)} if ema is not None else {}
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            state=ocp.args.StandardSave(_without_ema(state)),
             meta=ocp.args.JsonSave(meta),
             config=ocp.args.JsonSave(config),
+            **items,
         )
         with self._storage_errors():  # an earlier save, still being written, failed
             self.manager.wait_until_finished()
@@ -206,16 +212,30 @@ class Checkpoints:
 
         Raises LayoutMismatch naming the first array whose stored shape differs from
         `abstract_state`, before any read starts (a failed read leaves Orbax's background
-        threads writing tracebacks at interpreter exit).
+        threads writing tracebacks at interpreter exit). When `abstract_state` has an `ema`,
+        it is read if the checkpoint has one; otherwise the state comes back with ema=None.
         """
-        self.check_shapes(step, abstract_state)
+        want_ema = getattr(abstract_state, "ema", None)
+        base = _without_ema(abstract_state)
+        self.check_shapes(step, base)
+        has_ema = want_ema is not None and self.has_ema(step)
+        items = {"ema": ocp.args.StandardRestore(want_ema)} if has_ema else {}
         args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
+            state=ocp.args.StandardRestore(base),
             meta=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore(),
+            **items,
         )
         restored = self.manager.restore(step, args=args)
-        return restored.state, restored.meta, restored.config
+        state = restored.state
+        if hasattr(abstract_state, "ema"):  # back to a TrainState (of the same class)
+            ema = restored.ema if has_ema else None
+            state = abstract_state.replace(**state, ema=ema)
+        return state, restored.meta, restored.config
+
+    def has_ema(self, step: int) -> bool:
+        """Whether checkpoint `step` holds an EMA of the parameters."""
+        return (epath.Path(self.manager.directory) / str(step) / "ema").exists()
 
     def check_shapes(self, step: int, abstract_state: Any) -> None:
         """Raises LayoutMismatch if checkpoint `step`'s arrays differ from `abstract_state`'s."""
@@ -232,11 +252,17 @@ class Checkpoints:
 
         Unreadable ones are skipped with a warning and moved aside to
         checkpoints/unreadable-<step>-<ns> (kept for inspection, out of the way of the step
-        that will be saved again).
+        that will be saved again). One that reads but whose arrays differ from
+        `abstract_state` is not damage: a UserError, nothing moved.
         """
         for step in reversed(self.steps()):
             try:
                 return (step, *self.restore(step, abstract_state))
+            except LayoutMismatch as e:
+                raise UserError(
+                    f"checkpoint {step} in {self.manager.directory} does not fit this model: "
+                    f"{e}; use a new workdir"
+                ) from e
             except Exception as e:  # a corrupt checkpoint must not stop the resume
                 log.warning("skipping unreadable checkpoint at step %d: %s", step, e)
                 print(
@@ -260,6 +286,17 @@ class Checkpoints:
                 self.manager.close()  # waits for a save in flight; raises its error if it failed
         finally:
             logging.getLogger("absl").removeFilter(_DROP_ORBAX_ERRORS)
+
+
+_STATE_FIELDS = ("step", "params", "opt_state", "plateau")  # the `state` item, as before EMA
+
+
+def _without_ema(state: Any) -> Any:
+    """The `state` item of a TrainState: its fields but `ema`, as a dict (the layout that
+    checkpoints from before EMA have; an `ema: None` field would not match it)."""
+    if not hasattr(state, "ema"):
+        return state
+    return {name: getattr(state, name) for name in _STATE_FIELDS}
 
 
 def _tree_size(path: epath.Path) -> int:

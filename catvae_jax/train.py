@@ -180,8 +180,11 @@ class _Run:
         restored = self.ckpts.restore_newest_readable(target)
         if restored is None:
             return Progress(), False
-        step, self.state, meta, _ = restored
+        step, state, meta, _ = restored
         print(f"resumed from step {step} in {self.workdir}", flush=True)
+        if steps.ema_decay(self.config) > 0 and state.ema is None:
+            print(f"checkpoint {step} has no EMA: it starts from its parameters", flush=True)
+        self.state = steps.start_ema(state, self.config)
         return Progress(**meta["progress"]), True
 
     def _make_steps(self) -> None:
@@ -233,7 +236,8 @@ class _Run:
         finally:  # also when the run stops early (non-finite loss, preemption, a user error)
             closers = (profiler.stop, bar.close, self.ckpts.close, self.writer.close)
             _close_all(*closers, self.train_data.close)
-        return {**final, "step": step, "params_sha256": params_digest(self.state.params)}
+        digest = params_digest((self.state.params, self.state.ema))  # ema None: params alone
+        return {**final, "step": step, "params_sha256": digest}
 
     def _log_train(self, step: int, meter: _Throughput, bar) -> None:
         """Fetches the pending steps' metrics, stops on a non-finite one, writes their means."""
@@ -245,7 +249,7 @@ class _Run:
     def _validate(self) -> dict[str, float]:
         return validation_metrics(
             self.eval_step,
-            self.state.params,
+            steps.eval_params(self.state),
             self.val_split,
             self.config.batch_size,
             self.mesh,
@@ -279,7 +283,8 @@ class _Run:
         """Process 0: samples.png and reconstructions.png of the final parameters."""
         if not self.is_main:
             return
-        vae = VaeModel(self.graphdef, jax.device_get(self.state.params), self.config, step=step)
+        params = jax.device_get(steps.eval_params(self.state))
+        vae = VaeModel(self.graphdef, params, self.config, step=step)
         originals = self.val_split[: self.config.num_eval_images]
         grid = _write_pictures(self.workdir, vae, originals, self.config.seed)
         self.writer.write_image(step, "samples", grid)
