@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pathlib
+import shutil
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,9 +21,24 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import NamedSharding
 
-from catvae_jax.errors import UserError
+from catvae_jax.errors import StorageError, UserError, storage_error
 
 log = logging.getLogger(__name__)
+
+
+class LayoutMismatch(ValueError):
+    """A readable checkpoint whose arrays differ from the wanted state (not damage)."""
+
+
+def _reason(e: BaseException) -> str:
+    """`Type: first line` of the root cause of a failed read (at most ~170 characters)."""
+    for _ in range(8):  # TensorStore's own error sits under Orbax's wrappers
+        inner = e.__cause__ or e.__context__
+        if inner is None:
+            break
+        e = inner
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
 
 
 @contextlib.contextmanager
@@ -44,10 +62,23 @@ def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
     return epath.Path(text) / "checkpoints"
 
 
+class _DropOrbaxErrors(logging.Filter):
+    """Drops Orbax's ERROR logs (with tracebacks) of a failed background save: the same error
+    reaches the main thread at the next save or close, where it is reported in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "orbax" in record.pathname)
+
+
+_DROP_ORBAX_ERRORS = _DropOrbaxErrors()
+
+
 class Checkpoints:
     """A CheckpointManager for one workdir. `read_only` managers never write or delete."""
 
     def __init__(self, workdir: str | epath.Path, *, read_only: bool = False):
+        if not read_only:
+            logging.getLogger("absl").addFilter(_DROP_ORBAX_ERRORS)
         policy = ocp.checkpoint_managers
         # Orbax warns that a read-only manager is read-only: no news to the caller.
         with _absl_errors_only(read_only):
@@ -67,69 +98,171 @@ class Checkpoints:
             self.manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
     def save(self, step: int, state: Any, meta: dict, config: dict, val_loss: float) -> None:
-        """Writes (asynchronously) the checkpoint of `step`; `val_loss` ranks it for "best"."""
+        """Writes (asynchronously) the checkpoint of `step`; `val_loss` ranks it for "best".
+
+        A TrainState's EMA goes into its own item `ema`, so the `state` item keeps the layout of
+        checkpoints written before EMA existed (and without it)."""
+        ema = getattr(state, "ema", None)
+        items = {"ema": ocp.args.StandardSave(ema)} if ema is not None else {}
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            state=ocp.args.StandardSave(_without_ema(state)),
             meta=ocp.args.JsonSave(meta),
             config=ocp.args.JsonSave(config),
+            **items,
         )
-        self.manager.save(step, args=args, metrics={"val_loss": float(val_loss)}, force=True)
+        with self._storage_errors():  # an earlier save, still being written, failed
+            self.manager.wait_until_finished()
+        self._check_space(step, state)
+        with self._storage_errors():
+            self.manager.save(step, args=args, metrics={"val_loss": float(val_loss)}, force=True)
+
+    def _check_space(self, step: int, state: Any) -> None:
+        """Refuses to start a save that would not fit on a local disk: one clean StorageError
+        instead of a half-written step and Orbax's background threads failing one by one."""
+        root = self.manager.directory
+        if "://" in os.fspath(root):
+            return  # object stores: no free-space figure; a failed write is reported instead
+        done = [s for s in self.steps() if s != step]
+        need = _tree_size(root / str(done[-1])) if done else 0
+        need = need or sum(x.nbytes for x in jax.tree.leaves(state)) + 2**18  # + metadata
+        free = shutil.disk_usage(os.fspath(root)).free
+        if free < 1.2 * need:
+            raise StorageError(
+                f"cannot write the checkpoint of step {step} in {root}: No space left on device "
+                f"({free / 2**20:.1f} MiB free, a checkpoint takes ~{need / 2**20:.1f} MiB)"
+            )
+
+    @contextlib.contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """A failed write (full disk, read-only file system) becomes one StorageError."""
+        try:
+            yield
+        except Exception as e:
+            failed = storage_error(e, where=f"a checkpoint in {self.manager.directory}")
+            if failed is None:
+                raise
+            raise failed from e
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     def resolve(self, step: str | int) -> int | None:
         """'latest', 'best' or a step number → an existing step, or None if there is none."""
-        if not self.steps():
-            return None
+        order = self.candidates(step)
+        return order[0] if order else None
+
+    def candidates(self, step: str | int) -> list[int]:
+        """The steps a reader of `step` tries, in order: for 'best' all by validation loss (the
+        best first), for 'latest' all newest first, for a number just that one (a UserError if
+        it does not exist or is not a step). Empty when there is no checkpoint."""
+        have = self.steps()
+        if not have:
+            return []
         if step == "latest":
-            return self.manager.latest_step()
+            return have[::-1]
         if step == "best":
-            return self.manager.best_step()
+            best = self.manager.best_step()
+            rest = sorted((s for s in have if s != best), key=lambda s: (self._val_loss(s), -s))
+            return [best, *rest] if best is not None else rest
         try:
             number = int(step)
         except (TypeError, ValueError) as e:
             raise UserError(f"step must be 'best', 'latest' or a number, got '{step}'") from e
-        if number not in self.steps():
-            raise UserError(f"no checkpoint at step {number}; have {self.steps()}")
-        return number
+        if number not in have:
+            raise UserError(f"no checkpoint at step {number}; have {have}")
+        return [number]
+
+    def _val_loss(self, step: int) -> float:
+        try:
+            return float(self.manager.metrics(step)["val_loss"])
+        except Exception:  # no or unreadable metrics: ranked last
+            return float("inf")
+
+    def restore_for_reading(
+        self, step: str | int, abstract_state: Any
+    ) -> tuple[int, Any, dict, dict] | None:
+        """(step, state, meta, config) of the first readable checkpoint of `candidates(step)`,
+        or None when there is no checkpoint at all. Never moves or deletes anything.
+
+        An unreadable checkpoint is skipped with a one-line warning on stderr; an explicitly
+        numbered one that is unreadable, or none readable at all, is a UserError. A checkpoint
+        that reads but does not fit `abstract_state` (LayoutMismatch) is not damage: raised.
+        """
+        order = self.candidates(step)
+        if not order:
+            return None
+        for number in order:
+            try:
+                return (number, *self.restore(number, abstract_state))
+            except LayoutMismatch:
+                raise
+            except Exception as e:  # damaged: truncated or missing files, no metadata, ...
+                where = self.manager.directory / str(number)
+                if len(order) == 1:
+                    raise UserError(f"checkpoint {where} is unreadable ({_reason(e)})") from e
+                print(
+                    f"warning: skipping unreadable checkpoint {where} ({_reason(e)})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        raise UserError(f"no readable checkpoint in {self.manager.directory} (tried {order})")
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
         """(state, meta, config) of checkpoint `step`; `abstract_state` gives shapes/shardings.
 
-        Raises ValueError naming the first array whose stored shape differs from
+        Raises LayoutMismatch naming the first array whose stored shape differs from
         `abstract_state`, before any read starts (a failed read leaves Orbax's background
-        threads writing tracebacks at interpreter exit).
+        threads writing tracebacks at interpreter exit). When `abstract_state` has an `ema`,
+        it is read if the checkpoint has one; otherwise the state comes back with ema=None.
         """
-        self.check_shapes(step, abstract_state)
+        want_ema = getattr(abstract_state, "ema", None)
+        base = _without_ema(abstract_state)
+        self.check_shapes(step, base)
+        has_ema = want_ema is not None and self.has_ema(step)
+        items = {"ema": ocp.args.StandardRestore(want_ema)} if has_ema else {}
         args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
+            state=ocp.args.StandardRestore(base),
             meta=ocp.args.JsonRestore(),
             config=ocp.args.JsonRestore(),
+            **items,
         )
         restored = self.manager.restore(step, args=args)
-        return restored.state, restored.meta, restored.config
+        state = restored.state
+        if hasattr(abstract_state, "ema"):  # back to a TrainState (of the same class)
+            ema = restored.ema if has_ema else None
+            state = abstract_state.replace(**state, ema=ema)
+        return state, restored.meta, restored.config
+
+    def has_ema(self, step: int) -> bool:
+        """Whether checkpoint `step` holds an EMA of the parameters."""
+        return (epath.Path(self.manager.directory) / str(step) / "ema").exists()
 
     def check_shapes(self, step: int, abstract_state: Any) -> None:
-        """Raises ValueError if checkpoint `step`'s arrays differ from `abstract_state`'s."""
+        """Raises LayoutMismatch if checkpoint `step`'s arrays differ from `abstract_state`'s."""
         # Orbax warns "Metadata file does not exist" for the item: harmless here.
         with _absl_errors_only(), ocp.StandardCheckpointer() as reader:
             stored = _shapes(reader.metadata(self.manager.directory / str(step) / "state"))
         for name, shape in _shapes(abstract_state).items():
             if stored.get(name) != shape:
                 have = "missing" if name not in stored else f"shape {stored[name]}"
-                raise ValueError(f"{name}: the checkpoint has {have}, the model wants {shape}")
+                raise LayoutMismatch(f"{name}: the checkpoint has {have}, the model wants {shape}")
 
     def restore_newest_readable(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
         """Restores the newest checkpoint that reads back.
 
         Unreadable ones are skipped with a warning and moved aside to
         checkpoints/unreadable-<step>-<ns> (kept for inspection, out of the way of the step
-        that will be saved again).
+        that will be saved again). One that reads but whose arrays differ from
+        `abstract_state` is not damage: a UserError, nothing moved.
         """
         for step in reversed(self.steps()):
             try:
                 return (step, *self.restore(step, abstract_state))
+            except LayoutMismatch as e:
+                raise UserError(
+                    f"checkpoint {step} in {self.manager.directory} does not fit this model: "
+                    f"{e}; use a new workdir"
+                ) from e
             except Exception as e:  # a corrupt checkpoint must not stop the resume
                 log.warning("skipping unreadable checkpoint at step %d: %s", step, e)
                 print(
@@ -144,10 +277,32 @@ class Checkpoints:
         return None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._storage_errors():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            with self._storage_errors():
+                self.manager.close()  # waits for a save in flight; raises its error if it failed
+        finally:
+            logging.getLogger("absl").removeFilter(_DROP_ORBAX_ERRORS)
+
+
+_STATE_FIELDS = ("step", "params", "opt_state", "plateau")  # the `state` item, as before EMA
+
+
+def _without_ema(state: Any) -> Any:
+    """The `state` item of a TrainState: its fields but `ema`, as a dict (the layout that
+    checkpoints from before EMA have; an `ema: None` field would not match it)."""
+    if not hasattr(state, "ema"):
+        return state
+    return {name: getattr(state, name) for name in _STATE_FIELDS}
+
+
+def _tree_size(path: epath.Path) -> int:
+    """Bytes on disk of the files under a local directory."""
+    files = (f for f in pathlib.Path(path).rglob("*") if f.is_file())
+    return sum(max(f.stat().st_size, 512 * f.stat().st_blocks) for f in files)
 
 
 def abstract_like(tree: Any, sharding: NamedSharding | None = None) -> Any:

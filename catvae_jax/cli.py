@@ -12,7 +12,7 @@ import jax
 from absl import app, flags, logging
 
 from catvae_jax import config_files
-from catvae_jax.errors import NonFiniteError, Preempted, UserError, exit_with
+from catvae_jax.errors import NonFiniteError, Preempted, StorageError, UserError, exit_with
 
 
 def config_file(name: str) -> str:
@@ -121,9 +121,19 @@ def user_errors():
         print(f"error: {e}", file=sys.stderr, flush=True)
         print(f"stopped: non-finite loss at step {e.step}", flush=True)
         sys.exit(1)
+    except StorageError as e:  # an environment failure: the disk, not the user
+        print(
+            f"error: {e}; the last complete checkpoint is intact, re-run to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
     except Preempted as e:
         print(f"stopped: {e}", flush=True)
-        sys.exit(143)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop
+        print("stopped: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def quiet_logs() -> None:

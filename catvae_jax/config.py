@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.lr_schedule = "cosine"
     c.weight_decay = 1e-4  # AdamW decoupled decay, multiplied by the learning rate as in PyTorch.
     c.grad_clip_norm = 1.0  # 0 disables clipping.
+    # Exponential moving average of the parameters (0 = off), used for validation, samples and
+    # evaluation; its decay warms up as min(ema_decay, (1 + t) / (10 + t)) at step t.
+    c.ema_decay = 0.0
     c.num_epochs = 30
     c.max_steps = -1  # -1: no cap; otherwise stop after this many train steps.
     c.image_size = 64  # square images, H = W = image_size, 3 channels.
@@ -115,6 +118,7 @@ def original_experiment(seed: int, num_epochs: int) -> ml_collections.ConfigDict
     c.lr_schedule = "constant"
     c.weight_decay = 0.01
     c.grad_clip_norm = 0.0
+    c.ema_decay = 0.0  # the original had none
     c.num_epochs = num_epochs
     c.image_size = 128
     c.model.name = "vae_cats_v1"

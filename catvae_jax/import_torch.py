@@ -19,7 +19,6 @@ Layouts (PyTorch → flax.nnx):
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Any
 
@@ -31,12 +30,12 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from catvae_jax import cli, data, models, steps, writers
+from catvae_jax import cli, models, steps
 from catvae_jax import config as config_lib
+from catvae_jax import workdir as workdir_lib
 from catvae_jax.checkpoint import Checkpoints
 from catvae_jax.errors import UserError
 from catvae_jax.models import VaeCatsV1
-from catvae_jax.train import Progress
 
 # (PyTorch module name, path of the nnx module in VaeCatsV1, weight permutation).
 _CONV, _LINEAR, _CONV_T = (2, 3, 1, 0), (1, 0), (2, 3, 0, 1)
@@ -144,30 +143,36 @@ def import_checkpoint(
             f"got '{config.model.name}'"
         )
     workdir = epath.Path(workdir)
-    if (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()):
-        raise UserError(f"workdir {workdir} already holds checkpoints; use a new workdir")
+    _refuse_checkpoints(workdir)
     state_dict, step = read_state_dict(ckpt)
     model = models.init_compiled(config)
     load_into(model, state_dict)
     _, state = steps.init_state(config, model)
     state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_dict = config.to_dict()
-    config_dict["dataset"] = data.describe(config)
-    writers.write_json(workdir / "config.json", config_dict)
-    meta = {
-        "step": step,
-        "progress": dataclasses.asdict(Progress()),
-        "imported_from": str(epath.Path(ckpt).resolve()),
-    }
-    ckpts = Checkpoints(workdir)
+    workdir = workdir_lib.create(workdir)
+    lock = workdir_lib.lock(workdir, "import_torch")  # no training may write here meanwhile
     try:
-        ckpts.save(step, state, meta, config_dict, float("inf"))
-        ckpts.wait()
+        _refuse_checkpoints(workdir)  # again: one may have appeared meanwhile
+        config_dict = workdir_lib.bootstrap(workdir, config)
+        ckpts = Checkpoints(workdir)
+        try:
+            origin = str(epath.Path(ckpt).resolve())
+            progress = workdir_lib.Progress()
+            workdir_lib.save(
+                ckpts, step, state, progress, config_dict, float("inf"), imported_from=origin
+            )
+            ckpts.wait()
+        finally:
+            ckpts.close()
     finally:
-        ckpts.close()
+        lock.release()
     return step
+
+
+def _refuse_checkpoints(workdir: epath.Path) -> None:
+    if (workdir / "checkpoints").exists() and any((workdir / "checkpoints").iterdir()):
+        raise UserError(f"workdir {workdir} already holds checkpoints; use a new workdir")
 
 
 def define_flags() -> None:

@@ -15,7 +15,7 @@ from flax import nnx
 
 from catvae_jax import config as config_lib
 from catvae_jax import models, sampling, steps
-from catvae_jax.checkpoint import Checkpoints
+from catvae_jax.checkpoint import Checkpoints, LayoutMismatch
 from catvae_jax.errors import UserError
 
 
@@ -156,27 +156,40 @@ def read_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(config_lib.read_json(path))
 
 
-def load(workdir: str | epath.Path, step: str | int = "best") -> VaeModel:
-    """The model of `workdir` at checkpoint `step` ("best", "latest" or a number), on device 0."""
+def load(workdir: str | epath.Path, step: str | int = "best", ema: bool = True) -> VaeModel:
+    """The model of `workdir` at checkpoint `step` ("best", "latest" or a number), on device 0.
+
+    With `ema` (the default) the model uses the checkpoint's moving average of the parameters
+    when it has one (`config.ema_decay` > 0); `ema=False`, or a checkpoint without one (written
+    before EMA existed, imported, or trained without), gives the raw parameters.
+
+    For "best" and "latest" an unreadable checkpoint is skipped with a one-line warning (the
+    next best by validation loss, or the next newest, is used); an unreadable numbered step is
+    a UserError. Nothing in the workdir is moved or written.
+    """
     if not epath.Path(workdir).is_dir():
         raise UserError(f"workdir {workdir} does not exist")
     config = read_config(workdir)
-    ckpts = Checkpoints(workdir, read_only=True)
-    number = ckpts.resolve(step)
-    if number is None:
-        raise UserError(f"no checkpoint in {workdir}")
     graphdef, abstract = steps.abstract_state(config, lambda: models.init_eager(config))
+    if not ema:
+        abstract = abstract.replace(ema=None)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract
     )
+    ckpts = Checkpoints(workdir, read_only=True)
     try:
-        state, _, _ = ckpts.restore(number, abstract)
-    except (ValueError, KeyError) as e:
+        restored = ckpts.restore_for_reading(step, abstract)
+        raw_but_has_ema = restored is not None and not ema and ckpts.has_ema(restored[0])
+    except LayoutMismatch as e:
         raise UserError(
-            f"checkpoint {number} in {workdir} does not match its config: "
-            f"{str(e).splitlines()[0][:200]}"
+            f"a checkpoint in {workdir} does not match its config: {str(e).splitlines()[0][:200]}"
         ) from e
     finally:
         ckpts.close()
-    return VaeModel(graphdef, state.params, config, step=number, workdir=workdir)
+    if restored is None:
+        raise UserError(f"no checkpoint in {workdir}")
+    number, state, _, _ = restored
+    # The workdir's cached samplers belong to the default (EMA) parameters: raw ones use none.
+    cache = None if raw_but_has_ema else workdir
+    return VaeModel(graphdef, steps.eval_params(state), config, step=number, workdir=cache)

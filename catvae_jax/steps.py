@@ -20,12 +20,38 @@ from catvae_jax import images, losses
 
 @struct.dataclass
 class TrainState:
-    """Everything a train step changes. `plateau` holds the reduce-on-plateau scale of the lr."""
+    """Everything a train step changes. `plateau` holds the reduce-on-plateau scale of the lr;
+    `ema` the moving average of `params` (None when `config.ema_decay` is 0)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     plateau: Any
+    ema: Any = None
+
+
+def ema_decay(config: ml_collections.ConfigDict) -> float:
+    """config.ema_decay, 0 for configs written before it existed."""
+    return float(config.get("ema_decay", 0.0))
+
+
+def update_ema(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
+    """ema ← d·ema + (1 − d)·params with d = min(decay, (1 + step) / (10 + step))."""
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)).astype(jnp.float32)
+    return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
+
+
+def eval_params(state: TrainState) -> Any:
+    """The parameters validation, samples and evaluation use: the EMA when there is one."""
+    return state.ema if state.ema is not None else state.params
+
+
+def start_ema(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
+    """`state` with an EMA equal to its parameters (fresh buffers) when EMA is on and it has
+    none (a fresh run, or a checkpoint written without EMA); otherwise `state`."""
+    if ema_decay(config) <= 0 or state.ema is not None:
+        return state
+    return state.replace(ema=jax.tree.map(jnp.copy, state.params))
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -54,12 +80,13 @@ def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformat
 
 
 def _state_at_step_0(config: ml_collections.ConfigDict, params: nnx.State) -> TrainState:
-    return TrainState(
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=make_optimizer(config).init(params),
         plateau=make_plateau(config).init(params),
     )
+    return start_ema(state, config)
 
 
 def init_state(config: ml_collections.ConfigDict, model: nnx.Module) -> tuple[Any, TrainState]:
@@ -104,9 +131,11 @@ def make_train_step(
 
     The noise of step t is fold_in(base_key, t). A non-finite loss or gradient norm leaves the
     parameters unchanged and reports `finite = False`, so the caller can stop at that step.
+    With `config.ema_decay` > 0 the step also updates the EMA of the parameters.
     """
     tx = make_optimizer(config)
     schedule = lr_schedule(config, total_steps)
+    decay = ema_decay(config)
 
     def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
@@ -119,11 +148,12 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        params = keep(params, state.params)
         new_state = state.replace(
-            step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
+            step=state.step + 1, params=params, opt_state=keep(opt_state, state.opt_state)
         )
+        if decay > 0:  # decided while tracing: no per-step Python
+            new_state = new_state.replace(ema=update_ema(state.ema, params, state.step, decay))
         metrics = {
             "train_loss": loss,
             "train_ssim": jnp.mean(per_image["ssim"]),

@@ -1,16 +1,16 @@
 """`train_and_evaluate(config, workdir)`: the one entry point the CLI, tests and notebooks call.
 
-Reads top to bottom: mesh → data → model → shard → resume → step → loop (log, eval, checkpoint)
-→ final outputs. Data parallel: the batch is sharded over every device along the mesh axis
-`data`, parameters are replicated; the same code runs on 1 CPU, N GPUs or a TPU slice.
+Reads top to bottom: workdir (lock, config.json) → mesh → data → model → resume → steps → loop
+(log, validate, checkpoint) → final outputs. Data parallel: the batch is sharded over every
+device along the mesh axis `data`, parameters are replicated; the same code runs on 1 CPU,
+N GPUs or a TPU slice.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import signal
-import threading
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,23 +24,56 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from catvae_jax import config as config_lib
-from catvae_jax import data, images, models, steps, writers
+from catvae_jax import data, images, models, steps
+from catvae_jax import workdir as workdir_lib
 from catvae_jax.checkpoint import Checkpoints, abstract_like
-from catvae_jax.errors import NonFiniteError, Preempted, UserError
+from catvae_jax.errors import NonFiniteError, Preempted, UserError, storage_error
 from catvae_jax.inference import VaeModel
+from catvae_jax.loop_hooks import PreemptionNotice, Profiler, progress_bar
+from catvae_jax.workdir import Progress
 from catvae_jax.writers import TrainingLog
 
-
-@dataclasses.dataclass
-class Progress:
-    """Loop bookkeeping saved with every checkpoint (the data position is the step itself)."""
-
-    best_val_loss: float = float("inf")
-    bad_evals: int = 0  # validations in a row without a new best (early stopping)
+__all__ = ["NonFiniteError", "Preempted", "Progress", "train_and_evaluate"]
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over all devices (of all processes) with the batch axis `data`."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Trains the configured VAE in `workdir` (resuming from its latest checkpoint if any).
+
+    Writes checkpoints/, config.json, metrics.jsonl, samples.png and reconstructions.png, and
+    returns the final validation metrics plus `step`. Raises UserError for a bad config or a
+    workdir another process writes to, NonFiniteError when the loss diverges, StorageError when
+    the disk fills, Preempted on SIGTERM or Ctrl-C. `on_validation(step, val_metrics)`, if
+    given, is called after each validation's checkpoint is saved (a sweep reports to its
+    pruner there); an exception it raises ends the run cleanly, that checkpoint complete.
+    """
+    config_lib.validate(config)
+    workdir = workdir_lib.create(workdir)
+    lock = workdir_lib.lock(workdir, "training")
+    preemption = PreemptionNotice()  # from here on Ctrl-C and SIGTERM stop at a checkpoint
+    try:
+        return _Run(config, workdir, on_validation).train(preemption)
+    except Exception as e:  # a full or unwritable disk, however deep Orbax wrapped it
+        failed = storage_error(e)
+        if failed is None or failed is e:
+            raise
+        raise failed from e
+    finally:
+        preemption.restore()
+        lock.release()
+
+
+def make_mesh(batch_size: int | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh over all devices (of all processes) with the batch axis `data`; a UserError
+    unless `batch_size` (if given) is a multiple of the device count."""
+    if batch_size is not None and batch_size % jax.device_count():
+        raise UserError(
+            f"config field 'batch_size' ({batch_size}) must be a multiple of "
+            f"the device count ({jax.device_count()})"
+        )
     return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
@@ -62,193 +95,219 @@ def validation_metrics(
     return {f"val_{k}": v / count for k, v in totals.items()}
 
 
-def _check_resume(workdir: epath.Path, config_dict: dict) -> None:
-    """Refuses a changed model/data shape on resume; notes other changed fields."""
-    path = workdir / "config.json"
-    if not path.exists():
-        return
-    old = config_lib.read_json(path)
-    shaped = config_lib.shape_changes(old, config_dict)
-    if shaped:
-        flat_old, flat_new = config_lib.flatten(old), config_lib.flatten(config_dict)
-        k = shaped[0]
-        raise UserError(
-            f"cannot resume {workdir} with a changed '{k}' (was {flat_old.get(k)!r},"
-            f" now {flat_new.get(k)!r}); use a new workdir"
-        )
-    others = config_lib.other_changes(old, config_dict)
-    if others:
-        print(f"resuming with changed fields: {', '.join(others)}", flush=True)
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """When the loop logs, validates and checkpoints, by step (1-based, after the step)."""
 
+    steps_per_epoch: int
+    total_steps: int
+    log_every: int
+    eval_every: int  # scheduled validations: plateau and early stopping count these
+    checkpoint_every: int
 
-def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    on_validation: Callable[[int, dict[str, float]], None] | None = None,
-) -> dict[str, float]:
-    """Trains the configured VAE in `workdir` (resuming from its latest checkpoint if any).
-
-    Writes checkpoints/, config.json, metrics.jsonl, samples.png and reconstructions.png, and
-    returns the final validation metrics plus `step`. Raises UserError for a bad config and
-    NonFiniteError when the loss diverges. `on_validation(step, val_metrics)`, if given, is
-    called after each validation's checkpoint is saved (a sweep reports to its pruner there);
-    an exception it raises ends the run cleanly, that checkpoint complete.
-    """
-    config_lib.validate(config)
-    workdir = epath.Path(workdir)
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # e.g. a file of that name, or no permission
-        what = "a file, not a directory" if workdir.is_file() else (e.strerror or str(e))
-        raise UserError(f"workdir {workdir}: {what}") from e
-    is_main = jax.process_index() == 0
-
-    # Mesh ------------------------------------------------------------------------------------
-    mesh = make_mesh()
-    if config.batch_size % jax.device_count():
-        raise UserError(
-            f"config field 'batch_size' ({config.batch_size}) must be a multiple of "
-            f"the device count ({jax.device_count()})"
-        )
-    replicated = NamedSharding(mesh, P())
-
-    # Data ------------------------------------------------------------------------------------
-    train_data = data.train_data(config, mesh)
-    val_split = data.load_split(config, "validation")
-    steps_per_epoch = train_data.steps_per_epoch
-    total_steps = config.num_epochs * steps_per_epoch
-    if config.max_steps > 0:
-        total_steps = min(total_steps, config.max_steps)
-
-    # Model and train state, replicated over the mesh ------------------------------------------
-    model = models.build(config)
-    graphdef, state = steps.init_state(config, model)
-    state = jax.tree.map(lambda x: data.to_global(np.asarray(x), replicated), state)
-    del model
-
-    # Resume ----------------------------------------------------------------------------------
-    config_dict = config.to_dict()
-    config_dict["dataset"] = data.describe(config)
-    _check_resume(workdir, config_dict)
-    if is_main:
-        writers.write_json(workdir / "config.json", config_dict)
-    ckpts = Checkpoints(workdir)
-    progress = Progress()
-    restored = ckpts.restore_newest_readable(abstract_like(state, replicated))
-    if restored is not None:
-        step0, state, meta, _ = restored
-        progress = Progress(**meta["progress"])
-        print(f"resumed from step {step0} in {workdir}", flush=True)
-
-    # Steps -----------------------------------------------------------------------------------
-    base_key = jax.random.key(config.seed)
-    train_step = jax.jit(
-        steps.make_train_step(graphdef, config, jax.random.fold_in(base_key, 1), total_steps),
-        donate_argnums=0,
-    )
-    schedule = steps.lr_schedule(config, total_steps)
-    eval_step = jax.jit(steps.make_eval_step(graphdef, config))
-    eval_key = jax.random.fold_in(base_key, 2)
-    plateau = steps.make_plateau(config)
-    plateau_update = jax.jit(lambda s, v: plateau.update({}, s, value=v)[1])
-    writer = TrainingLog(workdir, config, resumed=restored is not None)
-
-    def validate_and_save(step: int, scheduled: bool, save: bool) -> dict[str, float]:
-        nonlocal state
-        metrics = validation_metrics(
-            eval_step, state.params, val_split, config.batch_size, mesh, eval_key
-        )
-        if scheduled:  # plateau and early stopping count scheduled validations only
-            state = state.replace(plateau=plateau_update(state.plateau, metrics["val_loss"]))
-            if metrics["val_loss"] < progress.best_val_loss:
-                progress.best_val_loss, progress.bad_evals = metrics["val_loss"], 0
-            else:
-                progress.bad_evals += 1
-        lr = config.learning_rate * float(state.plateau.scale * schedule(step))
-        writer.write(step, _epoch(step), {**metrics, "learning_rate": lr})
-        if save:
-            meta = {"step": step, "progress": dataclasses.asdict(progress)}
-            ckpts.save(step, state, meta, config_dict, metrics["val_loss"])
-        if on_validation is not None:
-            on_validation(step, metrics)
-        return metrics
-
-    def _epoch(step: int) -> int:
-        return max(1, -(-step // steps_per_epoch))
-
-    def eval_due(step: int) -> bool:
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict, steps_per_epoch: int) -> Cadence:
+        total = config.num_epochs * steps_per_epoch
+        total = min(total, config.max_steps) if config.max_steps > 0 else total
         every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
-        return step % every == 0
+        ckpt = config.checkpoint_every_steps if config.checkpoint_every_steps > 0 else every
+        return cls(steps_per_epoch, total, config.log_every_steps, every, ckpt)
 
-    def ckpt_due(step: int) -> bool:
-        if config.checkpoint_every_steps > 0:
-            return step % config.checkpoint_every_steps == 0
-        return eval_due(step)
+    def epoch(self, step: int) -> int:
+        return max(1, -(-step // self.steps_per_epoch))
 
-    # Loop ------------------------------------------------------------------------------------
-    step = int(state.step)
-    preemption = PreemptionNotice()
-    profiler = Profiler(workdir / "profile", start=step + 3, enabled=config.profile and is_main)
-    pending: list[dict] = []
-    bar = _progress_bar(config, total_steps, step, enabled=is_main)
-    last_time, last_step, final = time.perf_counter(), step, {}
-    try:
-        with jax.set_mesh(mesh):
-            while step < total_steps:
-                profiler.before(step)
-                state, metrics = train_step(state, train_data.batch(step))
-                pending.append(metrics)
-                step += 1
-                profiler.after(step, metrics)
-                done = step == total_steps
-                if step % config.log_every_steps == 0 or done or eval_due(step) or ckpt_due(step):
-                    fetched = jax.device_get(pending)
-                    now = time.perf_counter()
-                    for i, m in enumerate(fetched):
-                        if not m["finite"]:
-                            raise NonFiniteError(step - len(fetched) + i + 1)
-                    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                    del means["finite"]
-                    means["img_per_s"] = (step - last_step) * config.batch_size / (now - last_time)
-                    writer.write(step, _epoch(step), means)
-                    bar.update(step - last_step)
-                    bar.set_postfix(
-                        loss=f"{means['train_loss']:.4g}", img_s=f"{means['img_per_s']:.0f}"
-                    )
-                    pending, last_time, last_step = [], now, step
-                scheduled = eval_due(step)
-                if scheduled or ckpt_due(step) or done:
-                    final = validate_and_save(step, scheduled, save=True)
-                    last_time = time.perf_counter()  # validation time is not train throughput
-                    if progress.bad_evals >= config.early_stop_patience:
+    def validates(self, step: int) -> bool:
+        return step % self.eval_every == 0
+
+    def saves(self, step: int) -> bool:
+        return self.validates(step) or step % self.checkpoint_every == 0 or self.last(step)
+
+    def logs(self, step: int) -> bool:
+        return step % self.log_every == 0 or self.saves(step)
+
+    def last(self, step: int) -> bool:
+        return step == self.total_steps
+
+
+class _Run:
+    """One training run's parts; `train` is the loop, each other method one job of it."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path, on_validation):
+        self.config, self.workdir, self.on_validation = config, workdir, on_validation
+        self.is_main = jax.process_index() == 0
+        self.mesh = make_mesh(config.batch_size)
+        self.train_data = data.train_data(config, self.mesh)
+        self.val_split = data.load_split(config, "validation")
+        self.cadence = Cadence.of(config, self.train_data.steps_per_epoch)
+        self.graphdef, self.state = self._init_state()
+        self.config_dict = workdir_lib.bootstrap(workdir, config)
+        self.ckpts = Checkpoints(workdir)
+        self.progress, resumed = self._resume()
+        self._make_steps()
+        self.writer = TrainingLog(
+            workdir, config, resumed=resumed, resumed_step=int(self.state.step)
+        )
+
+    def _init_state(self) -> tuple[nnx.GraphDef, steps.TrainState]:
+        """(graphdef, step-0 TrainState replicated over the mesh)."""
+        graphdef, state = steps.init_state(self.config, models.init_compiled(self.config))
+        replicated = NamedSharding(self.mesh, P())
+        return graphdef, jax.tree.map(lambda x: data.to_global(np.asarray(x), replicated), state)
+
+    def _resume(self) -> tuple[Progress, bool]:
+        """Restores the newest readable checkpoint into self.state: (progress, resumed?)."""
+        target = abstract_like(self.state, NamedSharding(self.mesh, P()))
+        restored = self.ckpts.restore_newest_readable(target)
+        if restored is None:
+            return Progress(), False
+        step, state, meta, _ = restored
+        print(f"resumed from step {step} in {self.workdir}", flush=True)
+        if steps.ema_decay(self.config) > 0 and state.ema is None:
+            print(f"checkpoint {step} has no EMA: it starts from its parameters", flush=True)
+        self.state = steps.start_ema(state, self.config)
+        return Progress(**meta["progress"]), True
+
+    def _make_steps(self) -> None:
+        config, total = self.config, self.cadence.total_steps
+        base_key = jax.random.key(config.seed)
+        train_step = steps.make_train_step(
+            self.graphdef, config, jax.random.fold_in(base_key, 1), total
+        )
+        self.train_step = jax.jit(train_step, donate_argnums=0)
+        self.eval_step = jax.jit(steps.make_eval_step(self.graphdef, config))
+        self.eval_key = jax.random.fold_in(base_key, 2)
+        self.schedule = steps.lr_schedule(config, total)
+        plateau = steps.make_plateau(config)
+        self.plateau_update = jax.jit(lambda s, v: plateau.update({}, s, value=v)[1])
+
+    def train(self, preemption: PreemptionNotice) -> dict[str, Any]:
+        """The loop: steps, logged; validated and checkpointed on the cadence; stopped early on
+        a plateau of the validation loss or a preemption; then the pictures."""
+        step, final = int(self.state.step), {}
+        profiler = Profiler(
+            self.workdir / "profile", start=step + 3, enabled=self.config.profile and self.is_main
+        )
+        train_step = profiler.wrap(self.train_step, step)
+        bar = progress_bar(self.config, self.cadence.total_steps, step, enabled=self.is_main)
+        meter = _Throughput(step, self.config.batch_size)
+        try:
+            with jax.set_mesh(self.mesh):
+                while step < self.cadence.total_steps:
+                    self.state, metrics = train_step(self.state, self.train_data.batch(step))
+                    meter.pending.append(metrics)
+                    step += 1
+                    if self.cadence.logs(step):
+                        self._log_train(step, meter, bar)
+                    stop = preemption.reached(step) and not self.cadence.last(step)
+                    if self.cadence.saves(step) or stop:
+                        final = self._validate_and_save(step, self.cadence.validates(step))
+                        meter.restart()  # validation time is not train throughput
+                    if stop:
+                        raise Preempted(step, preemption.signum)
+                    if self.progress.bad_evals >= self.config.early_stop_patience:
                         print(
                             f"early stopping at step {step}: no better validation loss in "
-                            f"{progress.bad_evals} validations",
+                            f"{self.progress.bad_evals} validations",
                             flush=True,
                         )
                         break
-                elif preemption.reached(step):
-                    validate_and_save(step, scheduled=False, save=True)
-                    raise Preempted(step)
-        if not final:  # resumed at the end: nothing trained, still report the final metrics
-            final = validation_metrics(
-                eval_step, state.params, val_split, config.batch_size, mesh, eval_key
-            )
+            final = final or self._validate()  # resumed at the end: nothing trained
+            self._write_final_outputs(step)
+        finally:  # also when the run stops early (non-finite loss, preemption, a user error)
+            closers = (profiler.stop, bar.close, self.ckpts.close, self.writer.close)
+            _close_all(*closers, self.train_data.close)
+        digest = params_digest((self.state.params, self.state.ema))  # ema None: params alone
+        return {**final, "step": step, "params_sha256": digest}
 
-        # Outputs a person looks at -------------------------------------------------------------
-        if is_main:
-            params = jax.device_get(state.params)
-            vae = VaeModel(graphdef, params, config, step=step)
-            grid = _write_pictures(workdir, vae, val_split[: config.num_eval_images], config.seed)
-            writer.write_image(step, "samples", grid)
-    finally:  # also when the run stops early (non-finite loss, preemption, a user error)
-        preemption.restore()
-        profiler.stop()
-        bar.close()
-        ckpts.close()  # waits for checkpoints still being written
-        writer.close()
-        train_data.close()
-    return {**final, "step": step, "params_sha256": params_digest(state.params)}
+    def _log_train(self, step: int, meter: _Throughput, bar) -> None:
+        """Fetches the pending steps' metrics, stops on a non-finite one, writes their means."""
+        means = meter.take(step)
+        self.writer.write(step, self.cadence.epoch(step), means)
+        bar.update(meter.advanced)
+        bar.set_postfix(loss=f"{means['train_loss']:.4g}", img_s=f"{means['img_per_s']:.0f}")
+
+    def _validate(self) -> dict[str, float]:
+        return validation_metrics(
+            self.eval_step,
+            steps.eval_params(self.state),
+            self.val_split,
+            self.config.batch_size,
+            self.mesh,
+            self.eval_key,
+        )
+
+    def _validate_and_save(self, step: int, scheduled: bool) -> dict[str, float]:
+        """Validates, counts a scheduled validation for the plateau and early stopping, logs,
+        checkpoints and calls on_validation."""
+        metrics = self._validate()
+        if scheduled:
+            self._count_validation(metrics["val_loss"])
+        lr = self.config.learning_rate * float(self.state.plateau.scale * self.schedule(step))
+        self.writer.write(step, self.cadence.epoch(step), {**metrics, "learning_rate": lr})
+        workdir_lib.save(
+            self.ckpts, step, self.state, self.progress, self.config_dict, metrics["val_loss"]
+        )
+        if self.on_validation is not None:
+            self.on_validation(step, metrics)
+        return metrics
+
+    def _count_validation(self, val_loss: float) -> None:
+        """Steps the reduce-on-plateau scale and the early-stopping count."""
+        self.state = self.state.replace(plateau=self.plateau_update(self.state.plateau, val_loss))
+        if val_loss < self.progress.best_val_loss:
+            self.progress.best_val_loss, self.progress.bad_evals = val_loss, 0
+        else:
+            self.progress.bad_evals += 1
+
+    def _write_final_outputs(self, step: int) -> None:
+        """Process 0: samples.png and reconstructions.png of the final parameters."""
+        if not self.is_main:
+            return
+        params = jax.device_get(steps.eval_params(self.state))
+        vae = VaeModel(self.graphdef, params, self.config, step=step)
+        originals = self.val_split[: self.config.num_eval_images]
+        grid = _write_pictures(self.workdir, vae, originals, self.config.seed)
+        self.writer.write_image(step, "samples", grid)
+
+
+class _Throughput:
+    """The train metrics awaiting a log line, and images per second since the last one."""
+
+    def __init__(self, step: int, batch_size: int):
+        self.pending: list[dict] = []
+        self.batch_size, self.last_step, self.advanced = batch_size, step, 0
+        self.restart()
+
+    def restart(self) -> None:
+        self.last_time = time.perf_counter()
+
+    def take(self, step: int) -> dict[str, float]:
+        """Means of the pending metrics (+ img_per_s); NonFiniteError naming the first bad step."""
+        fetched, self.pending = jax.device_get(self.pending), []
+        now = time.perf_counter()
+        for i, m in enumerate(fetched):
+            if not m["finite"]:
+                raise NonFiniteError(step - len(fetched) + i + 1)
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
+        self.advanced = step - self.last_step
+        means["img_per_s"] = self.advanced * self.batch_size / (now - self.last_time)
+        self.last_step, self.last_time = step, now
+        return means
+
+
+def _close_all(*closers: Callable[[], None]) -> None:
+    """Calls each closer (ckpts.close waits for checkpoints still being written). With an
+    exception already propagating, their own errors (the same full disk, again) are dropped;
+    otherwise the first is raised after all have run."""
+    propagating = sys.exc_info()[1] is not None
+    first: BaseException | None = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:
+            first = first or e
+    if first is not None and not propagating:
+        raise first
 
 
 def params_digest(params: Any) -> str:
@@ -270,65 +329,3 @@ def _write_pictures(
     both = np.concatenate([x, vae.reconstruct(x)])
     images.save_png(workdir / "reconstructions.png", images.grid(both, ncols=len(x)))
     return samples
-
-
-class PreemptionNotice:
-    """Turns SIGTERM into a flag the loop checks between steps (all processes agree on the step)."""
-
-    def __init__(self):
-        self.flag = False
-        self.previous = None
-        if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
-            return  # multi-process: JAX's preemption sync point decides (see reached)
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.flag = True
-
-    def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.flag
-
-    def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
-            self.previous = None
-
-
-class Profiler:
-    """With config.profile, writes a jax.profiler trace of 5 train steps into WORKDIR/profile."""
-
-    def __init__(self, logdir: epath.Path, start: int, enabled: bool, num_steps: int = 5):
-        self.logdir, self.start, self.stop_at = logdir, start, start + num_steps
-        self.enabled, self.active = enabled, False
-
-    def before(self, step: int) -> None:
-        if self.enabled and step == self.start:
-            jax.profiler.start_trace(str(self.logdir))
-            self.active = True
-
-    def after(self, step: int, metrics: dict) -> None:
-        if self.active and step >= self.stop_at:
-            jax.block_until_ready(metrics)
-            self.stop()
-
-    def stop(self) -> None:
-        if self.active:
-            jax.profiler.stop_trace()
-            self.active = False
-            print(f"profile trace written to {self.logdir}", flush=True)
-
-
-def _progress_bar(config, total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="step",
-        dynamic_ncols=True,
-        disable=not (enabled and config.progress_bar),
-    )

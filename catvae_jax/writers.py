@@ -6,9 +6,11 @@ Only process 0 writes them; other processes get a TrainingLog that does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -21,12 +23,24 @@ def write_atomic(path: str | epath.Path, data: bytes | str) -> epath.Path:
     """Writes `data` to `path` through a temporary file and a rename; returns the path."""
     path = epath.Path(path)
     tmp = path.parent / f".{path.name}.tmp"
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
-    tmp.replace(path)
+    with _naming(path):
+        if isinstance(data, str):
+            tmp.write_text(data)
+        else:
+            tmp.write_bytes(data)
+        tmp.replace(path)
     return path
+
+
+@contextlib.contextmanager
+def _naming(path: epath.Path) -> Iterator[None]:
+    """An OSError inside the block names `path` (a failed write() names no file)."""
+    try:
+        yield
+    except OSError as e:
+        if not e.filename:
+            e.filename = os.fspath(path)
+        raise
 
 
 def write_json(path: str | epath.Path, obj: Any) -> epath.Path:
@@ -46,11 +60,19 @@ class TrainingLog:
     to W&B."""
 
     def __init__(
-        self, workdir: str | epath.Path, config: ml_collections.ConfigDict, resumed: bool = False
+        self,
+        workdir: str | epath.Path,
+        config: ml_collections.ConfigDict,
+        resumed: bool = False,
+        resumed_step: int = 0,
     ):
+        """`resumed_step`: the step training continues from (0 for a fresh run); lines of later
+        steps, left by an attempt that stopped after its last checkpoint, are dropped."""
         self.active = jax.process_index() == 0
         self.path = epath.Path(workdir) / "metrics.jsonl"
         self.run = None
+        if self.active:
+            self._truncate_history(resumed_step)
         # WANDB_MODE in the environment (a container, CI) wins over the config's mode.
         mode = os.environ.get("WANDB_MODE") or config.wandb.mode
         if not self.active or mode == "disabled":
@@ -68,13 +90,36 @@ class TrainingLog:
             resume="allow" if resumed else None,
         )
 
+    def _truncate_history(self, step: int) -> None:
+        """Keeps the lines of steps ≤ `step` (and drops unparsable half-written ones), so that
+        every step appears once after a resume."""
+        if not self.path.exists():
+            return
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                ok = int(json.loads(line)["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if ok:
+                kept.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            write_atomic(self.path, "".join(kept))
+            print(
+                f"metrics.jsonl: dropped {dropped} line(s) after step {step} "
+                f"(written by an attempt that stopped after its last checkpoint)",
+                flush=True,
+            )
+
     def write(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
         """One line {step, epoch, **metrics}; values become plain floats/ints."""
         if not self.active:
             return
         line = {"step": int(step), "epoch": int(epoch)}
         line.update({k: _plain(v) for k, v in metrics.items()})
-        with self.path.open("a") as f:
+        with _naming(self.path), self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
         if self.run is not None:
             self.run.log({k: v for k, v in line.items() if k != "step"}, step=int(step))

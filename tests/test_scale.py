@@ -1,5 +1,6 @@
 """Scale and faults across processes: 2-process training, and exact resume after SIGKILL."""
 
+import json
 import random
 import signal
 import socket
@@ -31,8 +32,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _params(workdir):
-    model = catvae_jax.load(workdir, step="latest")
+def _params(workdir, ema: bool = True):
+    model = catvae_jax.load(workdir, step="latest", ema=ema)
     return model.step, [np.asarray(x) for x in __import__("jax").tree.leaves(model._params)]
 
 
@@ -61,15 +62,20 @@ def test_two_processes_train_identical_parameters_and_checkpoint(tmp_path):
     assert step == 16
 
 
+EMA = "--config.ema_decay=0.9"  # the EMA of the parameters is part of the state resumed
+
+
 def test_sigkill_then_rerun_gives_bit_identical_parameters(tmp_path):
     straight = tmp_path / "straight"
-    proc = subprocess.run(_cmd(straight), cwd=REPO, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        _cmd(straight, EMA), cwd=REPO, capture_output=True, text=True, timeout=400
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     killed = tmp_path / "killed"
     kill_after = random.Random().randint(5, 11)  # a step after the first checkpoint (step 4)
     proc = subprocess.Popen(
-        _cmd(killed), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _cmd(killed, EMA), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     metrics, first_ckpt = killed / "metrics.jsonl", killed / "checkpoints" / "4"
     deadline, trained = time.time() + 300, 0
@@ -83,12 +89,19 @@ def test_sigkill_then_rerun_gives_bit_identical_parameters(tmp_path):
     proc.communicate(timeout=60)
     print(f"killed at step {trained} of 16 (aimed at {kill_after})")
     assert 4 < trained < 16
-    rerun = subprocess.run(_cmd(killed), cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f'"pid": {proc.pid}' in (killed / ".lock").read_text()  # the dead run's lock is left
+    rerun = subprocess.run(_cmd(killed, EMA), cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]  # ... and does not block
     assert "resumed from step" in rerun.stdout
+    # metrics.jsonl tells one history: the killed attempt's lines after its checkpoint dropped
+    lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if "train_loss" in m] == list(range(1, 17))
+    assert [m["step"] for m in lines if "val_loss" in m] == [4, 8, 12, 16]
 
-    step_a, params_a = _params(straight)
-    step_b, params_b = _params(killed)
-    assert step_a == step_b == 16
-    for a, b in zip(params_a, params_b, strict=True):
-        assert np.array_equal(a, b)
+    assert (killed / "checkpoints" / "16" / "ema").is_dir()
+    for ema in (True, False):  # the EMA and the raw parameters, each bit-identical
+        step_a, params_a = _params(straight, ema)
+        step_b, params_b = _params(killed, ema)
+        assert step_a == step_b == 16
+        for a, b in zip(params_a, params_b, strict=True):
+            assert np.array_equal(a, b)

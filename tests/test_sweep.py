@@ -30,7 +30,7 @@ from conftest import REPO, run_cli, tiny_config
 from catvae_jax import config as config_lib
 from catvae_jax import sweep_spec, sweep_study
 from catvae_jax.errors import UserError
-from catvae_jax.writers import MetricWriter
+from catvae_jax.writers import TrainingLog
 
 
 def tiny_overrides() -> dict:
@@ -346,5 +346,5 @@ def test_each_trial_is_a_wandb_run_in_the_studys_group(tmp_path, monkeypatch):
     sweep = sweep_spec.load(write_sweep(tmp_path / "sweep_wb.py", grid={"data.seed": [3]}))
     config = sweep_spec.trial_config(sweep, {"data.seed": 3}, "my_study", 7)
     config.wandb.mode = "offline"
-    MetricWriter(tmp_path, config).close()
+    TrainingLog(tmp_path, config).close()
     assert calls[0]["group"] == "my_study" and calls[0]["name"] == "my_study-7"

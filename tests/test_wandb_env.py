@@ -8,7 +8,7 @@ import types
 import pytest
 from conftest import tiny_config
 
-from catvae_jax.writers import MetricWriter
+from catvae_jax.writers import TrainingLog
 
 
 class _FakeWandb(types.ModuleType):
@@ -44,7 +44,7 @@ def test_wandb_mode_from_the_environment_wins(
         monkeypatch.setenv("WANDB_MODE", env_mode)
     config = tiny_config()
     config.wandb.mode = config_mode
-    writer = MetricWriter(tmp_path, config)
+    writer = TrainingLog(tmp_path, config)
     if expected is None:
         assert writer.run is None and fake.inits == []
     else:

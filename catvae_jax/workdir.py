@@ -1,0 +1,102 @@
+"""A training workdir, written by one writer: created, locked, bootstrapped (config.json) and
+given checkpoints that carry the loop's progress. Shared by training and import_torch."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from catvae_jax import config as config_lib
+from catvae_jax import data, writers
+from catvae_jax.checkpoint import Checkpoints
+from catvae_jax.errors import UserError
+from catvae_jax.workdir_lock import WorkdirLock
+
+
+@dataclasses.dataclass
+class Progress:
+    """Loop bookkeeping saved with every checkpoint (the data position is the step itself)."""
+
+    best_val_loss: float = float("inf")
+    bad_evals: int = 0  # validations in a row without a new best (early stopping)
+
+
+def create(workdir: str | epath.Path) -> epath.Path:
+    """Makes `workdir` (and parents); a UserError when it cannot be (a file, no permission)."""
+    workdir = epath.Path(workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        what = "a file, not a directory" if workdir.is_file() else (e.strerror or str(e))
+        raise UserError(f"workdir {workdir}: {what}") from e
+    return workdir
+
+
+def lock(workdir: epath.Path, what: str) -> WorkdirLock:
+    """Takes WORKDIR/.lock on process 0 (the one writer of a multi-process run; the others
+    learn of a refusal through a broadcast and raise the same UserError)."""
+    held = WorkdirLock(workdir, what)
+    refusal = ""
+    if jax.process_index() == 0:
+        try:
+            held.acquire()
+        except UserError as e:
+            refusal = str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # multi-process runs only
+
+        refused = multihost_utils.broadcast_one_to_all(np.int32(bool(refusal)))
+        if refused and not refusal:
+            refusal = f"workdir {workdir} is in use by another writer (see process 0)"
+    if refusal:
+        raise UserError(refusal)
+    return held
+
+
+def bootstrap(workdir: epath.Path, config: ml_collections.ConfigDict) -> dict:
+    """Writes WORKDIR/config.json (process 0) and returns it as the dict every checkpoint
+    stores; refuses a resume whose model or data shape changed (UserError)."""
+    config_dict = config.to_dict()
+    config_dict["dataset"] = data.describe(config)
+    _check_resume(workdir, config_dict)
+    if jax.process_index() == 0:
+        writers.write_json(workdir / "config.json", config_dict)
+    return config_dict
+
+
+def save(
+    ckpts: Checkpoints,
+    step: int,
+    state: Any,
+    progress: Progress,
+    config_dict: dict,
+    val_loss: float,
+    **extra: Any,
+) -> None:
+    """Saves checkpoint `step`: the train state, {step, progress, **extra} and the config."""
+    meta = {"step": step, "progress": dataclasses.asdict(progress), **extra}
+    ckpts.save(step, state, meta, config_dict, val_loss)
+
+
+def _check_resume(workdir: epath.Path, config_dict: dict) -> None:
+    """Refuses a changed model/data shape on resume; notes other changed fields."""
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    old = config_lib.read_json(path)
+    shaped = config_lib.shape_changes(old, config_dict)
+    if shaped:
+        flat_old, flat_new = config_lib.flatten(old), config_lib.flatten(config_dict)
+        k = shaped[0]
+        raise UserError(
+            f"cannot resume {workdir} with a changed '{k}' (was {flat_old.get(k)!r},"
+            f" now {flat_new.get(k)!r}); use a new workdir"
+        )
+    others = config_lib.other_changes(old, config_dict)
+    if others:
+        print(f"resuming with changed fields: {', '.join(others)}", flush=True)
