@@ -81,7 +81,10 @@ class WorkdirLock:
         )
 
     def _acquire_local(self) -> None:
-        fd = os.open(os.fspath(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(os.fspath(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only or unwritable workdir, found at start: the user's
+            raise UserError(f"workdir {self.path.parent}: cannot write ({e.strerror})") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

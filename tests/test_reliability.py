@@ -164,6 +164,22 @@ def test_a_full_disk_is_one_line_exit_1_and_resumable(tmp_path):
         subprocess.run(["umount", str(disk)], check=False)
 
 
+def test_a_read_only_workdir_at_start_is_a_user_error(tmp_path):
+    from conftest import tiny_config
+
+    from catvae_jax.train import train_and_evaluate
+
+    disk = tmp_path / "ro"
+    _mount_tmpfs(disk, "1m")
+    try:
+        (disk / "w").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(UserError, match=r"cannot write \(Read-only file system\)"):
+            train_and_evaluate(tiny_config(), str(disk / "w"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
 def test_wrapped_storage_errors_are_recognised():
     orbax = ValueError(
         'RESOURCE_EXHAUSTED: Error writing local file "/w/checkpoints/8.orbax-checkpoint-tmp/'
