@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from catvae_jax import config as config_lib
-from catvae_jax import data, images, models, steps, writers
+from catvae_jax import data, images, models, priors, steps, writers
 from catvae_jax.checkpoint import Checkpoints, abstract_like
 from catvae_jax.errors import UserError
 from catvae_jax.inference import VaeModel
@@ -255,6 +255,7 @@ def train_and_evaluate(
         if is_main:
             params = jax.device_get(state.params)
             vae = VaeModel(graphdef, params, config, step=step)
+            priors.fit_after_training(workdir, config, ckpts, vae)  # samples.png then uses it
             grid = _write_pictures(workdir, vae, val_split[: config.num_eval_images], config.seed)
             writer.write_image(step, "samples", grid)
     finally:  # also when the run stops early (non-finite loss, preemption, a user error)
@@ -278,7 +279,8 @@ def params_digest(params: Any) -> str:
 def _write_pictures(
     workdir: epath.Path, vae: VaeModel, originals: np.ndarray, seed: int
 ) -> np.ndarray:
-    """samples.png: 8×8 prior samples (fixed seed); reconstructions.png: inputs above outputs.
+    """samples.png: 8×8 samples of the default sampler (fixed seed); reconstructions.png:
+    inputs above outputs.
     Returns the samples grid (uint8 HWC)."""
     samples = images.grid(vae.generate(64, seed=seed), ncols=8)
     images.save_png(workdir / "samples.png", samples)
