@@ -4,7 +4,11 @@ Prints a table and writes W/eval.json, a flat object with the keys of `metrics.K
 negative ELBO and importance-weighted NLL per image (nats) under a discretized Gaussian decoder
 likelihood (named in its `likelihood` entry), bits per dimension, SSIM, PSNR and MS-SSIM of the
 posterior-mean reconstructions, the KL per latent dimension and the number of active units.
-See catvae_jax/metrics.py for the definitions. The same seed gives the same numbers.
+See catvae_jax/metrics.py for the definitions. With --num_samples N (default 1000; 0: none)
+it adds the sample-quality keys of `sample_quality.KEYS` (FD, KID, precision/recall and
+diversity of N samples of --sampler, default auto, with the floor and the decoder's limit:
+catvae_jax/sample_quality.py); --nolikelihood skips the importance-weighted part. The same
+seed gives the same numbers.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from absl import flags
 from etils import epath
 
 from catvae_jax import cli, writers
+from catvae_jax.sampling import SAMPLERS
 
 FLAGS = flags.FLAGS
 
@@ -30,11 +35,14 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 64, "Images per evaluation batch.")
     flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N images (0: all).")
     flags.DEFINE_string("out", "", "JSON file to write (default W/eval.json).")
+    flags.DEFINE_integer("num_samples", 1000, "Samples for the sample-quality metrics (0: none).")
+    flags.DEFINE_enum("sampler", "auto", list(SAMPLERS), "Sampler of the sample metrics.")
+    flags.DEFINE_bool("likelihood", True, "Compute the likelihood keys (--nolikelihood: skip).")
     flags.mark_flag_as_required("workdir")
 
 
 def main(argv: list[str]) -> None:
-    from catvae_jax import metrics
+    from catvae_jax import metrics, sample_quality
     from catvae_jax.inference import load
 
     with cli.user_errors():
@@ -44,16 +52,28 @@ def main(argv: list[str]) -> None:
             )
         if FLAGS.max_examples < 0:
             cli.fail(f"max_examples must be >= 0, got {FLAGS.max_examples}")
+        if not (FLAGS.likelihood or FLAGS.num_samples):
+            cli.fail("nothing to evaluate: --nolikelihood and --num_samples 0")
         model = load(FLAGS.workdir, FLAGS.step)
         start = time.perf_counter()
-        result = metrics.evaluate(
-            model,
-            FLAGS.split,
-            iw_samples=FLAGS.iw_samples,
-            seed=FLAGS.seed,
-            batch_size=FLAGS.batch_size,
-            max_examples=FLAGS.max_examples or None,
-        )
+        result = {"split": FLAGS.split, "checkpoint_step": model.step}
+        if FLAGS.likelihood:
+            result = metrics.evaluate(
+                model,
+                FLAGS.split,
+                iw_samples=FLAGS.iw_samples,
+                seed=FLAGS.seed,
+                batch_size=FLAGS.batch_size,
+                max_examples=FLAGS.max_examples or None,
+            )
+        if FLAGS.num_samples:
+            result |= sample_quality.evaluate(
+                model,
+                FLAGS.split,
+                num_samples=FLAGS.num_samples,
+                sampler=FLAGS.sampler,
+                seed=FLAGS.seed,
+            )
         seconds = time.perf_counter() - start
         try:
             path = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / "eval.json")
@@ -61,7 +81,10 @@ def main(argv: list[str]) -> None:
             writers.write_json(path, result)
         except OSError as e:
             cli.fail(f"cannot write eval.json: {e.strerror or e}")
-    print(metrics.format_table(result))
+    if FLAGS.likelihood:
+        print(metrics.format_table(result))
+    if FLAGS.num_samples:
+        print(sample_quality.format_table(result))
     print(f"wrote {path} ({seconds:.1f} s)", flush=True)
 
 
