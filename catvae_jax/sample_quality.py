@@ -28,7 +28,7 @@ import io
 import math
 import pathlib
 import pickle
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +36,7 @@ import numpy as np
 
 from catvae_jax import data
 from catvae_jax.errors import UserError
-
-if TYPE_CHECKING:  # annotations only; callers pass a model, nothing here builds one
-    from catvae_jax.inference import VaeModel
+from catvae_jax.inference import VaeModel
 
 INPUT_SIZE = 128
 SAMPLE_FEATURES = (

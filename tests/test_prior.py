@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 
 import catvae_jax
-from catvae_jax import flow
+from catvae_jax import flow, priors
 from catvae_jax.errors import UserError
 
 
@@ -29,7 +29,7 @@ def test_flow_fits_a_correlated_gaussian_and_inverts_exactly():
     rng = np.random.default_rng(0)
     mix = np.array([[1.0, 0.0, 0.0], [0.9, 0.3, 0.0], [0.0, 0.0, 2.0]])
     z = (rng.normal(size=(2000, 3)) @ mix.T + 5.0).astype(np.float32)
-    fitted = flow.fit(z, seed=0, steps=300)
+    fitted = flow.fit(z, seed=0, steps=300, hidden=32)
     arrays = fitted.arrays()
     s = np.asarray(flow.sample(arrays, jax.random.key(1), 20_000, jnp.float32(1.0)))
     np.testing.assert_allclose(np.cov(s, rowvar=False), mix @ mix.T, atol=0.15)
@@ -90,3 +90,14 @@ def test_auto_picks_flow_then_gmm_then_prior(workdir_copy, capsys):
     (workdir_copy / f"flow_{step}.npz").write_bytes(b"not an npz")
     assert catvae_jax.load(workdir_copy).flow is None
     assert "ignoring unreadable learned prior" in capsys.readouterr().err
+
+
+def test_the_end_of_training_fit_can_be_switched_off(trained_workdir, tmp_path):
+    """config.flow_prior = False: no flow is fitted (the checkpoints are not even waited for);
+    the model still gets the workdir, so a gmm fitted for samples.png is cached there."""
+    model = catvae_jax.load(trained_workdir[0])
+    model.flow, model.workdir = None, None
+    config = model.config.copy_and_resolve_references()
+    config.flow_prior = False
+    priors.fit_after_training(tmp_path, config, ckpts=None, vae=model)
+    assert model.flow is None and model.workdir == tmp_path and not list(tmp_path.iterdir())
