@@ -93,6 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
     # (0 = all). A full-batch SSIM forward is 10-15 % of a vae_cats_v1 MSE step on CPU.
     c.train_ssim_images = 8
     c.num_eval_images = 8  # reconstructions shown in reconstructions.png
+    # Fit the learned prior (catvae_jax/flow.py) of `best` and `latest` when training ends;
+    # samples.png and the `auto` sampler use it. False: they use the gmm (or N(0, I)).
+    c.flow_prior = True
 
     c.wandb = ml_collections.ConfigDict()
     c.wandb.mode = "offline"  # offline | online | disabled

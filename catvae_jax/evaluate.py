@@ -4,7 +4,11 @@ Prints a table and writes W/eval.json, a flat object with the keys of `likelihoo
 negative ELBO and importance-weighted NLL per image (nats) under a discretized Gaussian decoder
 likelihood (named in its `likelihood` entry), bits per dimension, SSIM, PSNR and MS-SSIM of the
 posterior-mean reconstructions, the KL per latent dimension and the number of active units.
-See catvae_jax/likelihood.py for the definitions. The same seed gives the same numbers.
+See catvae_jax/likelihood.py for the definitions. With --num_samples N (default 1000; 0: none)
+it adds the sample-quality keys of `sample_quality.KEYS` (FD, KID, precision/recall and
+diversity of N samples of --sampler, default auto, with the floor and the decoder's limit:
+catvae_jax/sample_quality.py); --nolikelihood skips the importance-weighted part. The same
+seed gives the same numbers.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import time
 from absl import flags
 from etils import epath
 
-from catvae_jax import cli, likelihood, writers
+from catvae_jax import cli, likelihood, sample_quality, writers
 from catvae_jax.inference import load
+from catvae_jax.sampling import SAMPLERS
 
 FLAGS = flags.FLAGS
 
@@ -31,6 +36,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 64, "Images per evaluation batch.")
     flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N images (0: all).")
     flags.DEFINE_string("out", "", "JSON file to write (default W/eval.json).")
+    flags.DEFINE_integer("num_samples", 1000, "Samples for the sample-quality metrics (0: none).")
+    flags.DEFINE_enum("sampler", "auto", list(SAMPLERS), "Sampler of the sample metrics.")
+    flags.DEFINE_bool("likelihood", True, "Compute the likelihood keys (--nolikelihood: skip).")
     flags.mark_flag_as_required("workdir")
 
 
@@ -38,16 +46,28 @@ def main(argv: list[str]) -> None:
     max_examples = FLAGS.max_examples or None  # 0: all
     with cli.user_errors():
         likelihood.check_args(FLAGS.iw_samples, FLAGS.batch_size, max_examples)  # before the load
+        if not (FLAGS.likelihood or FLAGS.num_samples):
+            cli.fail("nothing to evaluate: --nolikelihood and --num_samples 0")
         model = load(FLAGS.workdir, FLAGS.step)
         start = time.perf_counter()
-        result = likelihood.evaluate(
-            model,
-            FLAGS.split,
-            iw_samples=FLAGS.iw_samples,
-            seed=FLAGS.seed,
-            batch_size=FLAGS.batch_size,
-            max_examples=max_examples,
-        )
+        result = {"split": FLAGS.split, "checkpoint_step": model.step}
+        if FLAGS.likelihood:
+            result = likelihood.evaluate(
+                model,
+                FLAGS.split,
+                iw_samples=FLAGS.iw_samples,
+                seed=FLAGS.seed,
+                batch_size=FLAGS.batch_size,
+                max_examples=max_examples,
+            )
+        if FLAGS.num_samples:
+            result |= sample_quality.evaluate(
+                model,
+                FLAGS.split,
+                num_samples=FLAGS.num_samples,
+                sampler=FLAGS.sampler,
+                seed=FLAGS.seed,
+            )
         seconds = time.perf_counter() - start
         path = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / "eval.json")
         try:
@@ -55,7 +75,10 @@ def main(argv: list[str]) -> None:
             writers.write_json(path, result)
         except OSError as e:
             cli.fail(f"cannot write eval.json: {e.strerror or e}")
-    print(likelihood.format_table(result))
+    if FLAGS.likelihood:
+        print(likelihood.format_table(result))
+    if FLAGS.num_samples:
+        print(sample_quality.format_table(result))
     print(f"wrote {path} ({seconds:.1f} s)", flush=True)
 
 

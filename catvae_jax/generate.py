@@ -1,9 +1,10 @@
 """Samples from a trained model: python -m catvae_jax.generate --workdir W --n 64 --out grid.png.
 
-Draws n latents (from the prior N(0, temperature² I), or with --sampler gmm from a Gaussian
-mixture fitted to the training set's latent means, cached in W/gmm_<step>.npz), decodes them
-and writes one grid PNG of ⌈√n⌉ columns, or with --individual one PNG per image into the
-folder --out. The same seed gives the same images.
+Draws n latents with --sampler (default auto: the learned prior W/flow_<step>.npz when it
+exists, else a Gaussian mixture fitted to the training set's latent means, cached in
+W/gmm_<step>.npz, else N(0, I); prior, gmm and flow pick one), decodes them and writes one
+grid PNG of ⌈√n⌉ columns, or with --individual one PNG per image into the folder --out.
+The same seed gives the same images.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from etils import epath
 
 from catvae_jax import cli, pictures
 from catvae_jax.inference import check_generate_args, load
+from catvae_jax.sampling import SAMPLERS
 
 FLAGS = flags.FLAGS
 
@@ -27,8 +29,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("n", 64, "Number of images (1–4096).")
     flags.DEFINE_integer("seed", 0, "Random seed of the latents.")
     flags.DEFINE_float("temperature", 1.0, "Scale of the latent noise, in (0, 10].")
-    flags.DEFINE_enum("sampler", "prior", ["prior", "gmm"], "Latent sampler.")
-    flags.DEFINE_integer("gmm_components", 10, "Mixture components (--sampler gmm).")
+    flags.DEFINE_enum(
+        "sampler", "auto", list(SAMPLERS), "Latent sampler: auto = flow, else gmm, else prior."
+    )
+    flags.DEFINE_integer("gmm_components", 10, "Mixture components (when the gmm is used).")
     flags.DEFINE_string(
         "out", "", "Grid PNG to write (default W/generated.png); with --individual, a folder."
     )
@@ -40,17 +44,19 @@ def main(argv: list[str]) -> None:
     with cli.user_errors():
         check_generate_args(FLAGS.n, FLAGS.temperature, FLAGS.sampler)  # before the slow load
         model = load(FLAGS.workdir, FLAGS.step)
-        if FLAGS.sampler == "gmm":
+        sampler = model.resolve_sampler(FLAGS.sampler)
+        if sampler == "gmm":
             model.fit_gmm(n_components=FLAGS.gmm_components)
         start = time.perf_counter()
-        samples = model.generate(FLAGS.n, FLAGS.seed, FLAGS.temperature, FLAGS.sampler)
+        samples = model.generate(FLAGS.n, FLAGS.seed, FLAGS.temperature, sampler)
         seconds = time.perf_counter() - start
         default = "generated" if FLAGS.individual else "generated.png"
         out = FLAGS.out or str(epath.Path(FLAGS.workdir) / default)
         paths = pictures.write_samples(samples, out, FLAGS.individual)
     where = out if len(paths) == 1 else f"{len(paths)} files in {out}"
     print(
-        f"wrote {FLAGS.n} samples (checkpoint {model.step}, sampler {FLAGS.sampler}, "
+        f"wrote {FLAGS.n} samples (checkpoint {model.step}, sampler {FLAGS.sampler}"
+        f"{f' = {sampler}' if sampler != FLAGS.sampler else ''}, "
         f"seed {FLAGS.seed}, temperature {FLAGS.temperature:g}) to {where}; "
         f"generating took {seconds:.2f} s including compilation",
         flush=True,

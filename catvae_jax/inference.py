@@ -1,10 +1,14 @@
 """A trained model as a plain object: `load(workdir, step)` → VaeModel.
 
 VaeModel methods take and return numpy NHWC float32 images in [0, 1] and [n, z_dim] latents;
-each is jitted once per input shape.
+each is jitted once per input shape. The latent samplers (catvae_jax/sampling.py,
+catvae_jax/flow.py) are pure functions of latents: the model encodes the training images for
+them, fits them and caches the fits beside its checkpoint.
 """
 
 from __future__ import annotations
+
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +18,7 @@ from etils import epath
 from flax import nnx
 
 from catvae_jax import config as config_lib
-from catvae_jax import models, sampling, steps
+from catvae_jax import data, flow, models, sampling, steps
 from catvae_jax.checkpoint import Checkpoints, LayoutMismatch
 from catvae_jax.errors import UserError
 
@@ -31,8 +35,11 @@ class VaeModel:
         workdir: str | epath.Path | None = None,
     ):
         self.config, self.step, self._params = config, step, params
-        self.graphdef, self.workdir = graphdef, workdir  # workdir: where the gmm fit is cached
+        self.graphdef, self.workdir = graphdef, workdir  # workdir: where fits are cached
         self.gmm: sampling.GaussianMixture | None = None
+        self.flow: flow.Flow | None = None  # the learned prior of this checkpoint, if fitted
+        self._auto: str | None = None  # what sampler="auto" resolved to
+        self._train_means: tuple[int, np.ndarray] | None = None  # (max_images, latents)
         self.image_shape = (config.image_size, config.image_size, 3)
         self.z_dim = int(config.model.z_dim)
         self._encode = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x))
@@ -46,6 +53,9 @@ class VaeModel:
             z = sampling.sample_latents(key, *mixture, n, temperature)
             return nnx.merge(graphdef, p).decode(z)
 
+        def generate_flow(p, arrays, key, n, temperature):
+            return nnx.merge(graphdef, p).decode(flow.sample(arrays, key, n, temperature))
+
         def interpolate(p, x_a, x_b, steps):
             model = nnx.merge(graphdef, p)
             (mu_a, _), (mu_b, _) = model.encode(x_a), model.encode(x_b)
@@ -56,6 +66,7 @@ class VaeModel:
 
         self._generate = jax.jit(generate, static_argnums=2)
         self._generate_gmm = jax.jit(generate_gmm, static_argnums=3)
+        self._generate_flow = jax.jit(generate_flow, static_argnums=3)
         self._interpolate = jax.jit(interpolate, static_argnums=3)
 
     @property
@@ -86,32 +97,106 @@ class VaeModel:
         return np.asarray(self._decode(self._params, z))
 
     def generate(
-        self, n: int, seed: int = 0, temperature: float = 1.0, sampler: str = "prior"
+        self, n: int, seed: int = 0, temperature: float = 1.0, sampler: str = "auto"
     ) -> np.ndarray:
         """n images [n, S, S, 3] decoded from latents drawn by `sampler`, deterministic in seed.
 
         "prior": z ~ N(0, temperature² I). "gmm": z from the Gaussian mixture fitted to the
         training set's latent means (`fit_gmm`, run on first use and cached in the workdir),
-        each component's spread scaled by `temperature`.
+        each component's spread scaled by `temperature`. "flow": the learned prior fitted for
+        this checkpoint (`fit_flow`; an error if there is none), its base noise scaled by
+        `temperature`. "auto": see `resolve_sampler`.
         """
         check_generate_args(n, temperature, sampler)
-        key = jax.random.key(seed)
-        if sampler == "gmm":
+        sampler = self.resolve_sampler(sampler)
+        key, n, t = jax.random.key(seed), int(n), jnp.float32(temperature)
+        if sampler == "flow":
+            if self.flow is None:
+                raise UserError(
+                    f"no learned prior for checkpoint {self.step}: run python -m "
+                    "catvae_jax.fit_prior --workdir W, or use --sampler gmm or prior"
+                )
+            out = self._generate_flow(self._params, self.flow.arrays(), key, n, t)
+        elif sampler == "gmm":
             gmm = self.gmm if self.gmm is not None else self.fit_gmm()
-            mixture = gmm.arrays()
-            out = self._generate_gmm(self._params, mixture, key, int(n), jnp.float32(temperature))
+            out = self._generate_gmm(self._params, gmm.arrays(), key, n, t)
         else:
-            out = self._generate(self._params, key, int(n), jnp.float32(temperature))
+            out = self._generate(self._params, key, n, t)
         return np.asarray(out)
+
+    def resolve_sampler(self, sampler: str = "auto") -> str:
+        """The sampler "auto" stands for: "flow" when a learned prior is fitted for this
+        checkpoint; else "gmm" when its mixture is cached or the training split can be read
+        to fit it (done here, on first use); else "prior" (N(0, I)), with a warning on stderr.
+        Any other name is returned as it is."""
+        if sampler != "auto":
+            return sampler
+        if self.flow is not None:
+            return "flow"
+        if self._auto is None:
+            try:
+                self.fit_gmm()
+                self._auto = "gmm"
+            except (UserError, OSError) as e:
+                print(f"warning: auto sampler uses N(0, I): no gmm ({e})", file=sys.stderr)
+                self._auto = "prior"
+        return self._auto
+
+    def encode_means(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Posterior means [N, z] of uint8 images [N, S, S, 3], in batches of one shape."""
+        out = []
+        batch_size = min(batch_size, len(images))
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            real = len(chunk)
+            if real < batch_size:
+                pad = np.zeros((batch_size - real, *chunk.shape[1:]), chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            mu, _ = self.encode(chunk.astype(np.float32) / 255.0)
+            out.append(mu[:real])
+        return np.concatenate(out)
+
+    def training_means(self, max_images: int = sampling.DEFAULT_MAX_IMAGES) -> np.ndarray:
+        """Posterior means [N, z] of the first `max_images` training images (kept for reuse)."""
+        if max_images <= 0:
+            raise UserError(f"max_images must be positive, got {max_images}")
+        if self._train_means is None or self._train_means[0] != max_images:
+            train = data.load_split(self.config, "train")[:max_images]
+            self._train_means = (max_images, self.encode_means(train))
+        return self._train_means[1]
 
     def fit_gmm(
         self,
         n_components: int = sampling.DEFAULT_COMPONENTS,
         max_images: int = sampling.DEFAULT_MAX_IMAGES,
     ) -> sampling.GaussianMixture:
-        """Fits (or reads from WORKDIR/gmm_<step>.npz) the latent mixture the gmm sampler uses."""
-        self.gmm = sampling.load_or_fit(self, n_components, max_images, seed=self.config.seed)
-        return self.gmm
+        """The latent mixture the gmm sampler uses: read from WORKDIR/gmm_<step>.npz when that
+        file was fitted with the same K and image cap, else fitted to `training_means` and
+        cached there (when the model has a workdir)."""
+        if n_components <= 0:
+            raise UserError(f"gmm components must be positive, got {n_components}")
+        path = sampling.cache_path(self.workdir, self.step) if self.workdir else None
+        gmm = sampling.read_cached(path, n_components, max_images) if path else None
+        if gmm is None:
+            latents = self.training_means(max_images)
+            gmm = sampling.fit(latents, n_components, self.config.seed, max_images)
+            if path is not None:
+                sampling.save_cached(gmm, path)
+        self.gmm = gmm
+        return gmm
+
+    def fit_flow(self, max_images: int = sampling.DEFAULT_MAX_IMAGES) -> flow.Flow:
+        """Fits the learned prior to `training_means` and, with a workdir, writes it to
+        WORKDIR/flow_<step>.npz (atomically), where `load` finds it."""
+        fitted = flow.fit(self.training_means(max_images), self.config.seed, max_images)
+        if self.workdir is not None:
+            path = flow.cache_path(self.workdir, self.step)
+            try:
+                fitted.save(path)
+            except OSError as e:
+                raise UserError(f"cannot write the learned prior {path}: {e.strerror or e}") from e
+        self.flow = fitted
+        return fitted
 
     def interpolate(self, x_a: np.ndarray, x_b: np.ndarray, steps: int = 8) -> np.ndarray:
         """Decodes `steps` evenly spaced points on the line from mu(x_a) to mu(x_b), both ends
@@ -133,12 +218,12 @@ class VaeModel:
         return self.decode(mu)
 
 
-SAMPLERS = ("prior", "gmm")
+SAMPLERS = sampling.SAMPLERS
 MAX_GENERATE = 4096
 MAX_TEMPERATURE = 10.0
 
 
-def check_generate_args(n: int, temperature: float, sampler: str = "prior") -> None:
+def check_generate_args(n: int, temperature: float, sampler: str = "auto") -> None:
     """Raises UserError unless 1 ≤ n ≤ 4096, 0 < temperature ≤ 10 and sampler is known."""
     if not 0 < n <= MAX_GENERATE:
         raise UserError(f"n must be between 1 and {MAX_GENERATE}, got {n}")
@@ -192,4 +277,18 @@ def load(workdir: str | epath.Path, step: str | int = "best", ema: bool = True) 
     number, state, _, _ = restored
     # The workdir's cached samplers belong to the default (EMA) parameters: raw ones use none.
     cache = None if raw_but_has_ema else workdir
-    return VaeModel(graphdef, steps.eval_params(state), config, step=number, workdir=cache)
+    model = VaeModel(graphdef, steps.eval_params(state), config, step=number, workdir=cache)
+    model.flow = read_flow(workdir, number) if cache is not None else None
+    return model
+
+
+def read_flow(workdir: str | epath.Path, step: int) -> flow.Flow | None:
+    """The learned prior stored for checkpoint `step`, or None (none, or unreadable: warned)."""
+    path = flow.cache_path(workdir, step)
+    if not path.exists():
+        return None
+    try:
+        return flow.Flow.read(path)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"warning: ignoring unreadable learned prior {path}: {e}", file=sys.stderr)
+        return None

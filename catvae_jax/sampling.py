@@ -1,9 +1,14 @@
-"""Latent samplers beyond the prior: a Gaussian mixture fitted to the training set's latent means.
+"""Latent samplers by name, and the Gaussian mixture fitted to the training set's latent means.
+
+Samplers: `prior` = N(0, I); `gmm` = the mixture below; `flow` = the learned prior of
+catvae_jax/flow.py; `auto` = the flow when one is fitted for the checkpoint, else the mixture,
+else N(0, I) (the model resolves it: `VaeModel.resolve_sampler`).
 
 Ex-post density estimation (Ghosh et al. 2020; pythae's `GaussianMixtureSampler`): encode the
 training images, fit a K-component full-covariance Gaussian mixture to their posterior means
-mu(x), and decode draws from it instead of from N(0, I). The fit is cached per checkpoint in
-WORKDIR/gmm_<step>.npz, so it runs once.
+mu(x), and decode draws from it instead of from N(0, I). The model caches the fit per
+checkpoint in WORKDIR/gmm_<step>.npz, so it runs once. Everything here is a pure function of
+latents; reading images and encoding them is the model's job (catvae_jax/inference.py).
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import sys
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +24,8 @@ from etils import epath
 
 from catvae_jax import writers
 from catvae_jax.errors import UserError
-from catvae_jax.images import pad_batch
 
-if TYPE_CHECKING:  # annotations only: importing it here would be circular
-    from catvae_jax.inference import VaeModel
-
+SAMPLERS = ("auto", "prior", "gmm", "flow")
 DEFAULT_COMPONENTS = 10
 DEFAULT_MAX_IMAGES = 10_000
 
@@ -92,7 +93,11 @@ def fit(
     latents: np.ndarray, n_components: int = DEFAULT_COMPONENTS, seed: int = 0, max_images: int = 0
 ) -> GaussianMixture:
     """Fits a full-covariance mixture to latents [N, z]; K is capped at N."""
-    try:
+    if n_components <= 0 or max_images < 0:
+        raise UserError(
+            f"gmm components must be positive and max_images >= 0, got {n_components}, {max_images}"
+        )
+    try:  # lazily: scikit-learn takes a second to import and only the gmm needs it
         from sklearn.mixture import GaussianMixture as SkGaussianMixture
     except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
         raise UserError("the gmm sampler needs scikit-learn: pip install scikit-learn") from e
@@ -109,53 +114,27 @@ def fit(
     )
 
 
-def encode_means(model: VaeModel, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Posterior means [N, z] of uint8 images [N, S, S, 3], in batches of one shape."""
-    out = []
-    batch_size = min(batch_size, len(images))
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        mu, _ = model.encode(pad_batch(chunk, batch_size).astype(np.float32) / 255.0)
-        out.append(mu[: len(chunk)])
-    return np.concatenate(out)
-
-
 def cache_path(workdir: str | epath.Path, step: int | None) -> epath.Path:
+    """WORKDIR/gmm_<step>.npz, where the mixture of checkpoint `step` is cached."""
     return epath.Path(workdir) / f"gmm_{step if step is not None else 'none'}.npz"
 
 
-def load_or_fit(
-    model: VaeModel,
-    n_components: int = DEFAULT_COMPONENTS,
-    max_images: int = DEFAULT_MAX_IMAGES,
-    seed: int = 0,
-) -> GaussianMixture:
-    """The mixture of `model` (a VaeModel): read from WORKDIR/gmm_<step>.npz when that file was
-    fitted with the same K and image cap, otherwise fitted to the posterior means of the first
-    `max_images` training images and written there (when the model has a workdir)."""
-    if n_components <= 0 or max_images <= 0:
-        raise UserError(
-            f"gmm components and max_images must be positive, got {n_components}, {max_images}"
-        )
-    from catvae_jax.data import load_split  # data is heavy to import; only the gmm needs it
+def read_cached(path: epath.Path, n_components: int, max_images: int) -> GaussianMixture | None:
+    """The mixture cached at `path` if it was fitted with the same K and image cap, else None
+    (also when the file is missing, partial or unreadable: the caller refits)."""
+    if not path.exists():
+        return None
+    try:
+        cached = GaussianMixture.read(path)
+    except (OSError, ValueError, KeyError):
+        return None
+    same_k = cached.n_components == min(n_components, cached.num_images)
+    return cached if cached.max_images == max_images and same_k else None
 
-    path = cache_path(model.workdir, model.step) if model.workdir else None
-    if path is not None and path.exists():
-        try:
-            cached = GaussianMixture.read(path)
-        except (OSError, ValueError, KeyError):
-            cached = None  # unreadable or partial: refit below
-        if (
-            cached is not None
-            and cached.max_images == max_images
-            and (cached.n_components == min(n_components, cached.num_images))
-        ):
-            return cached
-    train = load_split(model.config, "train")[:max_images]
-    gmm = fit(encode_means(model, train), n_components, seed, max_images)
-    if path is not None:
-        try:
-            gmm.save(path)
-        except OSError as e:
-            print(f"warning: could not cache the gmm in {path}: {e}", file=sys.stderr)
-    return gmm
+
+def save_cached(gmm: GaussianMixture, path: epath.Path) -> None:
+    """Writes the cache; a failure (read-only workdir, disk full) is a warning, not an error."""
+    try:
+        gmm.save(path)
+    except OSError as e:
+        print(f"warning: could not cache the gmm in {path}: {e}", file=sys.stderr)

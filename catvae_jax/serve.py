@@ -4,8 +4,10 @@
 
 - `GET /` a page showing a grid, a "more cats" button, seed / temperature / sampler inputs.
 - `GET /healthz` 200 `{"status": "ok", "step": ...}` once warm (compiled); 503 while warming.
-- `GET /grid.png?n=64&seed=&temperature=1.0&sampler=prior|gmm` a PNG grid of ⌈√n⌉ columns. No
+- `GET /grid.png?n=64&seed=&temperature=1.0&sampler=auto` a PNG grid of ⌈√n⌉ columns. No
   seed: a fresh grid per call (its seed is in the `X-Seed` header); a seed: the same bytes.
+  Samplers: auto (the default: flow, else gmm, else prior), prior, gmm, and flow when the
+  checkpoint has a learned prior; `/healthz` lists them.
 - `POST /reconstruct` (multipart field `file`) a PNG of the input beside its reconstruction. The
   type is checked by decoding with PIL; an image of another size is centre-cropped to a square
   and resized to the model's size as training data is (`data.decode`: transparency on white,
@@ -60,7 +62,7 @@ class _Service:
     ):
         self.model, self.max_n, self.default_n, self.metrics = model, max_n, default_n, metrics
         self._slots = threading.BoundedSemaphore(slots)  # model calls running at once
-        self.samplers = SAMPLERS
+        self.samplers = tuple(s for s in SAMPLERS if s != "flow" or model.flow is not None)
         self.ready = threading.Event()
         self.warm_error: str | None = None
         self._first_call = {s: threading.Lock() for s in SAMPLERS}  # e.g. a GMM fit runs once
@@ -74,7 +76,7 @@ class _Service:
     def warm(self) -> None:
         """Compiles generation at the default n and reconstruction of one image."""
         try:
-            self.grid_png(self.default_n, 0, 1.0, "prior")
+            self.grid_png(self.default_n, 0, 1.0, "auto")  # e.g. fits the gmm once
             self.reconstruct_png(np.zeros((1, *self.model.image_shape), np.float32))
             self.ready.set()
             self.metrics.ready.set(1)
@@ -267,15 +269,15 @@ def create_app(
 
     @app.get("/grid.png", response_class=Response)
     def grid_png(
-        n: str = str(default_n), seed: str = "", temperature: str = "1.0", sampler: str = "prior"
+        n: str = str(default_n), seed: str = "", temperature: str = "1.0", sampler: str = "auto"
     ) -> Response:
         """A PNG grid of n generated cats; an empty seed draws a fresh one (see X-Seed)."""
         count = _int_param("n", n, 1, max_n)
         fixed = seed.strip() != ""
         seed_value = _int_param("seed", seed, 0, 2**32 - 1) if fixed else secrets.randbits(32)
         t = _temperature(temperature)
-        if sampler not in SAMPLERS:
-            raise HTTPException(400, f"sampler must be one of {', '.join(SAMPLERS)}")
+        if sampler not in service.samplers:
+            raise HTTPException(400, f"sampler must be one of {', '.join(service.samplers)}")
         require_ready()
         png = service.grid_png(count, seed_value, t, sampler)
         headers = {

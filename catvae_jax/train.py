@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from catvae_jax import config as config_lib
-from catvae_jax import data, images, models, steps
+from catvae_jax import data, images, models, priors, steps
 from catvae_jax import workdir as workdir_lib
 from catvae_jax.checkpoint import Checkpoints, abstract_like
 from catvae_jax.errors import NonFiniteError, Preempted, UserError, storage_error
@@ -260,11 +260,13 @@ class _Run:
             self.progress.bad_evals += 1
 
     def _write_final_outputs(self, step: int) -> None:
-        """Process 0: samples.png and reconstructions.png of the final parameters."""
+        """Process 0: the learned prior of `best`/`latest`, then samples.png (default sampler)
+        and reconstructions.png of the final parameters."""
         if not self.is_main:
             return
         params = jax.device_get(steps.eval_params(self.state))
         vae = VaeModel(self.graphdef, params, self.config, step=step)
+        priors.fit_after_training(self.workdir, self.config, self.ckpts, vae)  # samples.png uses it
         originals = self.val_split[: self.config.num_eval_images]
         grid = _write_pictures(self.workdir, vae, originals, self.config.seed)
         self.writer.write_image(step, "samples", grid)
@@ -321,7 +323,8 @@ def params_digest(params: Any) -> str:
 def _write_pictures(
     workdir: epath.Path, vae: VaeModel, originals: np.ndarray, seed: int
 ) -> np.ndarray:
-    """samples.png: 8×8 prior samples (fixed seed); reconstructions.png: inputs above outputs.
+    """samples.png: 8×8 samples of the default sampler (fixed seed); reconstructions.png:
+    inputs above outputs.
     Returns the samples grid (uint8 HWC)."""
     samples = images.grid(vae.generate(64, seed=seed), ncols=8)
     images.save_png(workdir / "samples.png", samples)

