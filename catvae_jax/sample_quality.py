@@ -36,6 +36,7 @@ import numpy as np
 
 from catvae_jax import data
 from catvae_jax.errors import UserError
+from catvae_jax.images import pad_batch, to_unit
 from catvae_jax.inference import VaeModel
 
 INPUT_SIZE = 128
@@ -288,13 +289,10 @@ def _sample(model: VaeModel, n: int, sampler: str, seed: int, chunk: int = 250) 
 def _padded(images: np.ndarray, batch_size: int):
     """Yields (float32 batch in [0, 1] of min(batch_size, N) images, zero-padded; real count)."""
     b = min(batch_size, len(images))
-    scale = 1.0 / 255.0 if images.dtype == np.uint8 else 1.0
     for start in range(0, len(images), b):
-        chunk = np.asarray(images[start : start + b], np.float32) * scale
-        real = len(chunk)
-        if real < b:
-            chunk = np.concatenate([chunk, np.zeros((b - real, *chunk.shape[1:]), np.float32)])
-        yield chunk, real
+        chunk = images[start : start + b]
+        unit = to_unit(chunk) if chunk.dtype == np.uint8 else np.asarray(chunk, np.float32)
+        yield pad_batch(unit, b), len(chunk)
 
 
 def _reconstruct(model: VaeModel, images: np.ndarray, batch_size: int = 250) -> np.ndarray:
