@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import bomb_png, run_cli, tiny_config
+from conftest import REPO, bomb_png, run_cli, tiny_config
 from PIL import Image
 
 import catvae_jax
-from catvae_jax import data, images, sampling
+from catvae_jax import data, images, sampling, writers
 from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 from catvae_jax.ssim import ssim
@@ -237,6 +240,35 @@ def test_generate_cli_individual_gmm(workdir_copy, tmp_path):
     assert [f.name for f in files] == [f"sample_{i:04d}.png" for i in range(5)]
     assert all(Image.open(f).size == (16, 16) for f in files)
     assert sampling.GaussianMixture.read(next(workdir_copy.glob("gmm_*.npz"))).n_components == 4
+
+
+def test_two_readers_fitting_one_cache_at_once_both_succeed(workdir_copy, tmp_path):
+    """Two generate processes fit and cache the same mixture at the same time: both exit 0,
+    the cache is one complete file and no temporary file is left (issue 15: readers' caches)."""
+    cmd = [sys.executable, "-m", "catvae_jax.generate", "--workdir", str(workdir_copy)]
+    args = ["--n", "4", "--sampler", "gmm", "--out"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    procs = [
+        subprocess.Popen([*cmd, *args, str(tmp_path / f"g{i}.png")], cwd=REPO, **pipes)
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    (cache,) = workdir_copy.glob("gmm_*.npz")
+    assert sampling.GaussianMixture.read(cache).num_images == 96
+    assert not [f for f in workdir_copy.iterdir() if f.name.endswith(".tmp")]
+    same = [np.asarray(Image.open(tmp_path / f"g{i}.png")) for i in range(2)]
+    np.testing.assert_array_equal(*same)  # both fitted the same mixture from the same data
+
+
+def test_concurrent_atomic_writes_to_one_path_all_succeed(tmp_path):
+    path = tmp_path / "cache.bin"
+    payloads = [bytes([i]) * 200_000 for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda b: writers.write_atomic(path, b), payloads * 4))
+    assert path.read_bytes() in payloads
+    assert [f.name for f in tmp_path.iterdir()] == ["cache.bin"]
 
 
 def test_reconstruct_cli_folder_with_bad_files_and_resize(trained_workdir, model, tmp_path):
