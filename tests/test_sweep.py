@@ -343,6 +343,7 @@ def test_each_trial_is_a_wandb_run_in_the_studys_group(tmp_path, monkeypatch):
     run = SimpleNamespace(log=lambda *a, **k: None, finish=lambda: None)
     fake = SimpleNamespace(init=lambda **kw: calls.append(kw) or run)
     monkeypatch.setitem(sys.modules, "wandb", fake)  # what wandb.init is asked, nothing synced
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the tests' environment would disable it
     sweep = sweep_spec.load(write_sweep(tmp_path / "sweep_wb.py", grid={"data.seed": [3]}))
     config = sweep_spec.trial_config(sweep, {"data.seed": 3}, "my_study", 7)
     config.wandb.mode = "offline"
