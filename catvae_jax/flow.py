@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import math
 
 import jax
@@ -67,9 +66,8 @@ class Flow:
 
     def save(self, path: str | epath.Path) -> None:
         """Writes the flow to an .npz file atomically."""
-        buf = io.BytesIO()
-        np.savez(
-            buf,
+        writers.write_npz(
+            path,
             loc=self.loc,
             scale=self.scale,
             perms=self.perms,
@@ -78,7 +76,6 @@ class Flow:
             heldout_nll=self.heldout_nll,
             **self.weights,
         )
-        writers.write_atomic(path, buf.getvalue())
 
     @classmethod
     def read(cls, path: str | epath.Path) -> Flow:

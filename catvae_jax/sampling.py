@@ -14,7 +14,6 @@ latents; reading images and encoding them is the model's job (catvae_jax/inferen
 from __future__ import annotations
 
 import dataclasses
-import io
 import sys
 
 import jax
@@ -51,16 +50,14 @@ class GaussianMixture:
 
     def save(self, path: str | epath.Path) -> None:
         """Writes the parameters to an .npz file atomically."""
-        buf = io.BytesIO()
-        np.savez(
-            buf,
+        writers.write_npz(
+            path,
             weights=self.weights,
             means=self.means,
             covariances=self.covariances,
             num_images=self.num_images,
             max_images=self.max_images,
         )
-        writers.write_atomic(path, buf.getvalue())
 
     @classmethod
     def read(cls, path: str | epath.Path) -> GaussianMixture:

@@ -7,6 +7,7 @@ Only process 0 writes them; other processes get a TrainingLog that does nothing.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -43,6 +44,13 @@ def _naming(path: epath.Path) -> Iterator[None]:
         if not e.filename:
             e.filename = os.fspath(path)
         raise
+
+
+def write_npz(path: str | epath.Path, **arrays: Any) -> epath.Path:
+    """Writes `arrays` as an uncompressed .npz file, atomically; returns the path."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return write_atomic(path, buf.getvalue())
 
 
 def write_json(path: str | epath.Path, obj: Any) -> epath.Path:
