@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.ssim_weight = 1.0  # weight of (1 - SSIM) x H*W*C per image
     c.loss.mse_weight = 0.0  # weight of the squared error summed over pixels
     c.loss.l1_weight = 0.0  # weight of the absolute error summed over pixels
+    # weight of LPIPS-AlexNet(x, x̂) x H*W*C per image (catvae_jax/perceptual.py); 0 = off.
+    c.loss.lpips_weight = 0.0
+    c.loss.lpips_size = 0  # LPIPS on bilinear lpips_size² resizes; 0 = at image_size (>= 32)
     c.loss.beta = 0.5  # weight of the KL term, summed over latent dimensions
     c.loss.kl_warmup_steps = 200  # beta rises linearly from 0 over this many steps
 
@@ -179,6 +182,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     weights = (config.loss.ssim_weight, config.loss.mse_weight, config.loss.l1_weight)
     if min(weights) < 0 or sum(weights) <= 0:
         _fail("loss.ssim_weight", "and mse_weight, l1_weight must be >= 0 with a positive sum")
+    if config.loss.get("lpips_weight", 0.0) < 0:
+        _fail("loss.lpips_weight", f"must be >= 0, got {config.loss.lpips_weight}")
+    lpips_size = config.loss.get("lpips_size", 0) or config.image_size
+    if config.loss.get("lpips_weight", 0.0) > 0 and lpips_size < 32:
+        _fail("loss.lpips_size", f"(or image_size) must be >= 32 for LPIPS, got {lpips_size}")
     if not 0 < config.plateau.factor < 1:
         _fail("plateau.factor", f"must be in (0, 1), got {config.plateau.factor}")
     if config.plateau.patience < 0:

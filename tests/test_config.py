@@ -69,12 +69,16 @@ def test_experiments_reproduce_the_original(name, seed, epochs):
         ("model.widths", (8, 12), "model.widths"),  # 12 channels do not split into 8 groups
         ("model.blocks_per_stage", -1, "model.blocks_per_stage"),
         ("image_size", 48, "image_size"),  # not a multiple of 2^5 with five widths, below
+        ("loss.lpips_weight", -1.0, "loss.lpips_weight"),
+        ("loss.lpips_size", 16, "loss.lpips_size"),  # AlexNet's conv5 needs >= 32 px
     ],
 )
 def test_out_of_range_values_name_the_field(field, value, named):
     c = config_lib.get_config()
     if (field, value) == ("image_size", 48):
         c.model.widths = (8, 16, 32, 64, 64)
+    if field == "loss.lpips_size":
+        c.loss.lpips_weight = 1.0
     parent, _, leaf = field.rpartition(".")
     (c[parent] if parent else c)[leaf] = value
     with pytest.raises(UserError, match=f"'{named}'"):

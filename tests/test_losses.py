@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catvae_jax import losses
+from catvae_jax import losses, sample_quality
 from catvae_jax.config import get_config
 
 
@@ -48,3 +48,25 @@ def test_images_smaller_than_the_ssim_window_are_refused():
     x = jnp.zeros((1, 8, 8, 3))
     with pytest.raises(ValueError, match="11"):
         losses.reconstruction(x, x, cfg)
+
+
+def test_lpips_term_is_zero_for_identical_images_and_adds_its_weighted_distance():
+    cfg = get_config().loss
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+    y = jnp.clip(x + 0.3 * jax.random.normal(jax.random.key(1), x.shape), 0, 1)
+    d = losses.lpips_distance(x, y)
+    assert d.shape == (2,) and np.all(np.asarray(d) > 0.01)
+    assert np.allclose(losses.lpips_distance(x, x), 0.0, atol=1e-6)
+    base, _ = losses.reconstruction(x, y, cfg)
+    cfg.lpips_weight = 2.5
+    with_lpips, _ = losses.reconstruction(x, y, cfg)
+    assert np.allclose(with_lpips - base, 2.5 * d * 32 * 32 * 3, rtol=1e-4)
+
+
+def test_lpips_at_128_is_the_sample_metrics_distance_and_its_gradient_reaches_only_x_hat():
+    x = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+    y = jax.random.uniform(jax.random.key(3), (2, 32, 32, 3))
+    metric = sample_quality.FeatureNet(batch_size=2).lpips(np.asarray(x), np.asarray(y))
+    assert np.allclose(losses.lpips_distance(x, y, 128), metric, rtol=1e-4)
+    gx, gy = jax.grad(lambda a, b: losses.lpips_distance(a, b).sum(), argnums=(0, 1))(x, y)
+    assert float(jnp.abs(gx).max()) == 0.0 and float(jnp.abs(gy).max()) > 0.0
