@@ -1,7 +1,8 @@
-"""The recommended setup: resvae on synthetic cats at 64×64 (see catvae_jax/config.py)."""
+"""The recommended setup: resvae at 64×64 on synthetic cats, SSIM + LPIPS loss, 12 epochs
+(~20 minutes of training on 2 CPU cores; see catvae_jax/config.py, recommended_config)."""
 
-from catvae_jax.config import get_config as _default
+from catvae_jax.config import recommended_config
 
 
 def get_config():
-    return _default()
+    return recommended_config()

@@ -26,6 +26,7 @@ TINY = [  # as tests/test_cli.py, without the synthetic split sizes
     "--config.num_epochs=1",
     "--config.wandb.mode=disabled",
     "--config.progress_bar=False",
+    "--config.loss.lpips_weight=0",
 ]
 
 

@@ -21,7 +21,7 @@ def test_colab_notebook_executes_on_cpu(tmp_path):
             "OVERRIDES = {'image_size': 16, 'batch_size': 8, 'model.z_dim': 8,",
             "             'model.widths': (8, 16, 16, 16), 'data.num_train': 32,",
             "             'data.num_validation': 8, 'num_epochs': 1, 'wandb.mode': 'disabled',",
-            "             'progress_bar': False}",
+            "             'progress_bar': False, 'loss.lpips_weight': 0.0}",
         ]
     )
     NotebookClient(

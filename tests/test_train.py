@@ -124,3 +124,15 @@ def test_nonfinite_loss_stops_at_the_step(tmp_path):
     assert 1 <= err.value.step <= 36
     # A library caller gets its SIGTERM handler back (the run's finally also closes W&B, Orbax).
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_lpips_term_trains_in_the_loop(tmp_path):
+    config = tiny_config()
+    config.image_size, config.max_steps, config.flow_prior = 32, 6, False
+    config.loss.lpips_weight, config.loss.lpips_size = 1.0, 0  # LPIPS on the 32² images
+    result = train_and_evaluate(config, str(tmp_path / "lpips"))
+    assert result["step"] == 6 and np.isfinite(result["val_loss"])
+    val = [r for r in _lines(tmp_path / "lpips") if "val_recon" in r][-1]
+    pixels = 32 * 32 * 3
+    lpips_part = val["val_recon"] - (1.0 - val["val_ssim"]) * pixels  # mean LPIPS × H·W·C
+    assert 0.01 * pixels < lpips_part < pixels, val
