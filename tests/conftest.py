@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import struct
 import subprocess
@@ -11,16 +13,22 @@ import zlib
 
 import pytest
 
-# Compiled programs are shared between tests and test subprocesses through JAX's persistent cache.
+# Compiled programs are shared between tests and test subprocesses through JAX's persistent cache
+# (JAX_COMPILATION_CACHE_DIR overrides its place, e.g. an empty directory to time a cold run).
+# Every program is cached, however fast it compiled: each CLI subprocess otherwise recompiles
+# some 40 small programs (~0.06 s each), about 1 s of every tiny training run.
 _CACHE = os.path.join(tempfile.gettempdir(), "catvae_jax_test_jax_cache")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,12 +63,30 @@ def config():
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory):
-    """One tiny run (3 epochs × 12 steps) that output, load and resume tests read."""
+    """One tiny run (3 epochs × 12 steps) that output, load and resume tests read: trained once
+    per session and shared by all pytest-xdist workers, so tests read it in place and one that
+    writes into it (a cache, a damaged checkpoint, a resumed run) copies it first."""
+    return train_once(tmp_path_factory, "tiny", tiny_config)
+
+
+def train_once(tmp_path_factory, name: str, make_config) -> tuple:
+    """(workdir, result) of train_and_evaluate(make_config()) in a directory of this session,
+    trained by the first pytest-xdist worker that asks (the others wait on a file lock, then
+    read its result), so that the workers do not each train the same run."""
     from catvae_jax.train import train_and_evaluate
 
-    workdir = tmp_path_factory.mktemp("run") / "tiny"
-    result = train_and_evaluate(tiny_config(), str(workdir))
-    return workdir, result
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: nothing to share
+        root = tmp_path_factory.mktemp("run")
+    else:  # the basetemp of each worker is <session tmp>/popen-gwN: its parent is shared
+        root = tmp_path_factory.getbasetemp().parent / "shared_runs"
+        root.mkdir(exist_ok=True)
+    workdir, done = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            result = train_and_evaluate(make_config(), str(workdir))
+            done.write_text(json.dumps(result, default=float))
+    return workdir, json.loads(done.read_text())
 
 
 def main_cmd(workdir, *flags: str) -> list[str]:

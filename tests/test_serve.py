@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,9 +88,12 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def server(trained_workdir, tmp_path_factory):
-    """(client, workdir, healthz statuses seen) for a server with max_n 64 and a 0.5 MB limit."""
-    workdir, _ = trained_workdir
-    log = tmp_path_factory.mktemp("serve") / "server.log"
+    """(client, workdir, healthz statuses seen) for a server with max_n 64 and a 0.5 MB limit,
+    on a copy of the tiny workdir (the server caches the gmm it fits there)."""
+    served = tmp_path_factory.mktemp("serve")
+    workdir = served / "run"
+    shutil.copytree(trained_workdir[0], workdir)
+    log = served / "server.log"
     args = ("--max_n", str(MAX_N), "--max_upload_mb", str(MAX_UPLOAD_MB))
     proc, url, seen = start_server(workdir, log, *args)
     try:

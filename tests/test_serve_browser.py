@@ -35,8 +35,10 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def url(trained_workdir, tmp_path_factory):
-    workdir, _ = trained_workdir
-    proc, base, _ = start_server(workdir, tmp_path_factory.mktemp("serve") / "server.log")
+    served = tmp_path_factory.mktemp("serve")  # a copy: the server may cache a gmm there
+    workdir = served / "run"
+    shutil.copytree(trained_workdir[0], workdir)
+    proc, base, _ = start_server(workdir, served / "server.log")
     try:
         yield base
     finally:

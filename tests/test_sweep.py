@@ -1,7 +1,7 @@
 """Sweeps end to end: a grid of tiny trials, two workers on a journal file and on a real
 PostgreSQL server, pruning, divergence, a SIGKILLed worker, bad sweep files.
 
-Every trial is conftest's tiny_config (16×16) for 2 steps, written as overrides of
+Every trial is conftest's tiny_config (16×16, no learned prior) for 2 steps, written as overrides of
 configs/default.py, so the best trial's command line is an ordinary `catvae_jax.main` run.
 The PostgreSQL test needs Debian's `postgresql` package (`make test` installs it as root).
 """
@@ -36,9 +36,12 @@ from catvae_jax.writers import TrainingLog
 def tiny_overrides() -> dict:
     """conftest's tiny_config as flat overrides of the default config, with a constant
     learning rate: trials of any length then share compiled programs (the cosine schedule's
-    horizon is a constant of the train step)."""
+    horizon is a constant of the train step). No learned prior is fitted at the end of a
+    trial (flow_prior; tests/test_prior.py tests it): a few seconds of every trial that no
+    assertion here reads."""
     config = tiny_config()
     config.lr_schedule = "constant"
+    config.flow_prior = False
     tiny = config_lib.flatten(config.to_dict())
     default = config_lib.flatten(config_lib.get_config().to_dict())
     out = {k: v for k, v in tiny.items() if default[k] != v and k != "progress_bar"}
