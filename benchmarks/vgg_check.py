@@ -30,7 +30,7 @@ _BLOCKS = (2, 2, 3, 3, 3)  # VGG16's convolutions per block, a 2×2 max pool aft
 
 def vgg16_pooled(weights: dict, x: jax.Array) -> jax.Array:
     """relu4_3 + relu5_3 of VGG16 averaged over space [B, 1024] of x [B, H, W, 3] in [0, 1]."""
-    x = (2.0 * x - 1.0 - perceptual._SHIFT) / perceptual._SCALE
+    x = perceptual.network_input(x)
     pooled, i = [], 0
     for block, convs in enumerate(_BLOCKS):
         if block:
@@ -50,7 +50,8 @@ def vgg16_pooled(weights: dict, x: jax.Array) -> jax.Array:
 def main(argv):
     del argv
     weights = jax.tree.map(jnp.asarray, perceptual.read_weights(perceptual.weights_path("vgg16")))
-    step = jax.jit(lambda x: vgg16_pooled(weights, sample_quality._resize(x)))
+    size = sample_quality.INPUT_SIZE
+    step = jax.jit(lambda x: vgg16_pooled(weights, perceptual.resize(x, size)))
 
     def features(images: np.ndarray) -> np.ndarray:
         parts = [np.asarray(step(x))[:n] for x, n in sample_quality._padded(images, 50)]

@@ -60,8 +60,7 @@ def lpips_distance(x: jax.Array, x_hat: jax.Array, size: int = 0) -> jax.Array:
     """LPIPS-AlexNet [B] between images [B, H, W, 3] in [0, 1], on bilinear size² resizes
     (0: as they are); the target's features get no gradient."""
     if size and size != x.shape[1]:
-        shape = (x.shape[0], size, size, x.shape[-1])
-        x, x_hat = (jax.image.resize(v, shape, "bilinear", antialias=True) for v in (x, x_hat))
+        x, x_hat = perceptual.resize(x, size), perceptual.resize(x_hat, size)
     weights = perceptual.shipped_weights()
     return perceptual.lpips(weights, jax.lax.stop_gradient(x), x_hat)
 

@@ -77,9 +77,21 @@ def read_weights(path: str | pathlib.Path | None = None) -> dict[str, np.ndarray
     return flat
 
 
+def resize(x: jax.Array, size: int) -> jax.Array:
+    """Images [B, H, W, C] → float32 [B, size, size, C], bilinear with antialiasing: the one
+    resize that the sample metrics and the LPIPS loss term apply to real and generated images."""
+    shape = (x.shape[0], size, size, x.shape[-1])
+    return jax.image.resize(x.astype(jnp.float32), shape, "bilinear", antialias=True)
+
+
+def network_input(x: jax.Array) -> jax.Array:
+    """Images in [0, 1] → the scaled input of the ImageNet networks (LPIPS's ScalingLayer)."""
+    return (2.0 * x - 1.0 - _SHIFT) / _SCALE
+
+
 def alexnet_layers(weights: dict, x: jax.Array) -> list[jax.Array]:
     """The five ReLU maps of AlexNet's convolutions for images x [B, H, W, 3] in [0, 1]."""
-    x = (2.0 * x - 1.0 - _SHIFT) / _SCALE
+    x = network_input(x)
     outs = []
     for i, (stride, pad) in enumerate(_CONVS):
         if i in (1, 2):  # max pool 3×3 / 2 after relu1 and relu2

@@ -30,7 +30,7 @@ from catvae_jax import data
 from catvae_jax.errors import UserError
 from catvae_jax.images import pad_batch, to_unit
 from catvae_jax.inference import VaeModel
-from catvae_jax.perceptual import alexnet_layers, heads, lpips, normalize, read_weights
+from catvae_jax.perceptual import alexnet_layers, heads, lpips, normalize, read_weights, resize
 from catvae_jax.perceptual import restricted_loads as restricted_loads  # the public name
 
 INPUT_SIZE = 128
@@ -62,8 +62,7 @@ PR_K = 3
 
 
 def _resize(x: jax.Array) -> jax.Array:
-    shape = (x.shape[0], INPUT_SIZE, INPUT_SIZE, x.shape[-1])
-    return jax.image.resize(x.astype(jnp.float32), shape, "bilinear", antialias=True)
+    return resize(x, INPUT_SIZE)
 
 
 @jax.jit
