@@ -106,19 +106,21 @@ def benchmark(
     batch_arr = jax.device_put(images, NamedSharding(mesh, P("data")))
     key = jax.random.key(config.seed)
     train_step = jax.jit(steps.make_train_step(graphdef, config, key), donate_argnums=0)
+    total = max(1, warmup) + repeats * steps_per_repeat  # the horizon of a cosine lr
+    schedule = jax.device_put(steps.schedule(config, total), NamedSharding(mesh, P()))
 
     with jax.set_mesh(mesh):
         t0 = time.perf_counter()
-        compiled = train_step.lower(state, batch_arr).compile()
+        compiled = train_step.lower(state, batch_arr, schedule).compile()
         compile_s = time.perf_counter() - t0
         for _ in range(max(1, warmup)):
-            state, metrics = compiled(state, batch_arr)
+            state, metrics = compiled(state, batch_arr, schedule)
         jax.block_until_ready((state, metrics))
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             for _ in range(steps_per_repeat):
-                state, metrics = compiled(state, batch_arr)
+                state, metrics = compiled(state, batch_arr, schedule)
             jax.block_until_ready((state, metrics))
             times.append((time.perf_counter() - t0) / steps_per_repeat)
     if not bool(metrics["finite"]):

@@ -64,10 +64,10 @@ class Profiler:
             return train_step
         step = first_step
 
-        def profiled(state: Any, batch: Any) -> tuple[Any, dict]:
+        def profiled(state: Any, *inputs: Any) -> tuple[Any, dict]:
             nonlocal step
             self.before(step)
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, *inputs)
             step += 1
             self.after(step, metrics)
             return state, metrics

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx, struct
 
@@ -28,6 +29,21 @@ class TrainState:
     opt_state: Any
     plateau: Any
     ema: Any = None
+
+
+@struct.dataclass
+class Schedule:
+    """A run's learning rate and length, as arguments of the compiled train step rather than
+    constants in it: runs that differ only in these (an lr sweep, a longer rerun) share one
+    compiled program, in the process and in JAX's persistent cache."""
+
+    learning_rate: jax.Array  # float32 []
+    total_steps: jax.Array  # int32 []: the horizon of a cosine `config.lr_schedule`
+
+
+def schedule(config: ml_collections.ConfigDict, total_steps: int) -> Schedule:
+    """The Schedule of a run of `total_steps` steps (host numpy scalars; callers place them)."""
+    return Schedule(np.asarray(config.learning_rate, np.float32), np.asarray(total_steps, np.int32))
 
 
 def ema_decay(config: ml_collections.ConfigDict) -> float:
@@ -55,21 +71,21 @@ def start_ema(state: TrainState, config: ml_collections.ConfigDict) -> TrainStat
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW (decay multiplied by the lr, as PyTorch does), after optional global-norm clipping."""
+    """AdamW at lr 1 (the step multiplies its update by the Schedule's learning rate, so the
+    decay is multiplied by the lr, as PyTorch does), after optional global-norm clipping."""
     parts = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
-    parts.append(optax.adamw(config.learning_rate, weight_decay=config.weight_decay))
+    parts.append(optax.adamw(1.0, weight_decay=config.weight_decay))
     return optax.chain(*parts)
 
 
-def lr_schedule(
-    config: ml_collections.ConfigDict, total_steps: int | None = None
-) -> optax.Schedule:
-    """The learning-rate multiplier by step: 1 throughout (`lr_schedule = "constant"`, or no
-    `total_steps`), or a cosine from 1 to 0 over `total_steps` ("cosine"). The plateau scale
-    multiplies it, and AdamW's decay with it, as the lr does in PyTorch."""
-    if config.get("lr_schedule", "constant") == "constant" or not total_steps:
-        return optax.constant_schedule(1.0)
-    return optax.cosine_decay_schedule(1.0, decay_steps=total_steps)
+def lr_multiplier(config: ml_collections.ConfigDict, step: Any, total_steps: Any) -> Any:
+    """The learning-rate multiplier at `step` (ints, or int32 arrays in the step): 1 throughout
+    (`lr_schedule = "constant"`), or a cosine from 1 to 0 over `total_steps` ("cosine"). The
+    plateau scale multiplies it, and AdamW's decay with it, as the lr does in PyTorch."""
+    if config.get("lr_schedule", "constant") == "constant":
+        return 1.0
+    count = jnp.minimum(step, total_steps)
+    return 0.5 * (1 + jnp.cos(jnp.pi * count / total_steps))
 
 
 def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
@@ -120,31 +136,29 @@ def loss_and_grads(
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef,
-    config: ml_collections.ConfigDict,
-    base_key: jax.Array,
-    total_steps: int | None = None,
-) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
-    """Returns train_step(state, batch_u8) -> (state, metrics), to be jitted with donation.
-
-    `total_steps`, the run's length, is the horizon of a cosine `config.lr_schedule`.
+    graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, base_key: jax.Array
+) -> Callable[[TrainState, jax.Array, Schedule], tuple[TrainState, dict]]:
+    """Returns train_step(state, batch_u8, schedule) -> (state, metrics), to be jitted with the
+    state donated; `schedule` (a Schedule) holds the learning rate and the run's length.
 
     The noise of step t is fold_in(base_key, t). A non-finite loss or gradient norm leaves the
     parameters unchanged and reports `finite = False`, so the caller can stop at that step.
     With `config.ema_decay` > 0 the step also updates the EMA of the parameters.
     """
     tx = make_optimizer(config)
-    schedule = lr_schedule(config, total_steps)
     decay = ema_decay(config)
 
-    def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
+    def train_step(
+        state: TrainState, batch: jax.Array, schedule: Schedule
+    ) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
         beta = losses.kl_weight(state.step, config.loss)
         (loss, per_image), grads = loss_and_grads(graphdef, config, state.params, batch, key, beta)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        scale = state.plateau.scale * schedule(state.step)
-        updates = jax.tree.map(lambda u: u * scale, updates)
+        scale = state.plateau.scale * lr_multiplier(config, state.step, schedule.total_steps)
+        lr = schedule.learning_rate
+        updates = jax.tree.map(lambda u: u * lr * scale, updates)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -159,7 +173,7 @@ def make_train_step(
             "train_ssim": jnp.mean(per_image["ssim"]),
             "train_kl": jnp.mean(per_image["kl"]),
             "grad_norm": grad_norm,
-            "learning_rate": config.learning_rate * scale,
+            "learning_rate": lr * scale,
             "finite": finite,
         }
         return new_state, metrics

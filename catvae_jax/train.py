@@ -168,15 +168,14 @@ class _Run:
         return Progress(**meta["progress"]), True
 
     def _make_steps(self) -> None:
-        config, total = self.config, self.cadence.total_steps
+        config, replicated = self.config, NamedSharding(self.mesh, P())
         base_key = jax.random.key(config.seed)
-        train_step = steps.make_train_step(
-            self.graphdef, config, jax.random.fold_in(base_key, 1), total
-        )
+        train_step = steps.make_train_step(self.graphdef, config, jax.random.fold_in(base_key, 1))
         self.train_step = jax.jit(train_step, donate_argnums=0)
+        schedule = steps.schedule(config, self.cadence.total_steps)
+        self.schedule = jax.tree.map(lambda x: data.to_global(x, replicated), schedule)
         self.eval_step = jax.jit(steps.make_eval_step(self.graphdef, config))
         self.eval_key = jax.random.fold_in(base_key, 2)
-        self.schedule = steps.lr_schedule(config, total)
         plateau = steps.make_plateau(config)
         self.plateau_update = jax.jit(lambda s, v: plateau.update({}, s, value=v)[1])
 
@@ -193,7 +192,8 @@ class _Run:
         try:
             with jax.set_mesh(self.mesh):
                 while step < self.cadence.total_steps:
-                    self.state, metrics = train_step(self.state, self.train_data.batch(step))
+                    batch = self.train_data.batch(step)
+                    self.state, metrics = train_step(self.state, batch, self.schedule)
                     meter.pending.append(metrics)
                     step += 1
                     if self.cadence.logs(step):
@@ -242,7 +242,8 @@ class _Run:
         metrics = self._validate()
         if scheduled:
             self._count_validation(metrics["val_loss"])
-        lr = self.config.learning_rate * float(self.state.plateau.scale * self.schedule(step))
+        multiplier = steps.lr_multiplier(self.config, step, self.cadence.total_steps)
+        lr = self.config.learning_rate * float(self.state.plateau.scale * multiplier)
         self.writer.write(step, self.cadence.epoch(step), {**metrics, "learning_rate": lr})
         workdir_lib.save(
             self.ckpts, step, self.state, self.progress, self.config_dict, metrics["val_loss"]

@@ -40,8 +40,9 @@ def run(devices):
     grads_fn = jax.jit(lambda p, b: steps.loss_and_grads(graphdef, config, p, b, jax.random.key(1),
                                                           jax.numpy.float32(0.5))[1])
     grads = jax.device_get(grads_fn(state.params, first))
+    schedule = jax.device_put(steps.schedule(config, len(batches)), NamedSharding(mesh, P()))
     for b in batches:
-        state, metrics = step(state, jax.device_put(b, NamedSharding(mesh, P("data"))))
+        state, metrics = step(state, jax.device_put(b, NamedSharding(mesh, P("data"))), schedule)
     loss = float(metrics["train_loss"])
     return grads, jax.device_get(state.params), loss, len(first.addressable_shards)
 

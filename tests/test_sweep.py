@@ -34,13 +34,11 @@ from catvae_jax.writers import TrainingLog
 
 
 def tiny_overrides() -> dict:
-    """conftest's tiny_config as flat overrides of the default config, with a constant
-    learning rate: trials of any length then share compiled programs (the cosine schedule's
-    horizon is a constant of the train step). No learned prior is fitted at the end of a
-    trial (flow_prior; tests/test_prior.py tests it): a few seconds of every trial that no
-    assertion here reads."""
+    """conftest's tiny_config as flat overrides of the default config: trials of any length
+    and learning rate share the compiled train step of the other tiny runs (steps.Schedule).
+    No learned prior is fitted at the end of a trial (flow_prior; tests/test_prior.py tests
+    it): a few seconds of every trial that no assertion here reads."""
     config = tiny_config()
-    config.lr_schedule = "constant"
     config.flow_prior = False
     tiny = config_lib.flatten(config.to_dict())
     default = config_lib.flatten(config_lib.get_config().to_dict())

@@ -3,6 +3,7 @@
 import json
 import signal
 
+import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -37,11 +38,12 @@ def test_training_lowers_the_loss_and_writes_outputs(trained_workdir):
 
 def test_lr_schedules():
     config = tiny_config()
-    cosine = steps.lr_schedule(config, total_steps=10)
-    assert [float(cosine(s)) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-6)
-    assert float(steps.lr_schedule(config)(7)) == 1.0  # no horizon known: constant
+    cosine = [float(steps.lr_multiplier(config, s, 10)) for s in (0, 5, 10, 12)]
+    assert cosine == pytest.approx([1.0, 0.5, 0.0, 0.0], abs=1e-6)  # 0 after the horizon
+    traced = jax.jit(lambda s, t: steps.lr_multiplier(config, s, t))  # as in the step
+    assert float(traced(np.int32(5), np.int32(10))) == pytest.approx(0.5, abs=1e-6)
     config.lr_schedule = "constant"
-    assert float(steps.lr_schedule(config, total_steps=10)(7)) == 1.0
+    assert float(steps.lr_multiplier(config, 7, 10)) == 1.0
 
 
 def test_checkpoints_keep_best_and_two_latest(trained_workdir):
@@ -136,3 +138,17 @@ def test_the_lpips_term_trains_in_the_loop(tmp_path):
     pixels = 32 * 32 * 3
     lpips_part = val["val_recon"] - (1.0 - val["val_ssim"]) * pixels  # mean LPIPS × H·W·C
     assert 0.01 * pixels < lpips_part < pixels, val
+
+
+def test_runs_of_another_lr_or_length_share_one_compiled_step():
+    config = tiny_config()
+    graphdef, state = steps.init_state(config, catvae_jax.models.init_compiled(config))
+    step = jax.jit(steps.make_train_step(graphdef, config, jax.random.key(0)), donate_argnums=0)
+    batch = np.zeros((config.batch_size, 16, 16, 3), np.uint8)
+    other = config.copy_and_resolve_references()
+    other.learning_rate, other.num_epochs = 1e-5, 40
+    programs = {
+        step.lower(state, batch, steps.schedule(c, total)).as_text()
+        for c, total in ((config, 36), (other, 480))
+    }
+    assert len(programs) == 1  # the lr and the cosine's horizon are arguments, not constants
