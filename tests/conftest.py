@@ -95,13 +95,27 @@ def main_cmd(workdir, *flags: str) -> list[str]:
     return [*main, "--workdir", str(workdir), *flags]
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Runs `python -m <args>` in the repository root and captures its output."""
+def subprocess_env(env: dict | None = None, measured: bool = True) -> dict:
+    """os.environ plus `env`; with `measured=False` without coverage's subprocess hook (the
+    COVERAGE_PROCESS_CONFIG that `[tool.coverage.run] patch = ["subprocess"]` sets). Coverage
+    traces every Python call, which makes a subprocess that traces and compiles JAX programs
+    ~1.5-2x slower: the long multi-run tests (two processes, SIGKILL resume, sweep workers,
+    the 8-device step, the notebook) run unmeasured, since in-process and shorter CLI tests
+    measure the same code."""
     full_env = {**os.environ, **(env or {})}
+    if not measured:
+        full_env.pop("COVERAGE_PROCESS_CONFIG", None)
+    return full_env
+
+
+def run_cli(
+    *args: str, env: dict | None = None, timeout: int = 300, measured: bool = True
+) -> subprocess.CompletedProcess:
+    """Runs `python -m <args>` in the repository root and captures its output."""
     return subprocess.run(
         [sys.executable, "-m", *args],
         cwd=REPO,
-        env=full_env,
+        env=subprocess_env(env, measured),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -109,14 +123,13 @@ def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproce
 
 
 def run_python(
-    code: str, env: dict | None = None, timeout: int = 600
+    code: str, env: dict | None = None, timeout: int = 600, measured: bool = True
 ) -> subprocess.CompletedProcess:
     """Runs `python -c code` in the repository root (e.g. with XLA_FLAGS set before JAX starts)."""
-    full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO,
-        env=full_env,
+        env=subprocess_env(env, measured),
         capture_output=True,
         text=True,
         timeout=timeout,

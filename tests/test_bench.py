@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_cli, tiny_config
+from conftest import REPO, run_cli, subprocess_env, tiny_config
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
@@ -159,15 +159,16 @@ def test_time_to_quality_validates_both_arms_after_the_same_number_of_images() -
 
 def test_time_to_quality_runs_an_arm_to_the_target(tmp_path) -> None:
     tiny = [
-        "--config.image_size=16", "--config.model.z_dim=8", "--config.model.widths=(8,8,8,8)",
+        "--config.image_size=16", "--config.model.z_dim=8", "--config.model.widths=(8,16,16,16)",
         "--config.batch_size=8", "--config.data.num_train=32", "--config.data.num_validation=8",
         "--config.data.num_test=8", "--config.num_epochs=2",
+        "--config.loss.lpips_weight=0",  # AlexNet on 128² resizes: slow, tested apart
     ]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "benchmarks/time_to_quality.py", "--arms", "default", "--target", "0.01",
          "--eval_every", "2", "--cap_min", "3", "--workdir_root", str(tmp_path),
          *[f"--set={flag}" for flag in tiny]],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=subprocess_env(measured=False), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (arm,) = _last_json(proc.stdout)["arms"]

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import numpy as np
-from conftest import REPO, main_cmd
+from conftest import REPO, main_cmd, subprocess_env
 from test_cli import TINY
 
 import catvae_jax
@@ -20,6 +20,9 @@ RUN = [
     "--config.checkpoint_every_steps=4",
     "--config.log_every_steps=1",
 ]
+
+
+UNMEASURED = subprocess_env(measured=False)  # conftest.subprocess_env says why
 
 
 def _cmd(workdir, *extra):
@@ -45,6 +48,7 @@ def test_two_processes_train_identical_parameters_and_checkpoint(tmp_path):
                 workdir, f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"
             ),
             cwd=REPO,
+            env=UNMEASURED,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -68,14 +72,19 @@ EMA = "--config.ema_decay=0.9"  # the EMA of the parameters is part of the state
 def test_sigkill_then_rerun_gives_bit_identical_parameters(tmp_path):
     straight = tmp_path / "straight"
     proc = subprocess.run(
-        _cmd(straight, EMA), cwd=REPO, capture_output=True, text=True, timeout=400
+        _cmd(straight, EMA), cwd=REPO, env=UNMEASURED, capture_output=True, text=True, timeout=400
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     killed = tmp_path / "killed"
     kill_after = random.Random().randint(5, 11)  # a step after the first checkpoint (step 4)
     proc = subprocess.Popen(
-        _cmd(killed, EMA), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _cmd(killed, EMA),
+        cwd=REPO,
+        env=UNMEASURED,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     metrics, first_ckpt = killed / "metrics.jsonl", killed / "checkpoints" / "4"
     deadline, trained = time.time() + 300, 0
@@ -90,7 +99,9 @@ def test_sigkill_then_rerun_gives_bit_identical_parameters(tmp_path):
     print(f"killed at step {trained} of 16 (aimed at {kill_after})")
     assert 4 < trained < 16
     assert f'"pid": {proc.pid}' in (killed / ".lock").read_text()  # the dead run's lock is left
-    rerun = subprocess.run(_cmd(killed, EMA), cwd=REPO, capture_output=True, text=True, timeout=400)
+    rerun = subprocess.run(
+        _cmd(killed, EMA), cwd=REPO, env=UNMEASURED, capture_output=True, text=True, timeout=400
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]  # ... and does not block
     assert "resumed from step" in rerun.stdout
     # metrics.jsonl tells one history: the killed attempt's lines after its checkpoint dropped

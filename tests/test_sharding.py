@@ -63,7 +63,8 @@ print(json.dumps({"devices": jax.device_count(), "results": results}))
 
 def test_sharded_steps_equal_one_device():
     code = SCRIPT % {"lr": LR, "steps": STEPS}
-    proc = run_python(code, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = run_python(code, env=env, measured=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     print(out)

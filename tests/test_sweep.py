@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import REPO, run_cli, tiny_config
+from conftest import REPO, run_cli, subprocess_env, tiny_config
 
 from catvae_jax import config as config_lib
 from catvae_jax import sweep_spec, sweep_study
@@ -115,7 +115,7 @@ def test_grid_sweep_end_to_end_and_best_command_runs(tmp_path):
 
 
 def _two_workers(sweep_file, workdir, *flags) -> list[subprocess.CompletedProcess]:
-    env = {**os.environ}
+    env = subprocess_env(measured=False)  # conftest.subprocess_env says why
     procs = [
         subprocess.Popen(
             sweep_cmd(sweep_file, workdir, *flags),
@@ -238,6 +238,7 @@ def test_a_killed_worker_is_resumed_by_the_next(tmp_path):
     proc = subprocess.Popen(
         sweep_cmd(sweep, work),
         cwd=REPO,
+        env=subprocess_env(measured=False),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
