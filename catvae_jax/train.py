@@ -211,6 +211,7 @@ class _Run:
                             flush=True,
                         )
                         break
+            profiler.stop()  # a run shorter than the traced steps: the trace ends with the loop
             final = final or self._validate()  # resumed at the end: nothing trained
             self._write_final_outputs(step)
         finally:  # also when the run stops early (non-finite loss, preemption, a user error)

@@ -60,10 +60,12 @@ def test_corrupt_newest_checkpoint_is_skipped(tmp_path, trained_workdir, capsys)
 def test_profile_writes_a_trace(tmp_path):
     workdir = tmp_path / "p"
     proc = _start(workdir, "--config.profile=True")
-    _out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     traces = list((workdir / "profile").rglob("*.xplane.pb"))
     assert traces and traces[0].stat().st_size > 0
+    # 4 steps, fewer than the 5 traced: the trace ends with the loop, before the learned prior
+    assert out.index("profile trace written") < out.index("learned prior for checkpoint")
 
 
 def test_nonfinite_cli_exits_1_naming_the_step(tmp_path):
