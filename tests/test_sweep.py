@@ -34,10 +34,10 @@ from catvae_jax.writers import TrainingLog
 
 
 def tiny_overrides() -> dict:
-    """conftest's tiny_config as flat overrides of the default config: trials of any length
-    and learning rate share the compiled train step of the other tiny runs (steps.Schedule).
-    No learned prior is fitted at the end of a trial (flow_prior; tests/test_prior.py tests
-    it): a few seconds of every trial that no assertion here reads."""
+    """conftest's tiny_config as flat overrides of the default config: trials of any length and
+    learning rate share one compiled train step (steps.Schedule). No learned prior is fitted at
+    the end of a trial (flow_prior; tests/test_prior.py tests it): a few seconds of every trial
+    that no assertion here reads."""
     config = tiny_config()
     config.flow_prior = False
     tiny = config_lib.flatten(config.to_dict())
