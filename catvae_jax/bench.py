@@ -25,7 +25,6 @@ import numpy as np
 from absl import flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
-from ml_collections import config_flags
 
 from catvae_jax import cli, malloc, models, steps
 from catvae_jax import config as config_lib
@@ -150,9 +149,7 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the flags of this command (called by `run`, so importing the module defines none)."""
-    config_flags.DEFINE_config_file(
-        "config", cli.config_file("exp1.py"), "Config file.", lock_config=True
-    )
+    cli.define_config_file("exp1.py", "Config file.", lock_config=True)
     flags.DEFINE_enum("loss", "ssim", sorted(LOSSES), "Reconstruction loss to time.")
     flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.", lower_bound=1)
     flags.DEFINE_integer("batch", 0, "Batch size; 0 = the config's.", lower_bound=0)

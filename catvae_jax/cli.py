@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import jax
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from catvae_jax import config_files
 from catvae_jax.errors import NonFiniteError, Preempted, StorageError, UserError, exit_with
@@ -19,6 +20,19 @@ def config_file(name: str) -> str:
     """The path of the shipped config `name` (e.g. "default.py"), for a default --config that
     works from any directory and in an installed wheel (`config_files.shipped`)."""
     return str(config_files.shipped(name))
+
+
+def define_config_file(default: str, help_text: str, **kwargs) -> flags.FlagHolder:
+    """DEFINE_config_file("config") with the shipped config `default` (e.g. "default.py").
+
+    ml_collections loads the default and types its `--config.<field>` overrides from sys.argv
+    while it defines the flag, i.e. before `parse_flags` runs: an override of a field the default
+    lacks is a one-line error with exit code 2 here, not a traceback at import."""
+    try:
+        return config_flags.DEFINE_config_file("config", config_file(default), help_text, **kwargs)
+    except Exception as e:
+        fail(_override_error(e, sys.argv))
+        raise  # unreachable: fail exits
 
 
 def run_app(
@@ -101,7 +115,9 @@ def _override_error(e: Exception, argv: list[str]) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().strip('"').strip("'")
+    text = str(e).strip()
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a quoted message
+        text = text[1:-1]
     bad = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", text, re.S)
     if bad:  # a value of the wrong type for a config field
         return f"config field '{bad[1]}' cannot take the value {bad[2]!r}: {bad[3].splitlines()[0]}"

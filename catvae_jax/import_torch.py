@@ -28,7 +28,6 @@ import ml_collections
 import numpy as np
 from absl import flags
 from etils import epath
-from ml_collections import config_flags
 
 from catvae_jax import cli, models, steps
 from catvae_jax import config as config_lib
@@ -177,9 +176,7 @@ def _refuse_checkpoints(workdir: epath.Path) -> None:
 
 def define_flags() -> None:
     """Defines the flags of this command (called by `run`, so importing the module defines none)."""
-    config_flags.DEFINE_config_file(
-        "config", cli.config_file("exp1.py"), "Config of the vae_cats_v1 model to import into."
-    )
+    cli.define_config_file("exp1.py", "Config of the vae_cats_v1 model to import into.")
     flags.DEFINE_string("ckpt", None, "PyTorch Lightning .ckpt or state_dict file.")
     flags.DEFINE_string("workdir", None, "New catvae_jax workdir to write.")
     flags.mark_flags_as_required(["ckpt", "workdir"])

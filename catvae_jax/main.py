@@ -10,14 +10,11 @@ import sys
 
 import jax
 from absl import flags
-from ml_collections import config_flags
 
 from catvae_jax import cli, malloc
 from catvae_jax.train import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", cli.config_file("default.py"), "Config file.", lock_config=True
-)
+_CONFIG = cli.define_config_file("default.py", "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and outputs.")
 flags.mark_flag_as_required("workdir")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process).")

@@ -44,6 +44,14 @@ def test_config_errors_are_one_line_with_exit_2(tmp_path, override, named):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("command,flags", [("main", ["--workdir", "w"]), ("bench", [])])
+def test_an_unknown_field_of_the_default_config_is_one_line(command, flags):
+    """Without --config, ml_collections loads the default and types the overrides while it
+    defines the flag (at import): an unknown field there is the same one-line error, exit 2."""
+    proc = run_cli(f"catvae_jax.{command}", *flags, "--config.nonexistent=1")
+    _one_line_error(proc, "unknown config field 'nonexistent'")
+
+
 def test_batch_not_divisible_by_devices_is_a_user_error(tmp_path):
     proc = run_cli(
         "catvae_jax.main",
