@@ -188,13 +188,10 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     from absl import flags
-    from ml_collections import config_flags
 
     from catvae_jax import cli
 
-    config_flags.DEFINE_config_file(
-        "config", cli.config_file("exp1.py"), "Config file.", lock_config=True
-    )
+    cli.define_config_file("exp1.py", "Config file.", lock_config=True)
     flags.DEFINE_enum("loss", "ssim", ["ssim", "mse"], "Reconstruction loss.")
     flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.", lower_bound=1)
     flags.DEFINE_integer("batch", 0, "Batch size; 0 = the config's batch_size.", lower_bound=0)
