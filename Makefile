@@ -50,7 +50,7 @@ postgres:
 
 # One pytest worker per core (at most 4): most tests are compile-bound, i.e. single-threaded.
 test: install-dev lint browser postgres
-	$(PY) -m pytest -n auto --maxprocesses=4 --durations=25 --cov=catvae_jax --cov-report=term-missing:skip-covered --cov-fail-under=85
+	$(PY) -m pytest -n auto --maxprocesses=4 --durations=25 --dist loadgroup --cov=catvae_jax --cov-report=term-missing:skip-covered --cov-fail-under=85
 
 # Container images catvae-jax:train and :serve (docker/Dockerfile) with docker or podman, whichever
 # works; JAX_EXTRA=cuda12|tpu for the accelerator variants, BASE=image for another base.

@@ -122,6 +122,33 @@ def run_cli(
     )
 
 
+def run_cli_cases(
+    cases: list[tuple], cwd: str = REPO, timeout: int = 600
+) -> list[subprocess.CompletedProcess]:
+    """Runs each case `(module, *args)` or `(module, args, env)` like `run_cli(module, *args,
+    env=env)`, but all in one measured interpreter that imports the package once and forks a
+    child per case (tests/cli_batch.py): for the many short error-path commands."""
+    jobs = []
+    for case in cases:
+        if len(case) == 3 and isinstance(case[1], (list, tuple)):
+            module, args, env = case
+        else:
+            module, args, env = case[0], case[1:], {}
+        jobs.append({"module": module, "args": [str(a) for a in args], "env": env})
+    runner = os.path.join(REPO, "tests", "cli_batch.py")
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run(
+        [sys.executable, runner], input=json.dumps(jobs), cwd=cwd, env=subprocess_env(env),
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout)
+    return [
+        subprocess.CompletedProcess([job["module"], *job["args"]], **r)
+        for job, r in zip(jobs, results, strict=True)
+    ]
+
+
 def run_python(
     code: str, env: dict | None = None, timeout: int = 600, measured: bool = True
 ) -> subprocess.CompletedProcess:

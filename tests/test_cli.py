@@ -1,7 +1,7 @@
 """The training CLI: config errors are one line with exit code 2; a real tiny run succeeds."""
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli_cases
 
 TINY = [
     "--config.image_size=16",
@@ -17,52 +17,76 @@ TINY = [
 ]
 
 
-@pytest.mark.parametrize(
-    "override,named",
-    [
-        ("--config.nonexistent=1", "nonexistent"),
-        ("--config.model.nope=3", "model.nope"),
-        ("--config.batch_size=abc", "batch_size"),
-        ("--config.batch_size=-4", "batch_size"),
-        ("--config=configs/missing.py", "configs/missing.py"),
-        ("--config.model.widths=(8,0)", "model.widths"),
-        ("--config.num_eval_images=0", "num_eval_images"),
-    ],
-)
-def test_config_errors_are_one_line_with_exit_2(tmp_path, override, named):
-    proc = run_cli(
-        "catvae_jax.main",
-        "--config",
-        "configs/quickstart.py",
-        "--workdir",
-        str(tmp_path / "w"),
-        override,
-    )
+CONFIG_ERRORS = [
+    ("--config.nonexistent=1", "nonexistent"),
+    ("--config.model.nope=3", "model.nope"),
+    ("--config.batch_size=abc", "batch_size"),
+    ("--config.batch_size=-4", "batch_size"),
+    ("--config=configs/missing.py", "configs/missing.py"),
+    ("--config.model.widths=(8,0)", "model.widths"),
+    ("--config.num_eval_images=0", "num_eval_images"),
+]
+DEFAULT_CONFIG = [("main", ["--workdir", "w"]), ("bench", [])]
+OTHER_BAD_INPUTS = [
+    (("catvae_jax.serve", "--workdir", "w", "--port", "70000"), {}, ("0-65535",)),
+    (("catvae_jax.main", "--workdir", "w"), {"JAX_NUM_PROCESSES": "abc"}, ("'abc'",)),
+    (
+        ("catvae_jax.data", "prepare", "--source", "synthetic", "--image_size", "16"),
+        {},
+        ("Not a directory",),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def errors(tmp_path_factory) -> dict:
+    """The result of every error-path command below, keyed by name: all run in one batch
+    (conftest.run_cli_cases), since each alone is an interpreter start for a one-line error."""
+    tmp = tmp_path_factory.mktemp("cli_errors")
+    (tmp / "file").write_text("not a directory")
+    (tmp / "broken").mkdir()
+    (tmp / "broken" / "config.json").write_text('{"half": ')  # e.g. a run killed mid-write
+    quickstart = ["--config", "configs/quickstart.py"]
+    cases = {
+        override: ("catvae_jax.main", *quickstart, "--workdir", tmp / f"w{i}", override)
+        for i, (override, _) in enumerate(CONFIG_ERRORS)
+    }
+    for command, flags in DEFAULT_CONFIG:
+        cases[command] = (f"catvae_jax.{command}", *flags, "--config.nonexistent=1")
+    four_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    indivisible = [*quickstart, "--workdir", tmp / "d", *TINY, "--config.batch_size=6"]
+    cases["indivisible"] = ("catvae_jax.main", indivisible, four_devices)
+    cases["file"] = ("catvae_jax.main", "--workdir", tmp / "file", *TINY)
+    cases["broken resume"] = ("catvae_jax.main", "--workdir", tmp / "broken", *TINY)
+    cases["broken generate"] = ("catvae_jax.generate", "--workdir", tmp / "broken")
+    for i, (args, env, _) in enumerate(OTHER_BAD_INPUTS):
+        if args[0] == "catvae_jax.data":
+            args = (*args, "--data_dir", tmp / "file" / "data")
+        cases[f"other {i}"] = (args[0], args[1:], env)
+    return dict(zip(cases, run_cli_cases(list(cases.values())), strict=True))
+
+
+@pytest.mark.xdist_group("cli_errors")
+@pytest.mark.parametrize("override,named", CONFIG_ERRORS)
+def test_config_errors_are_one_line_with_exit_2(errors, override, named):
+    proc = errors[override]
     assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(errors) == 1 and errors[0].startswith("error:") and named in errors[0]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-@pytest.mark.parametrize("command,flags", [("main", ["--workdir", "w"]), ("bench", [])])
-def test_an_unknown_field_of_the_default_config_is_one_line(command, flags):
+@pytest.mark.xdist_group("cli_errors")
+@pytest.mark.parametrize("command,flags", DEFAULT_CONFIG)
+def test_an_unknown_field_of_the_default_config_is_one_line(errors, command, flags):
     """Without --config, ml_collections loads the default and types the overrides while it
     defines the flag (at import): an unknown field there is the same one-line error, exit 2."""
-    proc = run_cli(f"catvae_jax.{command}", *flags, "--config.nonexistent=1")
-    _one_line_error(proc, "unknown config field 'nonexistent'")
+    _one_line_error(errors[command], "unknown config field 'nonexistent'")
 
 
-def test_batch_not_divisible_by_devices_is_a_user_error(tmp_path):
-    proc = run_cli(
-        "catvae_jax.main",
-        "--config",
-        "configs/quickstart.py",
-        "--workdir",
-        str(tmp_path / "w"),
-        *TINY,
-        "--config.batch_size=6",
-        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
-    )
+@pytest.mark.xdist_group("cli_errors")
+def test_batch_not_divisible_by_devices_is_a_user_error(errors):
+    proc = errors["indivisible"]
     assert proc.returncode == 2
     assert "multiple of the device count (4)" in proc.stderr.strip().splitlines()[-1]
 
@@ -74,40 +98,21 @@ def _one_line_error(proc, *words):
     assert last.startswith("error:") and all(w in last for w in words), last
 
 
-def test_a_file_as_workdir_is_a_user_error(tmp_path):
-    (tmp_path / "w").write_text("not a directory")
-    proc = run_cli("catvae_jax.main", "--workdir", str(tmp_path / "w"), *TINY)
-    _one_line_error(proc, "a file, not a directory")
+@pytest.mark.xdist_group("cli_errors")
+def test_a_file_as_workdir_is_a_user_error(errors):
+    _one_line_error(errors["file"], "a file, not a directory")
 
 
-def test_a_broken_config_json_is_a_user_error(tmp_path):
-    (tmp_path / "w").mkdir()
-    (tmp_path / "w" / "config.json").write_text('{"half": ')  # e.g. a run killed mid-write
-    resume = run_cli("catvae_jax.main", "--workdir", str(tmp_path / "w"), *TINY)
-    _one_line_error(resume, "config.json")
-    generate = run_cli("catvae_jax.generate", "--workdir", str(tmp_path / "w"))
-    _one_line_error(generate, "config.json")
+@pytest.mark.xdist_group("cli_errors")
+def test_a_broken_config_json_is_a_user_error(errors):
+    _one_line_error(errors["broken resume"], "config.json")
+    _one_line_error(errors["broken generate"], "config.json")
 
 
-@pytest.mark.parametrize(
-    "args,env,words",
-    [
-        (("catvae_jax.serve", "--workdir", "w", "--port", "70000"), {}, ("0-65535",)),
-        (("catvae_jax.main", "--workdir", "w"), {"JAX_NUM_PROCESSES": "abc"}, ("'abc'",)),
-        (
-            ("catvae_jax.data", "prepare", "--source", "synthetic", "--image_size", "16"),
-            {},
-            ("Not a directory",),
-        ),
-    ],
-)
-def test_other_bad_inputs_are_one_line_errors(tmp_path, args, env, words):
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    if args[0] == "catvae_jax.data":
-        args = (*args, "--data_dir", str(blocker / "data"))
-    proc = run_cli(*args, env=env)
-    _one_line_error(proc, *words)
+@pytest.mark.xdist_group("cli_errors")
+@pytest.mark.parametrize("i", range(3), ids=["serve port", "JAX_NUM_PROCESSES", "data_dir"])
+def test_other_bad_inputs_are_one_line_errors(errors, i):
+    _one_line_error(errors[f"other {i}"], *OTHER_BAD_INPUTS[i][2])
 
 
 def test_cli_trains_from_any_directory_on_the_xla_device_count(tmp_path):

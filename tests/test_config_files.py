@@ -3,12 +3,11 @@ config names resolve to the shipped configs from any directory."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_cli_cases
 
 from catvae_jax import config_files
 from catvae_jax.config import get_config, validate
@@ -28,42 +27,9 @@ BROKEN = {
 
 
 def _run_main_cases(tmp_path, cases: list[list[str]], cwd: str) -> list[tuple[int, str]]:
-    """(exit code, stderr) of `python -m catvae_jax.main ARGS` for each case, each in its own
-    process forked after the imports (one interpreter start for all cases)."""
-    code = f"""
-import json, os, runpy, sys, tempfile
-import catvae_jax.train  # the heavy imports, once, before forking
-results = []
-for i, args in enumerate({cases!r}):
-    err = os.path.join({str(tmp_path)!r}, f"err{{i}}")
-    pid = os.fork()
-    if pid == 0:
-        fd = os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(fd, 2)
-        workdir = os.path.join({str(tmp_path)!r}, f"w{{i}}")
-        sys.argv = ["catvae_jax.main", "--workdir", workdir, *args]
-        code = 0
-        try:
-            runpy.run_module("catvae_jax.main", run_name="__main__", alter_sys=True)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:
-            import traceback; traceback.print_exc(); code = 1
-        sys.stderr.flush()
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    results.append((os.waitstatus_to_exitcode(status), open(err).read()))
-print(json.dumps(results))
-"""
-    env = {"PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env={**os.environ, **env},
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [tuple(r) for r in json.loads(proc.stdout.strip().splitlines()[-1])]
+    """(exit code, stderr) of `python -m catvae_jax.main --workdir W ARGS` for each case."""
+    jobs = [("catvae_jax.main", "--workdir", tmp_path / f"w{i}", *a) for i, a in enumerate(cases)]
+    return [(p.returncode, p.stderr) for p in run_cli_cases(jobs, cwd=cwd)]
 
 
 def _assert_one_line(result: tuple[int, str], *words: str) -> None:
