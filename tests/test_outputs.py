@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, bomb_png, run_cli, tiny_config
+from conftest import REPO, bomb_png, run_cli, run_cli_cases, tiny_config
 from PIL import Image
 
 import catvae_jax
@@ -311,49 +311,47 @@ def test_interpolate_cli(trained_workdir, tmp_path):
     assert np.asarray(Image.open(out)).shape == (2 * 18 + 2, 6 * 18 + 2, 3)
 
 
-def _workdir_without_checkpoint(trained_workdir, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    shutil.copy(trained_workdir[0] / "config.json", empty / "config.json")
-    return empty
+GENERATE_ERRORS = [
+    ("n", ["--n", "100000"], "n must be between 1 and 4096, got 100000"),
+    ("temperature", ["--temperature", "0"], "temperature must be in (0, 10]"),
+    ("no checkpoint", [], "no checkpoint in"),
+    ("other config", [], "does not match its config"),
+]
 
 
-def _workdir_with_other_config(trained_workdir, tmp_path):
+@pytest.fixture(scope="module")
+def cli_errors(trained_workdir, tmp_path_factory) -> dict:
+    """generate's and reconstruct's error-path runs, in one batch (conftest.run_cli_cases)."""
     import json
 
-    other = tmp_path / "other"
-    shutil.copytree(trained_workdir[0], other)
+    tmp, trained = tmp_path_factory.mktemp("output_errors"), trained_workdir[0]
+    empty, other = tmp / "empty", tmp / "other"  # no checkpoint; a config that does not match
+    empty.mkdir()
+    shutil.copy(trained / "config.json", empty / "config.json")
+    shutil.copytree(trained, other)
     config = json.loads((other / "config.json").read_text())
     config["model"]["z_dim"] = 12
     (other / "config.json").write_text(json.dumps(config))
-    return other
-
-
-@pytest.mark.parametrize(
-    "make_workdir,args,named",
-    [
-        (None, ["--n", "100000"], "n must be between 1 and 4096, got 100000"),
-        (None, ["--temperature", "0"], "temperature must be in (0, 10]"),
-        (_workdir_without_checkpoint, [], "no checkpoint in"),
-        (_workdir_with_other_config, [], "does not match its config"),
-    ],
-)
-def test_generate_cli_errors(trained_workdir, tmp_path, make_workdir, args, named):
-    workdir = make_workdir(trained_workdir, tmp_path) if make_workdir else trained_workdir[0]
-    proc = run_cli("catvae_jax.generate", "--workdir", str(workdir), *args)
-    assert named in _one_error_line(proc)
-
-
-def test_reconstruct_cli_refuses_wrong_size_and_missing_files(trained_workdir, tmp_path):
-    big = tmp_path / "big.png"
+    workdirs = {"no checkpoint": empty, "other config": other}
+    cases = {
+        name: ("catvae_jax.generate", "--workdir", workdirs.get(name, trained), *args)
+        for name, args, _ in GENERATE_ERRORS
+    }
+    big = tmp / "big.png"
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(big)
-    proc = run_cli(
-        "catvae_jax.reconstruct", "--workdir", str(trained_workdir[0]), "--images", str(big)
-    )
-    line = _one_error_line(proc)
+    for name, image in (("too big", big), ("missing", tmp / "missing.png")):
+        cases[name] = ("catvae_jax.reconstruct", "--workdir", trained, "--images", image)
+    return dict(zip(cases, run_cli_cases(list(cases.values())), strict=True))
+
+
+@pytest.mark.xdist_group("output_errors")
+@pytest.mark.parametrize("name,args,named", GENERATE_ERRORS, ids=[c[0] for c in GENERATE_ERRORS])
+def test_generate_cli_errors(cli_errors, name, args, named):
+    assert named in _one_error_line(cli_errors[name])
+
+
+@pytest.mark.xdist_group("output_errors")
+def test_reconstruct_cli_refuses_wrong_size_and_missing_files(cli_errors):
+    line = _one_error_line(cli_errors["too big"])
     assert "is 24×20 pixels but the model takes 16×16" in line and "--resize" in line
-    missing = tmp_path / "missing.png"
-    proc = run_cli(
-        "catvae_jax.reconstruct", "--workdir", str(trained_workdir[0]), "--images", str(missing)
-    )
-    assert "no such file or folder" in _one_error_line(proc)
+    assert "no such file or folder" in _one_error_line(cli_errors["missing"])

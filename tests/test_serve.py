@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, run_cli_cases
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -364,18 +364,9 @@ def test_cli_errors(server, tmp_path):
         (["--workdir", str(tmp_path / "nope"), "--port", "0"], "error: workdir"),
         (["--workdir", str(server[1]), "--port", port], "error: cannot listen on 127.0.0.1:"),
     ]
-    procs = [  # at once: each is an interpreter start
-        subprocess.Popen(
-            [sys.executable, "-m", "catvae_jax.serve", *args],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args, _ in cases
-    ]
+    procs = run_cli_cases([("catvae_jax.serve", *args) for args, _ in cases])
     for proc, (_, message) in zip(procs, cases, strict=True):
-        _, err = proc.communicate(timeout=300)
+        err = proc.stderr
         assert proc.returncode == 2 and err.startswith(message) and err.count("\n") == 1, err
 
 

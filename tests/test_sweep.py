@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-from conftest import REPO, run_cli, subprocess_env, tiny_config
+from conftest import REPO, run_cli, run_cli_cases, subprocess_env, tiny_config
 
 from catvae_jax import config as config_lib
 from catvae_jax import sweep_spec, sweep_study
@@ -325,19 +325,17 @@ def test_a_bad_sweep_file_is_one_user_error(tmp_path, case):
 
 def test_the_cli_exits_2_with_one_line_before_any_trial(tmp_path):
     path = write_sweep(tmp_path / "sweep_bad.py", space={"model.z_dim": ("uniform", 1.0, 8.0)})
-    done = run_cli("catvae_jax.sweep", "--sweep", path, "--workdir", str(tmp_path / "w"))
+    grid = write_sweep(tmp_path / "s.py", grid={"seed": [1]})
+    done, sqlite = run_cli_cases(
+        [
+            ("catvae_jax.sweep", "--sweep", path, "--workdir", tmp_path / "w"),
+            ("catvae_jax.sweep", "--sweep", grid, "--workdir", tmp_path / "w2", "--storage",
+             "sqlite:///x.db"),
+        ]
+    )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ")
     assert not (tmp_path / "w").exists()
-    sqlite = run_cli(
-        "catvae_jax.sweep",
-        "--sweep",
-        write_sweep(tmp_path / "s.py", grid={"seed": [1]}),
-        "--workdir",
-        str(tmp_path / "w2"),
-        "--storage",
-        "sqlite:///x.db",
-    )
     assert sqlite.returncode == 2 and "SQLite" in sqlite.stderr
 
 
