@@ -123,11 +123,11 @@ def run_cli(
 
 
 def run_cli_cases(
-    cases: list[tuple], cwd: str = REPO, timeout: int = 600
+    cases: list[tuple], cwd: str = REPO, timeout: int = 600, measured: bool = True
 ) -> list[subprocess.CompletedProcess]:
     """Runs each case `(module, *args)` or `(module, args, env)` like `run_cli(module, *args,
-    env=env)`, but all in one measured interpreter that imports the package once and forks a
-    child per case (tests/cli_batch.py): for the many short error-path commands."""
+    env=env)`, but all in one interpreter that imports the package once and forks a child per
+    case (tests/cli_batch.py): for the many short error-path commands."""
     jobs = []
     for case in cases:
         if len(case) == 3 and isinstance(case[1], (list, tuple)):
@@ -138,8 +138,8 @@ def run_cli_cases(
     runner = os.path.join(REPO, "tests", "cli_batch.py")
     env = {"PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(
-        [sys.executable, runner], input=json.dumps(jobs), cwd=cwd, env=subprocess_env(env),
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, runner], input=json.dumps(jobs), cwd=cwd,
+        env=subprocess_env(env, measured), capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout)

@@ -1,7 +1,7 @@
 """The training CLI: config errors are one line with exit code 2; a real tiny run succeeds."""
 
 import pytest
-from conftest import run_cli_cases
+from conftest import run_cli_cases, subprocess_env
 
 TINY = [
     "--config.image_size=16",
@@ -119,12 +119,11 @@ def test_cli_trains_from_any_directory_on_the_xla_device_count(tmp_path):
     """The default config (no --config), found from another cwd, and a relative workdir there
     (Orbax needs absolute paths), with 2 simulated devices from XLA_FLAGS: the run uses and
     prints them, and writes its outputs."""
-    import os
     import subprocess
     import sys
 
     cmd = [sys.executable, "-m", "catvae_jax.main", "--workdir", "runs/rel", *TINY]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = subprocess_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, measured=False)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "devices: 2 × cpu" in proc.stdout

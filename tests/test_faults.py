@@ -5,22 +5,24 @@ import signal
 import subprocess
 import time
 
-from conftest import REPO, main_cmd
+from conftest import REPO, main_cmd, subprocess_env
 from test_cli import TINY
 
 import catvae_jax
 
 
-def _start(workdir, *extra):
+def _start(workdir, *extra, measured=True):
     cmd = main_cmd(workdir, *TINY, *extra)
+    env = subprocess_env(measured=measured)
     return subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     workdir = tmp_path / "w"
-    proc = _start(workdir, "--config.num_epochs=200", "--config.log_every_steps=1")
+    # unmeasured: SIGTERM takes the lines of Ctrl-C (test_reliability) and of train.py's tests
+    proc = _start(workdir, "--config.num_epochs=200", "--config.log_every_steps=1", measured=False)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") > 3):

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, main_cmd, run_cli
+from conftest import REPO, main_cmd, run_cli, run_cli_cases, subprocess_env
 from test_cli import TINY
 
 import catvae_jax
@@ -20,9 +20,12 @@ from catvae_jax.workdir_lock import WorkdirLock
 
 
 def _start(workdir, *extra):
+    """A tiny training run in the background; unmeasured (conftest.subprocess_env): the
+    in-process and batched CLI tests cover the same lines, at less than coverage's cost."""
     return subprocess.Popen(
         main_cmd(workdir, *TINY, *extra),
         cwd=REPO,
+        env=subprocess_env(measured=False),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -56,7 +59,7 @@ def test_a_second_writer_is_refused_and_ctrl_c_between_steps_saves_and_exits_130
     first = _start(workdir, "--config.num_epochs=500", "--config.log_every_steps=1")
     assert _wait_for(lambda: _train_lines(workdir) >= 2, first), first.stderr.read()[-2000:]
 
-    second = run_cli("catvae_jax.main", *main_cmd(workdir, *TINY)[3:])
+    second = run_cli("catvae_jax.main", *main_cmd(workdir, *TINY)[3:], measured=False)
     lines = second.stderr.strip().splitlines()
     assert second.returncode == 2 and len(lines) == 1, second.stderr[-2000:]
     assert lines[0].startswith("error: workdir") and f"pid {first.pid} " in lines[0]
@@ -274,11 +277,13 @@ def test_reader_commands_fall_back_and_refuse_an_unreadable_step(
 ):
     workdir, newest = _damaged_copy(trained_workdir, tmp_path, kind)
     args = [*args, "--out", str(tmp_path / "out")]
-    proc = run_cli(command, "--workdir", str(workdir), "--step", "latest", *args)
+    run = [command, "--workdir", str(workdir), "--step"]
+    # unmeasured: catvae_jax.load's fallback is measured in process, the commands elsewhere
+    proc, refused = run_cli_cases([(*run, "latest", *args), (*run, newest, *args)], measured=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     warnings = [x for x in proc.stderr.splitlines() if x.startswith("warning: skipping")]
     assert len(warnings) == 1 and "Traceback" not in proc.stderr
-    proc = run_cli(command, "--workdir", str(workdir), "--step", str(newest), *args)
+    proc = refused
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "is unreadable" in lines[0], proc.stderr
 
