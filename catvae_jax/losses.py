@@ -65,12 +65,12 @@ def lpips_distance(x: jax.Array, x_hat: jax.Array, size: int = 0) -> jax.Array:
     return perceptual.lpips(weights, jax.lax.stop_gradient(x), x_hat)
 
 
-def kl_weight(step: jax.Array, loss_cfg: ml_collections.ConfigDict) -> jax.Array:
-    """β at train step `step`: linear warm-up from 0 to loss.beta over loss.kl_warmup_steps."""
-    if loss_cfg.kl_warmup_steps <= 0:
-        return jnp.asarray(loss_cfg.beta, jnp.float32)
-    ramp = jnp.minimum(1.0, step.astype(jnp.float32) / loss_cfg.kl_warmup_steps)
-    return loss_cfg.beta * ramp
+def warmed_up_beta(step: jax.Array, beta: float, warmup_steps: jax.Array) -> jax.Array:
+    """β at train step `step`: a linear warm-up from 0 to β over `warmup_steps`, β from the
+    start when it is ≤ 0 (int32 [] arrays: the train step takes the warm-up as an argument, so
+    runs of different warm-ups share its program)."""
+    ramp = jnp.minimum(1.0, step.astype(jnp.float32) / jnp.maximum(warmup_steps, 1))
+    return (beta * jnp.where(warmup_steps > 0, ramp, 1.0)).astype(jnp.float32)
 
 
 def vae_loss(

@@ -33,17 +33,25 @@ class TrainState:
 
 @struct.dataclass
 class Schedule:
-    """A run's learning rate and length, as arguments of the compiled train step rather than
-    constants in it: runs that differ only in these (an lr sweep, a longer rerun) share one
-    compiled program, in the process and in JAX's persistent cache."""
+    """A run's learning rate, its schedule and length, and its KL warm-up, as arguments of the
+    compiled train step rather than constants in it: runs that differ only in these (an lr
+    sweep, a longer rerun, a constant instead of a cosine lr) share one compiled program, in
+    the process and in JAX's persistent cache."""
 
     learning_rate: jax.Array  # float32 []
     total_steps: jax.Array  # int32 []: the horizon of a cosine `config.lr_schedule`
+    cosine: jax.Array  # bool []: `config.lr_schedule == "cosine"`
+    kl_warmup_steps: jax.Array  # int32 []: `config.loss.kl_warmup_steps`
 
 
 def schedule(config: ml_collections.ConfigDict, total_steps: int) -> Schedule:
     """The Schedule of a run of `total_steps` steps (host numpy scalars; callers place them)."""
-    return Schedule(np.asarray(config.learning_rate, np.float32), np.asarray(total_steps, np.int32))
+    return Schedule(
+        learning_rate=np.asarray(config.learning_rate, np.float32),
+        total_steps=np.asarray(total_steps, np.int32),
+        cosine=np.asarray(config.get("lr_schedule", "constant") == "cosine"),
+        kl_warmup_steps=np.asarray(config.loss.kl_warmup_steps, np.int32),
+    )
 
 
 def ema_decay(config: ml_collections.ConfigDict) -> float:
@@ -84,6 +92,11 @@ def lr_multiplier(config: ml_collections.ConfigDict, step: Any, total_steps: Any
     plateau scale multiplies it, and AdamW's decay with it, as the lr does in PyTorch."""
     if config.get("lr_schedule", "constant") == "constant":
         return 1.0
+    return cosine_multiplier(step, total_steps)
+
+
+def cosine_multiplier(step: Any, total_steps: Any) -> Any:
+    """0.5 · (1 + cos(π · min(step, total_steps) / total_steps)): 1 at step 0, 0 from the end."""
     count = jnp.minimum(step, total_steps)
     return 0.5 * (1 + jnp.cos(jnp.pi * count / total_steps))
 
@@ -152,11 +165,12 @@ def make_train_step(
         state: TrainState, batch: jax.Array, schedule: Schedule
     ) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
-        beta = losses.kl_weight(state.step, config.loss)
+        beta = losses.warmed_up_beta(state.step, config.loss.beta, schedule.kl_warmup_steps)
         (loss, per_image), grads = loss_and_grads(graphdef, config, state.params, batch, key, beta)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        scale = state.plateau.scale * lr_multiplier(config, state.step, schedule.total_steps)
+        cosine = cosine_multiplier(state.step, schedule.total_steps)
+        scale = state.plateau.scale * jnp.where(schedule.cosine, cosine, 1.0)
         lr = schedule.learning_rate
         updates = jax.tree.map(lambda u: u * lr * scale, updates)
         params = optax.apply_updates(state.params, updates)

@@ -35,12 +35,12 @@ def test_mse_and_l1_weights_add_pixel_sums():
     assert np.allclose(recon, 16 * 16 * 3 * (0.25 + 2 * 0.5))
 
 
-def test_kl_warmup_is_linear():
-    cfg = get_config().loss
-    cfg.beta, cfg.kl_warmup_steps = 2.0, 100
-    assert float(losses.kl_weight(jnp.int32(0), cfg)) == 0.0
-    assert np.isclose(float(losses.kl_weight(jnp.int32(50), cfg)), 1.0)
-    assert np.isclose(float(losses.kl_weight(jnp.int32(500), cfg)), 2.0)
+def test_kl_warmup_is_linear_and_off_at_zero_steps():
+    def beta(step, warmup):
+        return float(losses.warmed_up_beta(jnp.int32(step), 2.0, jnp.int32(warmup)))
+
+    assert [beta(s, 100) for s in (0, 50, 500)] == pytest.approx([0.0, 1.0, 2.0])
+    assert beta(0, 0) == 2.0
 
 
 def test_images_smaller_than_the_ssim_window_are_refused():

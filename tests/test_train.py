@@ -4,6 +4,7 @@ import json
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -140,15 +141,38 @@ def test_the_lpips_term_trains_in_the_loop(tmp_path):
     assert 0.01 * pixels < lpips_part < pixels, val
 
 
-def test_runs_of_another_lr_or_length_share_one_compiled_step():
+def test_runs_of_another_lr_schedule_or_warmup_share_one_compiled_step():
     config = tiny_config()
     graphdef, state = steps.init_state(config, catvae_jax.models.init_compiled(config))
-    step = jax.jit(steps.make_train_step(graphdef, config, jax.random.key(0)), donate_argnums=0)
     batch = np.zeros((config.batch_size, 16, 16, 3), np.uint8)
     other = config.copy_and_resolve_references()
-    other.learning_rate, other.num_epochs = 1e-5, 40
-    programs = {
-        step.lower(state, batch, steps.schedule(c, total)).as_text()
+    other.learning_rate, other.num_epochs, other.lr_schedule = 1e-5, 40, "constant"
+    other.loss.kl_warmup_steps = 0
+    programs = {  # each config's own step function, as each run builds it
+        jax.jit(steps.make_train_step(graphdef, c, jax.random.key(0)), donate_argnums=0)
+        .lower(state, batch, steps.schedule(c, total))
+        .as_text()
         for c, total in ((config, 36), (other, 480))
     }
-    assert len(programs) == 1  # the lr and the cosine's horizon are arguments, not constants
+    assert len(programs) == 1  # lr, schedule, horizon and warm-up are arguments, not constants
+
+
+def test_the_schedule_arguments_give_the_configs_lr_and_beta():
+    """One compiled step, given each config's Schedule, uses that config's lr and β: at step 5
+    a cosine over 36 steps and β warmed up over 10 (β/2), then a constant lr and full β."""
+    config = tiny_config()
+    graphdef, state = steps.init_state(config, catvae_jax.models.init_compiled(config))
+    step = jax.jit(steps.make_train_step(graphdef, config, jax.random.key(0)))
+    batch = np.random.default_rng(0).integers(0, 256, (config.batch_size, 16, 16, 3), np.uint8)
+    at = state.replace(step=jnp.int32(5))
+    out = {}
+    for kind, warmup in (("cosine", 10), ("constant", 0)):
+        config.lr_schedule, config.loss.kl_warmup_steps = kind, warmup
+        _, out[kind] = step(at, batch, steps.schedule(config, 36))
+        want = config.learning_rate * float(steps.lr_multiplier(config, 5, 36))
+        assert float(out[kind]["learning_rate"]) == pytest.approx(want, rel=1e-6)
+    assert float(out["cosine"]["learning_rate"]) < float(out["constant"]["learning_rate"])
+    kl = float(out["cosine"]["train_kl"])  # the same params, noise and batch: the same KL
+    assert float(out["constant"]["train_kl"]) == pytest.approx(kl, rel=1e-6) and kl > 0
+    added = float(out["constant"]["train_loss"]) - float(out["cosine"]["train_loss"])
+    assert added == pytest.approx(0.5 * config.loss.beta * kl, rel=1e-3)
