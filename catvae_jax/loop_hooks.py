@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 from etils import epath
+from tqdm.auto import tqdm
 
 
 class PreemptionNotice:
@@ -40,7 +41,7 @@ class PreemptionNotice:
 
     def reached(self, step: int) -> bool:
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+            from jax.experimental import multihost_utils  # multi-process runs only
 
             return multihost_utils.reached_preemption_sync_point(step)
         return self.flag
@@ -93,8 +94,6 @@ class Profiler:
 
 def progress_bar(config, total: int, initial: int, enabled: bool):
     """A tqdm bar of train steps (config.progress_bar; process 0 only)."""
-    from tqdm.auto import tqdm
-
     return tqdm(
         total=total,
         initial=initial,

@@ -136,7 +136,7 @@ class TrainingLog:
 
     def write_image(self, step: int, name: str, image: np.ndarray) -> None:
         if self.run is not None:
-            import wandb
+            import wandb  # slow to import; only when a W&B run is open
 
             self.run.log({name: wandb.Image(image)}, step=int(step))
 
