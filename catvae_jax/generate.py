@@ -34,7 +34,10 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer("gmm_components", 10, "Mixture components (when the gmm is used).")
     flags.DEFINE_string(
-        "out", "", "Grid PNG to write (default W/generated.png); with --individual, a folder."
+        "out",
+        "",
+        "Grid picture to write, .png/.jpg/.webp (default W/generated.png); with --individual, "
+        "a folder of PNGs.",
     )
     flags.DEFINE_bool("individual", False, "One PNG per image instead of a grid.")
     flags.mark_flag_as_required("workdir")
@@ -43,6 +46,9 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     with cli.user_errors():
         check_generate_args(FLAGS.n, FLAGS.temperature, FLAGS.sampler)  # before the slow load
+        default = "generated" if FLAGS.individual else "generated.png"
+        out = FLAGS.out or str(epath.Path(FLAGS.workdir) / default)
+        pictures.check_out(out, folder=FLAGS.individual)
         model = load(FLAGS.workdir, FLAGS.step)
         sampler = model.resolve_sampler(FLAGS.sampler)
         if sampler == "gmm":
@@ -50,8 +56,6 @@ def main(argv: list[str]) -> None:
         start = time.perf_counter()
         samples = model.generate(FLAGS.n, FLAGS.seed, FLAGS.temperature, sampler)
         seconds = time.perf_counter() - start
-        default = "generated" if FLAGS.individual else "generated.png"
-        out = FLAGS.out or str(epath.Path(FLAGS.workdir) / default)
         paths = pictures.write_samples(samples, out, FLAGS.individual)
     where = out if len(paths) == 1 else f"{len(paths)} files in {out}"
     print(

@@ -23,7 +23,9 @@ def define_flags() -> None:
     """Defines the flags of this command (called by `run`, so importing the module defines none)."""
     flags.DEFINE_string("workdir", None, "Training run directory with checkpoints.")
     flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
-    flags.DEFINE_string("out", "", "PNG to write (default W/interpolations.png).")
+    flags.DEFINE_string(
+        "out", "", "Picture to write, .png/.jpg/.webp (default W/interpolations.png)."
+    )
     flags.DEFINE_integer("pairs", 4, "Number of image pairs (rows).")
     flags.DEFINE_integer("steps", 8, "Decoded points per row, both ends included (2–256).")
     flags.DEFINE_integer("seed", 0, "Which images are paired.")
@@ -33,11 +35,11 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     with cli.user_errors():
+        out = pictures.check_out(FLAGS.out or epath.Path(FLAGS.workdir) / "interpolations.png")
         model = load(FLAGS.workdir, FLAGS.step)
         rows = pictures.interpolation_rows(model, FLAGS.pairs, FLAGS.steps, FLAGS.seed, FLAGS.split)
-        out = FLAGS.out or epath.Path(FLAGS.workdir) / "interpolations.png"
         grid = images.grid(rows.reshape(-1, *rows.shape[2:]), ncols=rows.shape[1])
-        pictures.write_png(out, grid)
+        pictures.write_image(out, grid)
     print(
         f"wrote {rows.shape[0]} interpolations of {FLAGS.steps} steps between {FLAGS.split} "
         f"images (checkpoint {model.step}) to {out}",

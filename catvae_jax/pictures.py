@@ -14,7 +14,7 @@ import sys
 import numpy as np
 from etils import epath
 
-from catvae_jax import images
+from catvae_jax import images, writers
 from catvae_jax.data import decode, load_split
 from catvae_jax.errors import UserError
 from catvae_jax.inference import VaeModel
@@ -122,13 +122,37 @@ def interpolation_rows(
     return np.concatenate([x_a[:, None], path, x_b[:, None]], axis=1)
 
 
-def write_png(path: str | epath.Path, image: np.ndarray) -> epath.Path:
-    """Writes one image [H, W, 3] (a grid) to `path` atomically, making its folder; a failed
-    write is a UserError naming the path."""
+# What an output picture's name may end in, and the format it is written in; a name with no
+# suffix gets PNG.
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def check_out(path: str | epath.Path, folder: bool = False) -> epath.Path:
+    """`path` as an output picture (or, with `folder`, a folder of them), or a UserError that
+    says what is wrong with it: called before the slow work, so a bad --out costs nothing."""
     path = epath.Path(path)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"cannot write into {path}: it is a file, not a folder")
+        return path
+    if path.is_dir():
+        raise UserError(
+            f"cannot write {path}: it is a folder; give a file name such as {path}/grid.png"
+        )
+    if path.suffix and path.suffix.lower() not in OUTPUT_FORMATS:
+        names = ", ".join(OUTPUT_FORMATS)
+        raise UserError(f"cannot write {path}: a picture's name must end in one of {names}")
+    return path
+
+
+def write_image(path: str | epath.Path, image: np.ndarray) -> epath.Path:
+    """Writes one image [H, W, 3] (a grid) to `path` atomically, making its folder, in the
+    format its suffix names (OUTPUT_FORMATS); a failed write is a UserError naming the path."""
+    path = check_out(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        images.save_png(path, image)
+        fmt = OUTPUT_FORMATS.get(path.suffix.lower(), "PNG")
+        writers.write_atomic(path, images.encode(image, fmt))
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from e
     return path
@@ -137,9 +161,9 @@ def write_png(path: str | epath.Path, image: np.ndarray) -> epath.Path:
 def write_samples(
     samples: np.ndarray, out: str | epath.Path, individual: bool = False
 ) -> list[epath.Path]:
-    """Writes images [N, S, S, 3] in [0, 1] as one grid PNG (⌈√N⌉ columns) at `out`, or as
+    """Writes images [N, S, S, 3] in [0, 1] as one grid (⌈√N⌉ columns) at `out`, or as
     `out`/sample_0000.png … when `individual`. Returns the paths written."""
-    out = epath.Path(out)
+    out = check_out(out, folder=individual)
     if not individual:
-        return [write_png(out, images.grid(samples, ncols=math.ceil(math.sqrt(len(samples)))))]
-    return [write_png(out / f"sample_{i:04d}.png", image) for i, image in enumerate(samples)]
+        return [write_image(out, images.grid(samples, ncols=math.ceil(math.sqrt(len(samples)))))]
+    return [write_image(out / f"sample_{i:04d}.png", image) for i, image in enumerate(samples)]

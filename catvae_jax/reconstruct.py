@@ -30,7 +30,9 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training run directory with checkpoints.")
     flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
     flags.DEFINE_list("images", None, "Image files and/or folders of images.")
-    flags.DEFINE_string("out", "", "PNG to write (default W/reconstructions_cli.png).")
+    flags.DEFINE_string(
+        "out", "", "Picture to write, .png/.jpg/.webp (default W/reconstructions_cli.png)."
+    )
     flags.DEFINE_bool("resize", False, "Centre-crop and resize images of another size.")
     flags.DEFINE_integer("max_images", 256, "Use at most this many images.", lower_bound=1)
     flags.DEFINE_integer("ncols", 8, "Images per row.")
@@ -41,6 +43,8 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     paths = [*FLAGS.images, *argv[1:]]  # a shell glob after --images gives more paths
     with cli.user_errors():
+        out = FLAGS.out or epath.Path(FLAGS.workdir) / "reconstructions_cli.png"
+        pictures.check_out(out)
         files = pictures.image_files(paths)
         if len(files) > FLAGS.max_images:
             print(
@@ -57,8 +61,7 @@ def main(argv: list[str]) -> None:
             cli.fail("none of the given files could be read as an image")
         model = load(FLAGS.workdir, FLAGS.step)
         recons = model.reconstruct(x)
-        out = FLAGS.out or epath.Path(FLAGS.workdir) / "reconstructions_cli.png"
-        pictures.write_png(out, pictures.comparison_grid(x, recons, FLAGS.ncols))
+        pictures.write_image(out, pictures.comparison_grid(x, recons, FLAGS.ncols))
     print(
         f"wrote {len(kept)} reconstructions (checkpoint {model.step}) to {out}"
         + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""),

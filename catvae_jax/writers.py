@@ -27,11 +27,16 @@ def write_atomic(path: str | epath.Path, data: bytes | str) -> epath.Path:
     path = epath.Path(path)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     with _naming(path):
-        if isinstance(data, str):
-            tmp.write_text(data)
-        else:
-            tmp.write_bytes(data)
-        tmp.replace(path)
+        try:
+            if isinstance(data, str):
+                tmp.write_text(data)
+            else:
+                tmp.write_bytes(data)
+            tmp.replace(path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # no half-written file left behind
+                tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -41,7 +46,7 @@ def _naming(path: epath.Path) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if not e.filename:
+        if not e.filename and e.errno is not None:  # epath's own errors carry only a message
             e.filename = os.fspath(path)
         raise
 

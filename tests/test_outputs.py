@@ -16,7 +16,7 @@ from conftest import REPO, bomb_png, run_cli, run_cli_cases, subprocess_env, tin
 from PIL import Image
 
 import catvae_jax
-from catvae_jax import data, images, sampling, writers
+from catvae_jax import data, images, pictures, sampling, writers
 from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 from catvae_jax.ssim import ssim
@@ -274,6 +274,24 @@ def test_concurrent_atomic_writes_to_one_path_all_succeed(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["cache.bin"]
 
 
+def test_pictures_are_written_in_the_format_their_name_says(tmp_path):
+    samples = np.random.default_rng(0).random((4, 16, 16, 3))
+    for suffix, fmt in [*pictures.OUTPUT_FORMATS.items(), ("", "PNG")]:
+        (path,) = pictures.write_samples(samples, tmp_path / f"grid{suffix.upper()}")
+        with Image.open(path) as image:
+            assert (image.format, image.size) == (fmt, (38, 38))
+            if fmt != "JPEG":  # lossless: the grid's pixels come back exactly
+                grid = images.to_uint8(images.grid(samples, ncols=2))
+                assert np.array_equal(np.asarray(image.convert("RGB")), grid)
+
+
+def test_a_failed_atomic_write_leaves_nothing_behind(tmp_path):
+    (tmp_path / "taken").mkdir()  # the rename onto a folder fails after the temp file is written
+    with pytest.raises(OSError):
+        writers.write_atomic(tmp_path / "taken", b"data")
+    assert [f.name for f in tmp_path.iterdir()] == ["taken"]
+
+
 def test_reconstruct_cli_folder_with_bad_files_and_resize(trained_workdir, model, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -320,6 +338,13 @@ GENERATE_ERRORS = [
 ]
 
 
+BAD_OUTS = [  # (case, command, --out under the fixture's outs/ folder)
+    ("gif", "generate", "grid.gif"),
+    ("bmp", "interpolate", "interp.bmp"),
+    ("folder", "reconstruct", "."),
+]
+
+
 @pytest.fixture(scope="module")
 def cli_errors(trained_workdir, tmp_path_factory) -> dict:
     """generate's and reconstruct's error-path runs, in one batch (conftest.run_cli_cases)."""
@@ -342,13 +367,26 @@ def cli_errors(trained_workdir, tmp_path_factory) -> dict:
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(big)
     for name, image in (("too big", big), ("missing", tmp / "missing.png")):
         cases[name] = ("catvae_jax.reconstruct", "--workdir", trained, "--images", image)
-    return dict(zip(cases, run_cli_cases(list(cases.values())), strict=True))
+    outs = tmp / "outs"  # bad --out values: refused before any work, nothing written
+    outs.mkdir()
+    for name, command, out in BAD_OUTS:
+        extra = ["--images", big] if command == "reconstruct" else []
+        cases[name] = (f"catvae_jax.{command}", "--workdir", trained, *extra, "--out", outs / out)
+    return dict(zip(cases, run_cli_cases(list(cases.values())), strict=True)) | {"outs": outs}
 
 
 @pytest.mark.xdist_group("output_errors")
 @pytest.mark.parametrize("name,args,named", GENERATE_ERRORS, ids=[c[0] for c in GENERATE_ERRORS])
 def test_generate_cli_errors(cli_errors, name, args, named):
     assert named in _one_error_line(cli_errors[name])
+
+
+@pytest.mark.xdist_group("output_errors")
+def test_a_bad_out_is_one_line_and_writes_nothing(cli_errors):
+    for name in ("gif", "bmp"):
+        assert "a picture's name must end in one of .png, .jpg" in _one_error_line(cli_errors[name])
+    assert "it is a folder; give a file name" in _one_error_line(cli_errors["folder"])
+    assert list(cli_errors["outs"].iterdir()) == []  # no picture, no temporary file
 
 
 @pytest.mark.xdist_group("output_errors")
