@@ -169,6 +169,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for field, value in flatten(config.to_dict()).items():
         if isinstance(value, float) and not math.isfinite(value):
             _fail(field, f"must be a finite number, got {value}")
+    for field, seed in (("seed", config.seed), ("data.seed", config.data.seed)):
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            _fail(field, f"must be an integer in [0, 2**32), got {seed!r}")
     if config.batch_size <= 0:
         _fail("batch_size", f"must be positive, got {config.batch_size}")
     if config.learning_rate <= 0:

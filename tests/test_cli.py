@@ -25,6 +25,8 @@ CONFIG_ERRORS = [
     ("--config=configs/missing.py", "configs/missing.py"),
     ("--config.model.widths=(8,0)", "model.widths"),
     ("--config.num_eval_images=0", "num_eval_images"),
+    ("--config.seed=-1", "seed"),
+    ("--config.data.seed=4294967296", "data.seed"),
 ]
 DEFAULT_CONFIG = [("main", ["--workdir", "w"]), ("bench", [])]
 OTHER_BAD_INPUTS = [
