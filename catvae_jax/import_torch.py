@@ -20,6 +20,8 @@ Layouts (PyTorch → flax.nnx):
 from __future__ import annotations
 
 import sys
+import warnings
+import zipfile
 from typing import Any
 
 import jax
@@ -47,6 +49,15 @@ LAYOUT: list[tuple[str, tuple[Any, ...], tuple[int, ...]]] = [
 ]
 
 
+def _load_error(e: Exception) -> str:
+    """The reason in torch.load's error: the unpickler's own line, not its long preamble."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+    return first[:160]
+
+
 def read_state_dict(path: str | epath.Path) -> tuple[dict[str, np.ndarray], int]:
     """(state_dict as float32 numpy arrays, the checkpoint's global_step or 0) of a torch file.
 
@@ -54,6 +65,8 @@ def read_state_dict(path: str | epath.Path) -> tuple[dict[str, np.ndarray], int]
     run pickled code), or holds no state_dict.
     """
     path = epath.Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint file {path} is a folder, not a file")
     if not path.is_file():
         raise UserError(f"checkpoint file {path} does not exist")
     try:
@@ -63,12 +76,14 @@ def read_state_dict(path: str | epath.Path) -> tuple[dict[str, np.ndarray], int]
             "importing PyTorch checkpoints needs torch: pip install 'catvae_jax[torch]'"
         ) from e
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on an unusual pickle protocol
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, EOFError, zip errors, ...
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        zipped = "" if zipfile.is_zipfile(str(path)) else " (not the zip archive torch.save writes)"
         raise UserError(
             f"cannot read {path} as a weights-only PyTorch checkpoint (nothing pickled is run): "
-            f"{first.strip()[:160]}. If you trust the file, save its tensors alone with "
+            f"{_load_error(e)}{zipped}. If you trust the file, save its tensors alone with "
             f"torch.save(ckpt['state_dict'], 'weights.pt') and import that"
         ) from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import pickle
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -120,9 +121,18 @@ def test_pickled_code_is_never_run(tmp_path) -> None:
 def test_missing_and_wrong_files(tmp_path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         read_state_dict(tmp_path / "nope.ckpt")
+    with pytest.raises(UserError, match="is a folder, not a file"):
+        read_state_dict(tmp_path)
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="weights-only"):
+    with pytest.raises(UserError, match=r"weights-only.*: Unsupported operand \d+ \(not the zip"):
         read_state_dict(tmp_path / "junk.ckpt")
+    with open(tmp_path / "plain.pkl", "wb") as f:  # protocol 4: torch warns before it fails
+        pickle.dump({"a": 1}, f, protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError, match="weights-only"):
+            read_state_dict(tmp_path / "plain.pkl")
+    assert caught == []  # the one error line, no torch warning above it
     torch.save({"state_dict": {"encode.0.weight": torch.zeros(32, 3, 4, 4)}}, tmp_path / "p.ckpt")
     with pytest.raises(UserError, match=r"has no 'encode\.0\.bias'"):
         import_checkpoint(tmp_path / "p.ckpt", tmp_path / "w", _exp1())
