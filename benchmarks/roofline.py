@@ -83,7 +83,7 @@ def main() -> None:
 
     import jax
 
-    from catvae_jax import malloc
+    from catvae_jax.train import malloc
 
     malloc.configure()
     kind = jax.devices()[0].device_kind

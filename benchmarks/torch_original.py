@@ -1,8 +1,8 @@
 """The original VAE_cats model in PyTorch, and its train-step benchmark.
 
 `Model` rebuilds the original Lightning module's network layer for layer (as described by the
-original project; summarised in `catvae_jax.models.VaeCatsV1`), with the same state_dict keys
-(`encode.{0,2,4,6}`, `FC_mean`, `FC_var`, `fc`, `decode.{1,3,5,7,9}`), so a checkpoint of it is
+original project; summarised in `catvae_jax.model.networks.VaeCatsV1`), with the same state_dict
+keys (`encode.{0,2,4,6}`, `FC_mean`, `FC_var`, `fc`, `decode.{1,3,5,7,9}`), so a checkpoint of it is
 a checkpoint of the original. Images are NCHW float32 in [0, 1]. The parity test
 (tests/test_import_torch.py) and the comparison (benchmarks/compare.py) use this one copy.
 
@@ -11,11 +11,11 @@ Benchmark, same flags and JSON line as `python -m catvae_jax.bench`:
     python benchmarks/torch_original.py --config configs/exp1.py --loss ssim --steps 5
 
 One train step is eager PyTorch without Lightning: forward, loss, backward, AdamW step. The loss
-is the same function as catvae_jax.losses: the batch mean of a per-image reconstruction term
+is the same function as catvae_jax.model.losses: the batch mean of a per-image reconstruction term
 (`mse`: squared error summed over pixels; `ssim`: (1 − SSIM)·C·H·W with kornia's SSIM, 11-tap
 Gaussian σ = 1.5, VALID windows) plus the KL summed over latent dimensions. PyTorch's thread
 count is left at its default (all cores); glibc malloc too, unless --malloc reuse (the setting
-the catvae_jax CLIs use, catvae_jax/malloc.py).
+the catvae_jax CLIs use, catvae_jax/train/malloc.py).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def lightning_checkpoint(model: Model, epoch: int = 0, global_step: int = 0) -> 
 def vae_loss(
     x: torch.Tensor, x_hat: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, loss: str
 ) -> torch.Tensor:
-    """Batch mean of reconstruction + KL, as catvae_jax.losses with weight 1 on `loss`."""
+    """Batch mean of reconstruction + KL, as catvae_jax.model.losses with weight 1 on `loss`."""
     if loss == "mse":
         recon = ((x - x_hat) ** 2).flatten(1).sum(1)
     else:
@@ -164,7 +164,8 @@ def bench(
 def main(argv: list[str]) -> None:
     from absl import flags
 
-    from catvae_jax import cli, malloc
+    from catvae_jax import cli
+    from catvae_jax.train import malloc
 
     config = flags.FLAGS.config
     with cli.user_errors():

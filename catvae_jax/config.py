@@ -6,14 +6,19 @@ fields. `validate()` turns out-of-range values into a one-line :class:`UserError
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 from etils import epath
 
 from catvae_jax.errors import UserError
-from catvae_jax.models import MODELS
+
+# The networks of catvae_jax.model.networks.MODELS, by name (that module checks it matches).
+MODEL_NAMES = ("vae_cats_v1", "resvae")
 
 # Fields that change the model, the data or their shapes: a resumed run may not change them.
 SHAPE_FIELDS = (
@@ -23,7 +28,7 @@ SHAPE_FIELDS = (
     "data.path",
     "data.num_train",
     "data.seed",
-    "dataset.name",  # written by train.py: a changed image folder changes the TFDS config name
+    "dataset.name",  # written by train/workdir.py: another image folder, another TFDS config
     "dataset.config",
 )
 
@@ -55,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.image_size = 64  # square images, H = W = image_size, 3 channels.
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "resvae"  # one of catvae_jax.models.MODELS
+    c.model.name = "resvae"  # one of MODEL_NAMES
     c.model.z_dim = 128
     c.model.h_dim = 1024  # vae_cats_v1 only: the flattened encoder output.
     c.model.widths = (8, 16, 32, 64)  # resvae only: channels at 1/2, 1/4, 1/8, 1/16 size.
@@ -65,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.ssim_weight = 1.0  # weight of (1 - SSIM) x H*W*C per image
     c.loss.mse_weight = 0.0  # weight of the squared error summed over pixels
     c.loss.l1_weight = 0.0  # weight of the absolute error summed over pixels
-    # weight of LPIPS-AlexNet(x, x̂) x H*W*C per image (catvae_jax/perceptual.py); 0 = off.
+    # weight of LPIPS-AlexNet(x, x̂) x H*W*C per image (catvae_jax/model/perceptual.py); 0 = off.
     c.loss.lpips_weight = 0.0
     c.loss.lpips_size = 0  # LPIPS on bilinear lpips_size² resizes; 0 = at image_size (>= 32)
     c.loss.beta = 0.5  # weight of the KL term, summed over latent dimensions
@@ -98,7 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
     # (0 = all). A full-batch SSIM forward is 10-15 % of a vae_cats_v1 MSE step on CPU.
     c.train_ssim_images = 8
     c.num_eval_images = 8  # reconstructions shown in reconstructions.png
-    # Fit the learned prior (catvae_jax/flow.py) of `best` and `latest` when training ends;
+    # Fit the learned prior (catvae_jax/priors/flow.py) of `best` and `latest` when training ends;
     # samples.png and the `auto` sampler use it. False: they use the gmm (or N(0, I)).
     c.flow_prior = True
 
@@ -110,6 +115,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.progress_bar = True
     c.profile = False
+    c.config_version = CONFIG_VERSION  # of config.json (`upgrade` reads older ones)
     return c
 
 
@@ -163,108 +169,196 @@ def _fail(field: str, why: str) -> None:
     raise UserError(f"config field '{field}' {why}")
 
 
+def _seed(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int) and 0 <= v < 2**32
+
+
+def _widths(v) -> bool:
+    return bool(v) and all(not isinstance(w, bool) and isinstance(w, int) and w > 0 for w in v)
+
+
+def _resvae_factor(c: ml_collections.ConfigDict) -> int:
+    """resvae halves the image once per entry of `model.widths`, down to a bottom grid."""
+    return 2 ** len(c.model.widths)
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One rule of `validate`: `ok(value, config)` must hold for `field` (when `applies`);
+    otherwise the one-line error is "config field '<field>' <why>", with `why` formatted with
+    `v` (the value) and `c` (the config)."""
+
+    field: str
+    ok: Callable[[Any, ml_collections.ConfigDict], bool]
+    why: str
+    applies: Callable[[ml_collections.ConfigDict], bool] = lambda c: True
+
+
+def _is_resvae(c: ml_collections.ConfigDict) -> bool:
+    return c.model.name == "resvae"
+
+
+def _is_v1(c: ml_collections.ConfigDict) -> bool:
+    return c.model.name == "vae_cats_v1"
+
+
+SOURCES = ("synthetic", "folder", "cats_vs_dogs", "oxford_iiit_pet")
+
+# In order: the first failing check is the one reported.
+CHECKS = (
+    Check("seed", lambda v, c: _seed(v), "must be an integer in [0, 2**32), got {v!r}"),
+    Check("data.seed", lambda v, c: _seed(v), "must be an integer in [0, 2**32), got {v!r}"),
+    Check("batch_size", lambda v, c: v > 0, "must be positive, got {v}"),
+    Check("learning_rate", lambda v, c: v > 0, "must be positive, got {v}"),
+    Check("lr_schedule", lambda v, c: v in ("cosine", "constant"),
+          "must be cosine or constant, got '{v}'"),
+    Check("num_epochs", lambda v, c: v > 0, "must be positive, got {v}"),
+    Check("max_steps", lambda v, c: v == -1 or v > 0, "must be -1 (no cap) or positive, got {v}"),
+    Check("model.name", lambda v, c: v in MODEL_NAMES,
+          f"must be one of {sorted(MODEL_NAMES)}, got '{{v}}'"),
+    Check("image_size", lambda v, c: v >= 11, "must be at least 11 (the SSIM window), got {v}"),
+    Check("image_size", lambda v, c: v == 128, "must be 128 for model vae_cats_v1, got {v}",
+          _is_v1),
+    Check("model.h_dim", lambda v, c: v == 1024,
+          "must be 1024 for model vae_cats_v1 (256×2×2), got {v}", _is_v1),
+    Check("model.widths", lambda v, c: _widths(v),
+          "must be a non-empty tuple of positive ints, got {v}", _is_resvae),
+    Check("model.widths", lambda v, c: all(w <= 8 or w % 8 == 0 for w in v),  # GroupNorm groups
+          "must each be at most 8 or a multiple of 8, got {v}", _is_resvae),
+    Check("model.blocks_per_stage", lambda v, c: v >= 0, "must be >= 0, got {v}", _is_resvae),
+    Check("image_size", lambda v, c: v % _resvae_factor(c) == 0,
+          "must be a multiple of {factor} for model resvae with {n} widths, got {v}", _is_resvae),
+    Check("model.z_dim", lambda v, c: v > 0, "must be positive, got {v}"),
+    Check("loss.beta", lambda v, c: v >= 0, "must be >= 0, got {v}"),
+    Check("loss.ssim_weight",
+          lambda v, c: min(w := (v, c.loss.mse_weight, c.loss.l1_weight)) >= 0 and sum(w) > 0,
+          "and mse_weight, l1_weight must be >= 0 with a positive sum"),
+    Check("loss.lpips_weight", lambda v, c: v >= 0, "must be >= 0, got {v}"),
+    Check("loss.lpips_size", lambda v, c: (v or c.image_size) >= 32,
+          "(or image_size) must be >= 32 for LPIPS, got {size}", lambda c: c.loss.lpips_weight > 0),
+    Check("plateau.factor", lambda v, c: 0 < v < 1, "must be in (0, 1), got {v}"),
+    Check("plateau.patience", lambda v, c: v >= 0, "must be >= 0, got {v}"),
+    Check("early_stop_patience", lambda v, c: v >= 1, "must be at least 1, got {v}"),
+    Check("weight_decay", lambda v, c: v >= 0, "must be >= 0 (0 = off), got {v}"),
+    Check("grad_clip_norm", lambda v, c: v >= 0, "must be >= 0 (0 = off), got {v}"),
+    Check("data.source", lambda v, c: v in SOURCES, "is not a known source: '{v}'"),
+    Check("data.path", lambda v, c: bool(v),
+          "must name a folder of images when data.source is 'folder'",
+          lambda c: c.data.source == "folder"),
+    Check("data.pipeline", lambda v, c: v in ("auto", "device", "grain"),
+          "must be auto, device or grain, got '{v}'"),
+    Check("data.device_memory_mb", lambda v, c: v >= 0, "must be >= 0, got {v}"),
+    Check("data.grain_threads", lambda v, c: v >= 1 and c.data.prefetch_batches >= 1,
+          "and data.prefetch_batches must be at least 1"),
+    Check("data.num_train", lambda v, c: v > 0, "must be positive, got {v}"),
+    Check("data.num_validation", lambda v, c: v > 0, "must be positive, got {v}"),
+    Check("data.num_test", lambda v, c: v >= 0, "must be >= 0, got {v}"),
+    Check("wandb.mode", lambda v, c: v in ("offline", "online", "disabled"),
+          "must be offline, online or disabled, got '{v}'"),
+    Check("log_every_steps", lambda v, c: v > 0, "must be positive, got {v}"),
+    Check("train_ssim_images", lambda v, c: v >= 0, "must be >= 0 (0 = all), got {v}"),
+    Check("num_eval_images", lambda v, c: v >= 1, "must be at least 1, got {v}"),
+)  # fmt: skip
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises UserError naming the first field whose value is out of range (NaN and ±inf are
-    out of every range)."""
-    for field, value in flatten(config.to_dict()).items():
+    """Raises UserError naming the first field whose value is out of range: any non-finite
+    number, then the first failing entry of CHECKS."""
+    flat = flatten(config.to_dict())
+    for field, value in flat.items():
         if isinstance(value, float) and not math.isfinite(value):
             _fail(field, f"must be a finite number, got {value}")
-    for field, seed in (("seed", config.seed), ("data.seed", config.data.seed)):
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-            _fail(field, f"must be an integer in [0, 2**32), got {seed!r}")
-    if config.batch_size <= 0:
-        _fail("batch_size", f"must be positive, got {config.batch_size}")
-    if config.learning_rate <= 0:
-        _fail("learning_rate", f"must be positive, got {config.learning_rate}")
-    schedule = config.get("lr_schedule", "constant")  # absent in configs from before it
-    if schedule not in ("cosine", "constant"):
-        _fail("lr_schedule", f"must be cosine or constant, got '{schedule}'")
-    if config.num_epochs <= 0:
-        _fail("num_epochs", f"must be positive, got {config.num_epochs}")
-    if config.max_steps == 0 or config.max_steps < -1:
-        _fail("max_steps", f"must be -1 (no cap) or positive, got {config.max_steps}")
-    if config.model.name not in MODELS:
-        _fail("model.name", f"must be one of {sorted(MODELS)}, got '{config.model.name}'")
-    if config.image_size < 11:
-        _fail("image_size", f"must be at least 11 (the SSIM window), got {config.image_size}")
-    if config.model.name == "vae_cats_v1" and config.image_size != 128:
-        _fail("image_size", f"must be 128 for model vae_cats_v1, got {config.image_size}")
-    if config.model.name == "vae_cats_v1" and config.model.h_dim != 1024:
-        _fail(
-            "model.h_dim", f"must be 1024 for model vae_cats_v1 (256×2×2), got {config.model.h_dim}"
-        )
-    if config.model.name == "resvae":
-        _validate_resvae(config)
-    if config.model.z_dim <= 0:
-        _fail("model.z_dim", f"must be positive, got {config.model.z_dim}")
-    if config.loss.beta < 0:
-        _fail("loss.beta", f"must be >= 0, got {config.loss.beta}")
-    weights = (config.loss.ssim_weight, config.loss.mse_weight, config.loss.l1_weight)
-    if min(weights) < 0 or sum(weights) <= 0:
-        _fail("loss.ssim_weight", "and mse_weight, l1_weight must be >= 0 with a positive sum")
-    if config.loss.get("lpips_weight", 0.0) < 0:
-        _fail("loss.lpips_weight", f"must be >= 0, got {config.loss.lpips_weight}")
-    lpips_size = config.loss.get("lpips_size", 0) or config.image_size
-    if config.loss.get("lpips_weight", 0.0) > 0 and lpips_size < 32:
-        _fail("loss.lpips_size", f"(or image_size) must be >= 32 for LPIPS, got {lpips_size}")
-    if not 0 < config.plateau.factor < 1:
-        _fail("plateau.factor", f"must be in (0, 1), got {config.plateau.factor}")
-    if config.plateau.patience < 0:
-        _fail("plateau.patience", f"must be >= 0, got {config.plateau.patience}")
-    if config.early_stop_patience < 1:
-        _fail("early_stop_patience", f"must be at least 1, got {config.early_stop_patience}")
-    for field in ("weight_decay", "grad_clip_norm"):
-        if config[field] < 0:
-            _fail(field, f"must be >= 0 (0 = off), got {config[field]}")
-    if config.data.source not in ("synthetic", "folder", "cats_vs_dogs", "oxford_iiit_pet"):
-        _fail("data.source", f"is not a known source: '{config.data.source}'")
-    if config.data.source == "folder" and not config.data.path:
-        _fail("data.path", "must name a folder of images when data.source is 'folder'")
-    if config.data.pipeline not in ("auto", "device", "grain"):
-        _fail("data.pipeline", f"must be auto, device or grain, got '{config.data.pipeline}'")
-    if config.data.device_memory_mb < 0:
-        _fail("data.device_memory_mb", f"must be >= 0, got {config.data.device_memory_mb}")
-    if config.data.grain_threads < 1 or config.data.prefetch_batches < 1:
-        _fail("data.grain_threads", "and data.prefetch_batches must be at least 1")
-    for split in ("num_train", "num_validation"):
-        if config.data[split] <= 0:
-            _fail(f"data.{split}", f"must be positive, got {config.data[split]}")
-    if config.data.num_test < 0:
-        _fail("data.num_test", f"must be >= 0, got {config.data.num_test}")
-    if config.wandb.mode not in ("offline", "online", "disabled"):
-        _fail("wandb.mode", f"must be offline, online or disabled, got '{config.wandb.mode}'")
-    if config.log_every_steps <= 0:
-        _fail("log_every_steps", f"must be positive, got {config.log_every_steps}")
-    if config.train_ssim_images < 0:
-        _fail("train_ssim_images", f"must be >= 0 (0 = all), got {config.train_ssim_images}")
-    if config.num_eval_images < 1:
-        _fail("num_eval_images", f"must be at least 1, got {config.num_eval_images}")
+    for check in CHECKS:
+        if not check.applies(config):
+            continue
+        value = _get(config, check.field)
+        if not check.ok(value, config):
+            size = config.loss.lpips_size or config.image_size
+            n = len(config.model.widths)
+            _fail(check.field, check.why.format(v=value, c=config, factor=2**n, n=n, size=size))
 
 
-def _validate_resvae(config: ml_collections.ConfigDict) -> None:
-    """resvae halves the image once per entry of `model.widths`, down to a bottom grid."""
-    widths = config.model.widths
-    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in widths):
-        _fail("model.widths", f"must be a non-empty tuple of positive ints, got {widths}")
-    if any(w > 8 and w % 8 for w in widths):  # GroupNorm splits a width into min(8, w) groups
-        _fail("model.widths", f"must each be at most 8 or a multiple of 8, got {widths}")
-    if config.model.blocks_per_stage < 0:
-        _fail("model.blocks_per_stage", f"must be >= 0, got {config.model.blocks_per_stage}")
-    factor = 2 ** len(widths)
-    if config.image_size % factor:
-        _fail(
-            "image_size",
-            f"must be a multiple of {factor} for model resvae with {len(widths)} widths, "
-            f"got {config.image_size}",
-        )
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+    for name in field.split("."):
+        config = config[name]
+    return config
 
 
-def read_json(path: epath.Path) -> dict:
-    """A workdir's config.json as a dict; UserError when it is unreadable or not JSON."""
+# config.json records the version of the config that wrote it. Version 1 (no
+# `config_version` field) came before the fields below, which then meant these values.
+CONFIG_VERSION = 2
+ADDED_FIELDS = {
+    "lr_schedule": "constant",
+    "ema_decay": 0.0,
+    "train_ssim_images": 0,
+    "flow_prior": True,
+    "loss.lpips_weight": 0.0,
+    "loss.lpips_size": 0,
+    "wandb.group": "",
+}
+
+
+def read_json(path: epath.Path) -> ml_collections.ConfigDict:
+    """A workdir's config.json, upgraded to today's ConfigDict (`upgrade`); UserError when it is
+    unreadable, not JSON, or not a config."""
     try:
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path} is not a readable config.json: {e}") from e
+    try:
+        return upgrade(saved)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise UserError(f"{path} is not a catvae_jax config.json: {_one_line(e)}") from e
+
+
+def upgrade(saved: dict) -> ml_collections.ConfigDict:
+    """A config dict of any version as today's ConfigDict: today's defaults, then (for a
+    version-1 config) what each field added since meant before it existed, then the saved
+    values; `config_version` is set to CONFIG_VERSION. Fields today's config lacks (e.g. the
+    `dataset` a run records) are kept."""
+    if not isinstance(saved, dict):
+        raise TypeError(f"expected a JSON object, got {type(saved).__name__}")
+    version = saved.get("config_version", 1)
+    config = get_config()
+    if version < 2:
+        for field, value in ADDED_FIELDS.items():
+            _set(config, field, value)
+    _merge(config, saved)
+    config.config_version = CONFIG_VERSION
+    return config
+
+
+def _set(config: ml_collections.ConfigDict, field: str, value) -> None:
+    *parents, leaf = field.split(".")
+    for name in parents:
+        config = config[name]
+    config[leaf] = value
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+    """Writes `saved` (nested dicts) into `config`; lists become tuples where the default is one."""
+    for key, value in saved.items():
+        if isinstance(value, dict):
+            if not isinstance(config.get(key), ml_collections.ConfigDict):
+                config[key] = ml_collections.ConfigDict()
+            _merge(config[key], value)
+        elif isinstance(value, list) and isinstance(config.get(key), tuple):
+            config[key] = tuple(value)
+        elif key in config and config[key] is not None and value is not None:
+            config[key] = type(config[key])(value) if _widens(config[key], value) else value
+        else:
+            with config.ignore_type():
+                config[key] = value
+
+
+def _widens(default, value) -> bool:
+    """An int saved where today's default is a float (JSON writes 1.0 as 1.0, but a user's
+    --config.x=1 may have been saved as 1)."""
+    return isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

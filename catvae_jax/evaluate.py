@@ -4,11 +4,11 @@ Prints a table and writes W/eval.json, a flat object with the keys of `likelihoo
 negative ELBO and importance-weighted NLL per image (nats) under a discretized Gaussian decoder
 likelihood (named in its `likelihood` entry), bits per dimension, SSIM, PSNR and MS-SSIM of the
 posterior-mean reconstructions, the KL per latent dimension and the number of active units.
-See catvae_jax/likelihood.py for the definitions. With --num_samples N (default 1000; 0: none)
-it adds the sample-quality keys of `sample_quality.KEYS` (FD, KID, precision/recall and
-diversity of N samples of --sampler, default auto, with the floor and the decoder's limit:
-catvae_jax/sample_quality.py); --nolikelihood skips the importance-weighted part. The same
-seed gives the same numbers.
+See catvae_jax/evaluation/likelihood.py for the definitions. With --num_samples N (default
+1000; 0: none) it adds the sample-quality keys of `sample_quality.KEYS` (FD, KID,
+precision/recall and diversity of N samples of --sampler, default auto, with the floor and
+the decoder's limit: catvae_jax/evaluation/sample_quality.py); --nolikelihood skips the
+importance-weighted part. The same seed gives the same numbers.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import time
 from absl import flags
 from etils import epath
 
-from catvae_jax import cli, likelihood, sample_quality, writers
+from catvae_jax import atomic, cli
+from catvae_jax.evaluation import likelihood, sample_quality
 from catvae_jax.inference import load
-from catvae_jax.sampling import SAMPLERS
+from catvae_jax.priors.gmm import SAMPLERS
 
 FLAGS = flags.FLAGS
 
@@ -72,7 +73,7 @@ def main(argv: list[str]) -> None:
         path = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / "eval.json")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            writers.write_json(path, result)
+            atomic.write_json(path, result)
         except OSError as e:
             cli.fail(f"cannot write eval.json: {e.strerror or e}")
     if FLAGS.likelihood:

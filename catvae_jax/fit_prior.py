@@ -13,7 +13,7 @@ import sys
 
 from absl import flags
 
-from catvae_jax import cli, priors
+from catvae_jax import after_training, cli
 
 FLAGS = flags.FLAGS
 
@@ -28,8 +28,8 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     with cli.user_errors():
-        steps = [FLAGS.step] if FLAGS.step else list(priors.DEFAULT_STEPS)
-        fitted = priors.fit_checkpoints(FLAGS.workdir, steps, FLAGS.max_images)
+        steps = [FLAGS.step] if FLAGS.step else list(after_training.DEFAULT_STEPS)
+        fitted = after_training.fit_checkpoints(FLAGS.workdir, steps, FLAGS.max_images)
     for step, flow, seconds in fitted:
         print(
             f"checkpoint {step}: learned prior fitted to {flow.num_images} latents in "

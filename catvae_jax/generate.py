@@ -17,7 +17,7 @@ from etils import epath
 
 from catvae_jax import cli, pictures
 from catvae_jax.inference import check_generate_args, load
-from catvae_jax.sampling import SAMPLERS
+from catvae_jax.priors.gmm import SAMPLERS
 
 FLAGS = flags.FLAGS
 

@@ -11,7 +11,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from catvae_jax import writers
+from catvae_jax import atomic
 
 Array = TypeVar("Array")  # a numpy array, or a jax array inside a jitted function
 
@@ -73,4 +73,4 @@ def encode(image: np.ndarray, fmt: str) -> bytes:
 
 def save_png(path: str | epath.Path, image: np.ndarray) -> None:
     """Writes one [H, W, 3] image to `path` atomically (a temp file, then a rename)."""
-    writers.write_atomic(path, png_bytes(image))
+    atomic.write_atomic(path, png_bytes(image))

@@ -31,12 +31,14 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from catvae_jax import cli, models, steps
+from catvae_jax import cli
 from catvae_jax import config as config_lib
-from catvae_jax import workdir as workdir_lib
-from catvae_jax.checkpoint import Checkpoints
 from catvae_jax.errors import UserError
-from catvae_jax.models import VaeCatsV1
+from catvae_jax.model import networks
+from catvae_jax.model.networks import VaeCatsV1
+from catvae_jax.train import state as state_lib
+from catvae_jax.train import workdir as workdir_lib
+from catvae_jax.train.checkpoint import Checkpoints
 
 # (PyTorch module name, path of the nnx module in VaeCatsV1, weight permutation).
 _CONV, _LINEAR, _CONV_T = (2, 3, 1, 0), (1, 0), (2, 3, 0, 1)
@@ -159,9 +161,9 @@ def import_checkpoint(
     workdir = epath.Path(workdir)
     _refuse_checkpoints(workdir)
     state_dict, step = read_state_dict(ckpt)
-    model = models.init_compiled(config)
+    model = networks.init_compiled(config)
     load_into(model, state_dict)
-    _, state = steps.init_state(config, model)
+    _, state = state_lib.init_state(config, model)
     state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
 
     workdir = workdir_lib.create(workdir)

@@ -1,8 +1,8 @@
 """A trained model as a plain object: `load(workdir, step)` → VaeModel.
 
 VaeModel methods take and return numpy NHWC float32 images in [0, 1] and [n, z_dim] latents;
-each is jitted once per input shape. The latent samplers (catvae_jax/sampling.py,
-catvae_jax/flow.py) are pure functions of latents: the model encodes the training images for
+each is jitted once per input shape. The latent samplers (catvae_jax/priors/gmm.py,
+catvae_jax/priors/flow.py) are pure functions of latents: the model encodes the training images for
 them, fits them and caches the fits beside its checkpoint.
 """
 
@@ -18,9 +18,12 @@ from etils import epath
 from flax import nnx
 
 from catvae_jax import config as config_lib
-from catvae_jax import data, flow, models, sampling, steps
-from catvae_jax.checkpoint import Checkpoints, LayoutMismatch
+from catvae_jax import data
 from catvae_jax.errors import UserError
+from catvae_jax.model import networks
+from catvae_jax.priors import flow, gmm
+from catvae_jax.train import state as state_lib
+from catvae_jax.train.checkpoint import Checkpoints, LayoutMismatch
 
 
 class VaeModel:
@@ -36,7 +39,7 @@ class VaeModel:
     ):
         self.config, self.step, self._params = config, step, params
         self.graphdef, self.workdir = graphdef, workdir  # workdir: where fits are cached
-        self.gmm: sampling.GaussianMixture | None = None
+        self.gmm: gmm.GaussianMixture | None = None
         self.flow: flow.Flow | None = None  # the learned prior of this checkpoint, if fitted
         self._auto: str | None = None  # what sampler="auto" resolved to
         self._train_means: tuple[int, np.ndarray] | None = None  # (max_images, latents)
@@ -50,7 +53,7 @@ class VaeModel:
             return nnx.merge(graphdef, p).decode(z)
 
         def generate_gmm(p, mixture, key, n, temperature):
-            z = sampling.sample_latents(key, *mixture, n, temperature)
+            z = gmm.sample_latents(key, *mixture, n, temperature)
             return nnx.merge(graphdef, p).decode(z)
 
         def generate_flow(p, arrays, key, n, temperature):
@@ -156,7 +159,7 @@ class VaeModel:
             out.append(mu[:real])
         return np.concatenate(out)
 
-    def training_means(self, max_images: int = sampling.DEFAULT_MAX_IMAGES) -> np.ndarray:
+    def training_means(self, max_images: int = gmm.DEFAULT_MAX_IMAGES) -> np.ndarray:
         """Posterior means [N, z] of the first `max_images` training images (kept for reuse)."""
         if max_images <= 0:
             raise UserError(f"max_images must be positive, got {max_images}")
@@ -167,25 +170,25 @@ class VaeModel:
 
     def fit_gmm(
         self,
-        n_components: int = sampling.DEFAULT_COMPONENTS,
-        max_images: int = sampling.DEFAULT_MAX_IMAGES,
-    ) -> sampling.GaussianMixture:
+        n_components: int = gmm.DEFAULT_COMPONENTS,
+        max_images: int = gmm.DEFAULT_MAX_IMAGES,
+    ) -> gmm.GaussianMixture:
         """The latent mixture the gmm sampler uses: read from WORKDIR/gmm_<step>.npz when that
         file was fitted with the same K and image cap, else fitted to `training_means` and
         cached there (when the model has a workdir)."""
         if n_components <= 0:
             raise UserError(f"gmm components must be positive, got {n_components}")
-        path = sampling.cache_path(self.workdir, self.step) if self.workdir else None
-        gmm = sampling.read_cached(path, n_components, max_images) if path else None
-        if gmm is None:
+        path = gmm.cache_path(self.workdir, self.step) if self.workdir else None
+        mixture = gmm.read_cached(path, n_components, max_images) if path else None
+        if mixture is None:
             latents = self.training_means(max_images)
-            gmm = sampling.fit(latents, n_components, self.config.seed, max_images)
+            mixture = gmm.fit(latents, n_components, self.config.seed, max_images)
             if path is not None:
-                sampling.save_cached(gmm, path)
-        self.gmm = gmm
-        return gmm
+                gmm.save_cached(mixture, path)
+        self.gmm = mixture
+        return mixture
 
-    def fit_flow(self, max_images: int = sampling.DEFAULT_MAX_IMAGES) -> flow.Flow:
+    def fit_flow(self, max_images: int = gmm.DEFAULT_MAX_IMAGES) -> flow.Flow:
         """Fits the learned prior to `training_means` and, with a workdir, writes it to
         WORKDIR/flow_<step>.npz (atomically), where `load` finds it."""
         fitted = flow.fit(self.training_means(max_images), self.config.seed, max_images)
@@ -218,7 +221,7 @@ class VaeModel:
         return self.decode(mu)
 
 
-SAMPLERS = sampling.SAMPLERS
+SAMPLERS = gmm.SAMPLERS
 MAX_GENERATE = 4096
 MAX_TEMPERATURE = 10.0
 
@@ -238,7 +241,7 @@ def read_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise UserError(f"{workdir} is not a catvae_jax workdir (no config.json)")
-    return ml_collections.ConfigDict(config_lib.read_json(path))
+    return config_lib.read_json(path)
 
 
 def load(workdir: str | epath.Path, step: str | int = "best", ema: bool = True) -> VaeModel:
@@ -255,7 +258,7 @@ def load(workdir: str | epath.Path, step: str | int = "best", ema: bool = True) 
     if not epath.Path(workdir).is_dir():
         raise UserError(f"workdir {workdir} does not exist")
     config = read_config(workdir)
-    graphdef, abstract = steps.abstract_state(config, lambda: models.init_eager(config))
+    graphdef, abstract = state_lib.abstract_state(config, lambda: networks.init_eager(config))
     if not ema:
         abstract = abstract.replace(ema=None)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -277,7 +280,7 @@ def load(workdir: str | epath.Path, step: str | int = "best", ema: bool = True) 
     number, state, _, _ = restored
     # The workdir's cached samplers belong to the default (EMA) parameters: raw ones use none.
     cache = None if raw_but_has_ema else workdir
-    model = VaeModel(graphdef, steps.eval_params(state), config, step=number, workdir=cache)
+    model = VaeModel(graphdef, state_lib.eval_params(state), config, step=number, workdir=cache)
     model.flow = read_flow(workdir, number) if cache is not None else None
     return model
 

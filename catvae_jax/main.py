@@ -11,8 +11,9 @@ import sys
 import jax
 from absl import flags
 
-from catvae_jax import cli, malloc
-from catvae_jax.train import train_and_evaluate
+from catvae_jax import cli
+from catvae_jax.after_training import train_and_evaluate
+from catvae_jax.train import malloc
 
 _CONFIG = cli.define_config_file("default.py", "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and outputs.")

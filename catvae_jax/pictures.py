@@ -14,8 +14,8 @@ import sys
 import numpy as np
 from etils import epath
 
-from catvae_jax import images, writers
-from catvae_jax.data import decode, load_split
+from catvae_jax import atomic, data, images
+from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 from catvae_jax.inference import VaeModel
 
@@ -112,11 +112,12 @@ def interpolation_rows(
         raise UserError(f"pairs must be between 1 and {MAX_PAIRS}, got {pairs}")
     if not 2 <= steps <= 256:
         raise UserError(f"steps must be between 2 and 256, got {steps}")
-    data = load_split(model.config, split)
-    if len(data) < 2 * pairs:
-        raise UserError(f"{pairs} pairs need {2 * pairs} {split} images, the split has {len(data)}")
-    order = np.random.default_rng(seed).permutation(len(data))[: 2 * pairs]
-    x = images.to_unit(data[order])
+    split_images = data.load_split(model.config, split)
+    n = len(split_images)
+    if n < 2 * pairs:
+        raise UserError(f"{pairs} pairs need {2 * pairs} {split} images, the split has {n}")
+    order = np.random.default_rng(seed).permutation(n)[: 2 * pairs]
+    x = images.to_unit(split_images[order])
     x_a, x_b = x[:pairs], x[pairs:]
     path = model.interpolate(x_a, x_b, steps)
     return np.concatenate([x_a[:, None], path, x_b[:, None]], axis=1)
@@ -152,7 +153,7 @@ def write_image(path: str | epath.Path, image: np.ndarray) -> epath.Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fmt = OUTPUT_FORMATS.get(path.suffix.lower(), "PNG")
-        writers.write_atomic(path, images.encode(image, fmt))
+        atomic.write_atomic(path, images.encode(image, fmt))
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from e
     return path

@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as plots
 
-from catvae_jax import sweep_spec, writers
+from catvae_jax import atomic, sweep_spec
 from catvae_jax.sweep_spec import Sweep
 
 
@@ -93,7 +93,7 @@ def write_tables(study: optuna.Study, sweep: Sweep, workdir: pathlib.Path, notes
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)
-    writers.write_atomic(workdir / "results.csv", buffer.getvalue())
+    atomic.write_atomic(workdir / "results.csv", buffer.getvalue())
 
     counts = {s: sum(r["state"] == s for r in table) for s in ("complete", "pruned", "fail")}
     lines = [
@@ -114,7 +114,7 @@ def write_tables(study: optuna.Study, sweep: Sweep, workdir: pathlib.Path, notes
         lines += ["```", command, "```", ""]
     if notes:
         lines += [notes, ""]
-    writers.write_atomic(workdir / "results.md", "\n".join(lines))
+    atomic.write_atomic(workdir / "results.md", "\n".join(lines))
 
 
 def write_plots(study: optuna.Study, workdir: pathlib.Path) -> str:

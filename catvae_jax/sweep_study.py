@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from catvae_jax import sweep_results, sweep_spec
 from catvae_jax.errors import UserError
 from catvae_jax.sweep_spec import Sweep
-from catvae_jax.train import NonFiniteError, Preempted, train_and_evaluate
+from catvae_jax.train.loop import NonFiniteError, Preempted, train_and_evaluate
 
 HEARTBEAT_S = 20.0  # a running trial's worker writes a heartbeat this often
 STALE_S = 180.0  # a RUNNING trial with no heartbeat for this long is claimed by another worker

@@ -23,7 +23,7 @@ import fastapi  # noqa: F401  (serve)
 import tensorflow_datasets  # noqa: F401  (data)
 
 import catvae_jax.inference
-import catvae_jax.train  # noqa: F401
+import catvae_jax.train.loop  # noqa: F401
 
 
 def _child(module: str, args: list[str], env: dict, out: str, err: str) -> None:

@@ -73,7 +73,7 @@ def train_once(tmp_path_factory, name: str, make_config) -> tuple:
     """(workdir, result) of train_and_evaluate(make_config()) in a directory of this session,
     trained by the first pytest-xdist worker that asks (the others wait on a file lock, then
     read its result), so that the workers do not each train the same run."""
-    from catvae_jax.train import train_and_evaluate
+    from catvae_jax.after_training import train_and_evaluate
 
     if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: nothing to share
         root = tmp_path_factory.mktemp("run")

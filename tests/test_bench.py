@@ -75,14 +75,14 @@ def test_torch_original_prints_the_same_json() -> None:
 
 @pytest.mark.parametrize("loss", ["ssim", "mse"])
 def test_torch_loss_is_the_catvae_jax_loss(loss: str) -> None:
-    """The PyTorch benchmark times the same function as catvae_jax.losses (kornia vs dm-pix)."""
+    """The PyTorch benchmark times the same loss as catvae_jax.model.losses (kornia vs dm-pix)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("kornia")
     import jax.numpy as jnp
     import numpy as np
     from torch_original import vae_loss
 
-    from catvae_jax import losses
+    from catvae_jax.model import losses
 
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(3, 24, 24, 3)).astype(np.float32)

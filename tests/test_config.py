@@ -1,6 +1,7 @@
 """Config validation and the resume comparison of configs."""
 
 import importlib.util
+import json
 import os
 
 import pytest
@@ -23,10 +24,37 @@ def test_shipped_configs_are_valid(name):
     config_lib.validate(_load(name))
 
 
-def test_a_config_from_before_lr_schedule_is_valid():
-    c = config_lib.get_config()
-    del c["lr_schedule"]  # e.g. read back from an older workdir's config.json
+def test_an_old_config_json_is_upgraded_once_where_it_is_read(tmp_path):
+    """A version-1 config.json (before lr_schedule, EMA, LPIPS, ...) reads as today's config,
+    its added fields at what they meant then, its own values kept, lists back as tuples."""
+    old = config_lib.get_config().to_dict()
+    for field in ("lr_schedule", "ema_decay", "train_ssim_images", "flow_prior", "config_version"):
+        del old[field]
+    del old["loss"]["lpips_weight"], old["loss"]["lpips_size"], old["wandb"]["group"]
+    old["batch_size"], old["dataset"] = 4, {"name": "synthetic_cats", "config": "16px"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    c = config_lib.read_json(tmp_path / "config.json")
+    assert (c.lr_schedule, c.ema_decay, c.train_ssim_images, c.loss.lpips_weight) == (
+        "constant",
+        0.0,
+        0,
+        0.0,
+    )
+    assert c.config_version == config_lib.CONFIG_VERSION and c.batch_size == 4
+    assert c.model.widths == (8, 16, 32, 64) and c.dataset.config == "16px"
     config_lib.validate(c)
+    current = config_lib.get_config()
+    assert config_lib.upgrade(json.loads(json.dumps(current.to_dict()))) == current
+
+
+@pytest.mark.parametrize(
+    "text,why",
+    [("[1, 2]", "expected a JSON object"), ('{"model": 5}', "model"), ('{"seed": "x"}', "seed")],
+)
+def test_a_config_json_of_the_wrong_structure_is_one_user_error(tmp_path, text, why):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(UserError, match=f"is not a catvae_jax config.json: .*{why}"):
+        config_lib.read_json(tmp_path / "config.json")
 
 
 @pytest.mark.parametrize("name,seed,epochs", [("exp1", 42, 50), ("exp2", 47, 500), ("exp3", 42, 5)])

@@ -6,7 +6,7 @@ import pytest
 from catvae_jax import data
 from catvae_jax.config import get_config
 from catvae_jax.errors import UserError
-from catvae_jax.train import make_mesh
+from catvae_jax.train.loop import make_mesh
 
 
 def test_synthetic_split_count_shape_and_range():

@@ -12,8 +12,9 @@ import pytest
 from conftest import tiny_config
 
 import catvae_jax
-from catvae_jax import steps
-from catvae_jax.train import make_mesh, train_and_evaluate, validation_metrics
+from catvae_jax.after_training import train_and_evaluate
+from catvae_jax.train import steps
+from catvae_jax.train.loop import make_mesh, validation_metrics
 
 
 def _leaves(model) -> list[np.ndarray]:

@@ -16,9 +16,10 @@ import pytest
 from conftest import run_cli
 
 import catvae_jax
-from catvae_jax import data, likelihood, sample_quality
+from catvae_jax import data
 from catvae_jax.errors import UserError
-from catvae_jax.ssim import gaussian_filter_fn, ms_ssim, ms_ssim_scales, ssim
+from catvae_jax.evaluation import likelihood, sample_quality
+from catvae_jax.model.ssim import gaussian_filter_fn, ms_ssim, ms_ssim_scales, ssim
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import pytest
 from conftest import run_python, tiny_config
 from flax import nnx
 
-from catvae_jax import losses, malloc, models
 from catvae_jax.errors import UserError
-from catvae_jax.layers import conv
+from catvae_jax.model import losses, networks
+from catvae_jax.model.layers import conv
+from catvae_jax.train import malloc
 
 CASES = [(4, 2, 3, 5), (4, 8, 4, 3), (3, 1, 2, 2), (5, 3, 3, 4), (2, 2, 6, 1)]  # k, s, c_in, c_out
 
@@ -51,7 +52,7 @@ def test_rectangular_kernel_and_stride() -> None:
 
 
 def test_vae_cats_v1_encoder_equals_plain_layers() -> None:
-    model = models.VaeCatsV1(z_dim=8, h_dim=1024, rngs=nnx.Rngs(1))
+    model = networks.VaeCatsV1(z_dim=8, h_dim=1024, rngs=nnx.Rngs(1))
     x = jax.random.uniform(jax.random.key(0), (2, 128, 128, 3))
     h = x
     for layer in model.encode_layers:
@@ -97,7 +98,7 @@ def test_malloc_modes() -> None:
 
 _FAULTS = """
 import resource, sys
-from catvae_jax import malloc
+from catvae_jax.train import malloc
 print(malloc.configure(sys.argv[1] if len(sys.argv) > 1 else None))
 import jax, jax.numpy as jnp
 f = jax.jit(lambda a: jnp.sum(jnp.tanh(a @ a.T) @ a))  # a 64 MB 4096 x 4096 temporary

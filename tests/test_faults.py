@@ -21,7 +21,7 @@ def _start(workdir, *extra, measured=True):
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
     workdir = tmp_path / "w"
-    # unmeasured: SIGTERM takes the lines of Ctrl-C (test_reliability) and of train.py's tests
+    # unmeasured: SIGTERM takes the lines of Ctrl-C (test_reliability) and of train/loop.py's tests
     proc = _start(workdir, "--config.num_epochs=200", "--config.log_every_steps=1", measured=False)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 240
@@ -38,7 +38,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path):
 def test_corrupt_newest_checkpoint_is_skipped(tmp_path, trained_workdir, capsys):
     from conftest import tiny_config
 
-    from catvae_jax.train import train_and_evaluate
+    from catvae_jax.after_training import train_and_evaluate
 
     workdir = tmp_path / "corrupt"
     shutil.copytree(trained_workdir[0], workdir)

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from catvae_jax import images, steps
+from catvae_jax import images
 
 
 def test_pad_batch_appends_zero_images_to_a_short_batch_only():
@@ -20,6 +20,6 @@ def test_to_unit_is_one_conversion_for_numpy_and_jitted_steps():
     host = images.to_unit(x)
     assert host.dtype == np.float32
     np.testing.assert_allclose(host, [[0.0, 0.2, 1.0]], rtol=1e-6)
-    jitted = jax.jit(steps.to_unit)(x)
+    jitted = jax.jit(images.to_unit)(x)
     assert jitted.dtype == np.float32
     np.testing.assert_allclose(np.asarray(jitted), host, rtol=1e-6)  # XLA may use 1/255 × x

@@ -30,7 +30,8 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith(("catvae_jax", "o
     assert "data set: synthetic_cats/16px_seed0_n4-2-2" in proc.stdout
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "catvae_jax.data.builders" in loaded  # it did prepare
-    heavy = ("catvae_jax.train", "catvae_jax.steps", "catvae_jax.checkpoint", "orbax.checkpoint")
+    heavy = ("catvae_jax.train.loop", "catvae_jax.train.steps", "catvae_jax.train.checkpoint")
+    heavy += ("orbax.checkpoint",)
     assert not set(heavy) & set(loaded), loaded
 
 
@@ -118,11 +119,52 @@ print("failed:", failed)
     assert proc.returncode == 0 and "failed: []" in proc.stdout, proc.stdout + proc.stderr[-3000:]
 
 
-def test_old_names_stay_importable():
-    """Renamed modules and names keep their old spelling for users' code."""
-    from catvae_jax import likelihood, metrics, models, train, writers
+# The package's floors: a module may import modules of its own group (catvae_jax.<group>...) or
+# of a group on a lower floor, never one beside or above it.
+FLOORS = {
+    "errors": 0.0, "atomic": 0.1, "images": 0.2, "config_files": 0.3, "config": 0.4, "cli": 0.5,
+    "data": 1, "model": 1, "priors": 1,
+    "train": 2,
+    "inference": 3,
+    "pictures": 4, "evaluation": 4,
+    "after_training": 5,
+    "serve": 6, "sweep": 6, "prometheus": 5.5,
+    "sweep_spec": 5.5, "sweep_results": 5.6, "sweep_study": 5.7,
+    "main": 7, "generate": 7, "reconstruct": 7, "interpolate": 7, "evaluate": 7,
+    "fit_prior": 7, "import_torch": 7, "bench": 7,
+}  # fmt: skip
 
-    assert metrics.evaluate is likelihood.evaluate and metrics.KEYS is likelihood.KEYS
-    assert models.build is models.init_compiled
-    assert writers.MetricWriter is writers.TrainingLog
-    assert train.Preempted.__module__ == train.NonFiniteError.__module__ == "catvae_jax.errors"
+
+def _group(name: str) -> str:
+    return name.split(".")[1]
+
+
+def test_every_import_points_down_the_floors():
+    """Folders by concern: each imports only its own modules and groups on lower floors (the
+    package root's lazy `load` / `train_and_evaluate` are the library's front door)."""
+    modules = [m for m in _module_names() if m != "catvae_jax"]
+    assert {_group(m) for m in modules} <= set(FLOORS), "a new group needs a floor in FLOORS"
+    wrong = []
+    for name in modules:
+        for imported in _imports(name):
+            if imported == "catvae_jax" or _group(imported) == _group(name):
+                continue
+            if FLOORS[_group(imported)] >= FLOORS[_group(name)]:
+                wrong.append(f"{name} -> {imported}")
+    assert not wrong, wrong
+
+
+def test_serving_loads_neither_tfds_nor_the_training_step():
+    """The service loads a model and draws samples without TFDS, grain, the losses or the loop."""
+    code = """
+import json, sys
+import catvae_jax.serve
+print(json.dumps(sorted(sys.modules)))
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert "catvae_jax.inference" in loaded and "catvae_jax.train.checkpoint" in loaded
+    heavy = {"tensorflow_datasets", "grain", "catvae_jax.data.sources", "catvae_jax.model.losses"}
+    heavy |= {"catvae_jax.train.loop", "catvae_jax.train.steps", "catvae_jax.evaluation"}
+    assert not heavy & loaded, heavy & loaded

@@ -1,4 +1,4 @@
-"""Tests for catvae_jax.layers: fast transposed convolution vs reference vs a numpy scatter loop."""
+"""catvae_jax.model.layers: fast transposed convolution vs reference vs a numpy scatter loop."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from catvae_jax.layers import (
+from catvae_jax.model.layers import (
     ConvTranspose,
     conv_transpose,
     conv_transpose_reference,

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catvae_jax import losses, sample_quality
 from catvae_jax.config import get_config
+from catvae_jax.evaluation import sample_quality
+from catvae_jax.model import losses
 
 
 def test_kl_is_zero_at_the_prior_and_summed_over_latents():

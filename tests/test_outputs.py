@@ -16,10 +16,11 @@ from conftest import REPO, bomb_png, run_cli, run_cli_cases, subprocess_env, tin
 from PIL import Image
 
 import catvae_jax
-from catvae_jax import data, images, pictures, sampling, writers
+from catvae_jax import atomic, data, images, pictures
 from catvae_jax.data import decode
 from catvae_jax.errors import UserError
-from catvae_jax.ssim import ssim
+from catvae_jax.model.ssim import ssim
+from catvae_jax.priors import gmm
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,7 @@ def test_reconstruct_and_interpolate(model):
 def well_trained(tmp_path_factory):
     """The tiny model of conftest trained longer with a lighter KL (β = 0.1): 192 steps. No
     learned prior is fitted at the end: the test reads the encoder and decoder only."""
-    from catvae_jax.train import train_and_evaluate
+    from catvae_jax.after_training import train_and_evaluate
 
     config = tiny_config()
     config.num_epochs = 16
@@ -177,14 +178,14 @@ def test_sample_latents_follow_the_mixture():
     weights = np.array([0.25, 0.75], np.float32)
     means = np.array([[-4.0, 0.0], [4.0, 1.0]], np.float32)
     covs = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.3], [0.3, 0.4]]], np.float32)
-    gmm = sampling.GaussianMixture(weights, means, covs, num_images=0, max_images=0)
-    z = np.asarray(sampling.sample_latents(jax.random.key(0), *gmm.arrays(), 40_000, 1.0))
+    mixture = gmm.GaussianMixture(weights, means, covs, num_images=0, max_images=0)
+    z = np.asarray(gmm.sample_latents(jax.random.key(0), *mixture.arrays(), 40_000, 1.0))
     second = z[:, 0] > 0
     assert abs(second.mean() - 0.75) < 0.01
     np.testing.assert_allclose(z[second].mean(0), means[1], atol=0.03)
     np.testing.assert_allclose(np.cov(z[second].T), covs[1], atol=0.03)
     np.testing.assert_allclose(np.cov(z[~second].T), covs[0], atol=0.05)
-    cold = np.asarray(sampling.sample_latents(jax.random.key(0), *gmm.arrays(), 40_000, 0.5))
+    cold = np.asarray(gmm.sample_latents(jax.random.key(0), *mixture.arrays(), 40_000, 0.5))
     np.testing.assert_allclose(np.cov(cold[cold[:, 0] > 0].T), 0.25 * covs[1], atol=0.02)
 
 
@@ -194,24 +195,24 @@ def test_gmm_is_fitted_once_cached_and_sampled(workdir_copy, monkeypatch):
     assert samples.shape == (8, 16, 16, 3)
     cache = workdir_copy / f"gmm_{model.step}.npz"
     assert cache.exists()
-    gmm = model.gmm
-    assert gmm.n_components == 10 and gmm.num_images == 96
-    np.testing.assert_allclose(gmm.weights.sum(), 1.0, atol=1e-5)
+    mixture = model.gmm
+    assert mixture.n_components == 10 and mixture.num_images == 96
+    np.testing.assert_allclose(mixture.weights.sum(), 1.0, atol=1e-5)
     # the mixture's mean is the mean of the training latents it was fitted to
     latents = model.encode_means(data.load_split(model.config, "train"))
-    np.testing.assert_allclose(gmm.weights @ gmm.means, latents.mean(0), atol=1e-3)
+    np.testing.assert_allclose(mixture.weights @ mixture.means, latents.mean(0), atol=1e-3)
     assert not np.allclose(samples, model.generate(8, seed=0, sampler="prior"))
     assert not np.allclose(samples, model.generate(8, seed=1, sampler="gmm"))
 
     def no_fit(*args, **kwargs):
         raise AssertionError("the cached mixture should have been used")
 
-    monkeypatch.setattr(sampling, "fit", no_fit)
+    monkeypatch.setattr(gmm, "fit", no_fit)
     again = catvae_jax.load(workdir_copy)  # a new process would read the cache the same way
     np.testing.assert_array_equal(again.generate(8, seed=0, sampler="gmm"), samples)
     monkeypatch.undo()
     assert again.fit_gmm(n_components=3).n_components == 3  # another K: refitted, re-cached
-    assert sampling.GaussianMixture.read(cache).n_components == 3
+    assert gmm.GaussianMixture.read(cache).n_components == 3
 
 
 # --- CLIs --------------------------------------------------------------------------------------
@@ -241,7 +242,7 @@ def test_generate_cli_individual_gmm(workdir_copy, tmp_path):
     files = sorted(out.iterdir())
     assert [f.name for f in files] == [f"sample_{i:04d}.png" for i in range(5)]
     assert all(Image.open(f).size == (16, 16) for f in files)
-    assert sampling.GaussianMixture.read(next(workdir_copy.glob("gmm_*.npz"))).n_components == 4
+    assert gmm.GaussianMixture.read(next(workdir_copy.glob("gmm_*.npz"))).n_components == 4
 
 
 def test_two_readers_fitting_one_cache_at_once_both_succeed(workdir_copy, tmp_path):
@@ -259,7 +260,7 @@ def test_two_readers_fitting_one_cache_at_once_both_succeed(workdir_copy, tmp_pa
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-2000:]
     (cache,) = workdir_copy.glob("gmm_*.npz")
-    assert sampling.GaussianMixture.read(cache).num_images == 96
+    assert gmm.GaussianMixture.read(cache).num_images == 96
     assert not [f for f in workdir_copy.iterdir() if f.name.endswith(".tmp")]
     same = [np.asarray(Image.open(tmp_path / f"g{i}.png")) for i in range(2)]
     np.testing.assert_array_equal(*same)  # both fitted the same mixture from the same data
@@ -269,7 +270,7 @@ def test_concurrent_atomic_writes_to_one_path_all_succeed(tmp_path):
     path = tmp_path / "cache.bin"
     payloads = [bytes([i]) * 200_000 for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda b: writers.write_atomic(path, b), payloads * 4))
+        list(pool.map(lambda b: atomic.write_atomic(path, b), payloads * 4))
     assert path.read_bytes() in payloads
     assert [f.name for f in tmp_path.iterdir()] == ["cache.bin"]
 
@@ -288,7 +289,7 @@ def test_pictures_are_written_in_the_format_their_name_says(tmp_path):
 def test_a_failed_atomic_write_leaves_nothing_behind(tmp_path):
     (tmp_path / "taken").mkdir()  # the rename onto a folder fails after the temp file is written
     with pytest.raises(OSError):
-        writers.write_atomic(tmp_path / "taken", b"data")
+        atomic.write_atomic(tmp_path / "taken", b"data")
     assert [f.name for f in tmp_path.iterdir()] == ["taken"]
 
 

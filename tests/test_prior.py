@@ -1,4 +1,4 @@
-"""The learned prior (catvae_jax/flow.py): fitted at the end of training and by fit_prior,
+"""The learned prior (catvae_jax/priors/flow.py): fitted at the end of training and by fit_prior,
 deterministic, stored beside its checkpoint and loaded with the model; and which sampler
 `auto` picks in each state of a workdir."""
 
@@ -14,8 +14,9 @@ import pytest
 from conftest import run_cli
 
 import catvae_jax
-from catvae_jax import flow, priors
+from catvae_jax import after_training
 from catvae_jax.errors import UserError
+from catvae_jax.priors import flow
 
 
 @pytest.fixture
@@ -99,5 +100,5 @@ def test_the_end_of_training_fit_can_be_switched_off(trained_workdir, tmp_path):
     model.flow, model.workdir = None, None
     config = model.config.copy_and_resolve_references()
     config.flow_prior = False
-    priors.fit_after_training(tmp_path, config, ckpts=None, vae=model)
+    after_training.fit_after_training(tmp_path, config, ckpts=None, vae=model)
     assert model.flow is None and model.workdir == tmp_path and not list(tmp_path.iterdir())

@@ -16,7 +16,7 @@ from test_cli import TINY
 
 import catvae_jax
 from catvae_jax.errors import StorageError, UserError, storage_error
-from catvae_jax.workdir_lock import WorkdirLock
+from catvae_jax.train.lock import WorkdirLock
 
 
 def _start(workdir, *extra):
@@ -89,14 +89,14 @@ def test_lock_refuses_a_live_holder_and_frees_on_release(tmp_path):
 
 
 def test_remote_lock_is_stale_after_its_heartbeat_stops(tmp_path, monkeypatch):
-    from catvae_jax import workdir_lock
+    from catvae_jax.train import lock as lock_lib
 
-    monkeypatch.setattr(workdir_lock, "_is_remote", lambda path: True)
+    monkeypatch.setattr(lock_lib, "_is_remote", lambda path: True)
     fresh = {"host": "elsewhere", "pid": 1, "started": "x", "heartbeat": time.time()}
     (tmp_path / ".lock").write_text(json.dumps(fresh))
     with pytest.raises(UserError, match="pid 1 on host elsewhere"):
         WorkdirLock(tmp_path).acquire()
-    stale = {**fresh, "heartbeat": time.time() - workdir_lock.STALE_S - 1}
+    stale = {**fresh, "heartbeat": time.time() - lock_lib.STALE_S - 1}
     (tmp_path / ".lock").write_text(json.dumps(stale))
     lock = WorkdirLock(tmp_path)
     lock.acquire()  # taken over
@@ -170,7 +170,7 @@ def test_a_full_disk_is_one_line_exit_1_and_resumable(tmp_path):
 def test_a_read_only_workdir_at_start_is_a_user_error(tmp_path):
     from conftest import tiny_config
 
-    from catvae_jax.train import train_and_evaluate
+    from catvae_jax.after_training import train_and_evaluate
 
     disk = tmp_path / "ro"
     _mount_tmpfs(disk, "1m")
@@ -245,7 +245,7 @@ def test_load_falls_back_past_a_damaged_checkpoint(damaged, capsys):
 
 
 def test_best_falls_back_to_the_next_best(trained_workdir, tmp_path, capsys):
-    from catvae_jax.checkpoint import Checkpoints
+    from catvae_jax.train.checkpoint import Checkpoints
 
     workdir = tmp_path / "best"
     shutil.copytree(trained_workdir[0], workdir)

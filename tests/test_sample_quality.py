@@ -13,7 +13,7 @@ import pytest
 from conftest import run_cli
 
 import catvae_jax
-from catvae_jax import sample_quality as sq
+from catvae_jax.evaluation import sample_quality as sq
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,9 @@ sys.path.insert(0, "tests")
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from conftest import tiny_config
-from catvae_jax import models, steps
+from catvae_jax.model import networks
+from catvae_jax.train import steps
+from catvae_jax.train import state as state_lib
 
 config = tiny_config()
 config.learning_rate = %(lr)r
@@ -33,7 +35,7 @@ batches = np.random.default_rng(0).integers(0, 256, (%(steps)d, 8, 16, 16, 3), d
 
 def run(devices):
     mesh = Mesh(np.array(devices), ("data",))
-    graphdef, state = steps.init_state(config, models.init_compiled(config))
+    graphdef, state = state_lib.init_state(config, networks.init_compiled(config))
     state = jax.device_put(state, NamedSharding(mesh, P()))
     step = jax.jit(steps.make_train_step(graphdef, config, jax.random.key(0)), donate_argnums=0)
     first = jax.device_put(batches[0], NamedSharding(mesh, P("data")))

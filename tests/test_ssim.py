@@ -1,4 +1,4 @@
-"""Tests for catvae_jax.ssim: banded-matmul SSIM equals dm_pix.ssim."""
+"""Tests for catvae_jax.model.ssim: banded-matmul SSIM equals dm_pix.ssim."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from catvae_jax.ssim import gaussian_filter_fn, ssim
+from catvae_jax.model.ssim import gaussian_filter_fn, ssim
 
 SHAPES = [(3, 16, 16, 3), (2, 32, 32, 1), (2, 128, 128, 3), (2, 24, 40, 3), (2, 45, 17, 2)]
 

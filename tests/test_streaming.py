@@ -7,7 +7,7 @@ import numpy as np
 from catvae_jax import data
 from catvae_jax.data import sources
 from catvae_jax.data.streaming import StreamingData, epoch_plan
-from catvae_jax.train import make_mesh
+from catvae_jax.train.loop import make_mesh
 
 
 def _both(images, source, batch_size=4, seed=3, flip=True, **kw):

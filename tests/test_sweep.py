@@ -30,7 +30,7 @@ from conftest import REPO, run_cli, run_cli_cases, subprocess_env, tiny_config
 from catvae_jax import config as config_lib
 from catvae_jax import sweep_spec, sweep_study
 from catvae_jax.errors import UserError
-from catvae_jax.writers import TrainingLog
+from catvae_jax.train.log import TrainingLog
 
 
 def tiny_overrides() -> dict:

@@ -10,9 +10,10 @@ import pytest
 from conftest import tiny_config
 
 import catvae_jax
-from catvae_jax import steps
+from catvae_jax.after_training import train_and_evaluate
 from catvae_jax.errors import UserError
-from catvae_jax.train import train_and_evaluate
+from catvae_jax.train import state as state_lib
+from catvae_jax.train import steps
 
 
 def _lines(workdir):
@@ -116,7 +117,7 @@ def test_max_steps_stops_and_still_checkpoints(tmp_path):
 
 
 def test_nonfinite_loss_stops_at_the_step(tmp_path):
-    from catvae_jax.train import NonFiniteError
+    from catvae_jax.train.loop import NonFiniteError
 
     config = tiny_config()
     config.learning_rate = 1e30
@@ -143,7 +144,7 @@ def test_the_lpips_term_trains_in_the_loop(tmp_path):
 
 def test_runs_of_another_lr_schedule_or_warmup_share_one_compiled_step():
     config = tiny_config()
-    graphdef, state = steps.init_state(config, catvae_jax.models.init_compiled(config))
+    graphdef, state = state_lib.init_state(config, catvae_jax.model.networks.init_compiled(config))
     batch = np.zeros((config.batch_size, 16, 16, 3), np.uint8)
     other = config.copy_and_resolve_references()
     other.learning_rate, other.num_epochs, other.lr_schedule = 1e-5, 40, "constant"
@@ -161,7 +162,7 @@ def test_the_schedule_arguments_give_the_configs_lr_and_beta():
     """One compiled step, given each config's Schedule, uses that config's lr and β: at step 5
     a cosine over 36 steps and β warmed up over 10 (β/2), then a constant lr and full β."""
     config = tiny_config()
-    graphdef, state = steps.init_state(config, catvae_jax.models.init_compiled(config))
+    graphdef, state = state_lib.init_state(config, catvae_jax.model.networks.init_compiled(config))
     step = jax.jit(steps.make_train_step(graphdef, config, jax.random.key(0)))
     batch = np.random.default_rng(0).integers(0, 256, (config.batch_size, 16, 16, 3), np.uint8)
     at = state.replace(step=jnp.int32(5))

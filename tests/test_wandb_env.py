@@ -8,7 +8,7 @@ import types
 import pytest
 from conftest import tiny_config
 
-from catvae_jax.writers import TrainingLog
+from catvae_jax.train.log import TrainingLog
 
 
 class _FakeWandb(types.ModuleType):

@@ -1,13 +1,15 @@
-"""Data: sources of cat images and the batching that feeds training."""
+"""Data: sources of cat images and the batching that feeds training.
+
+`batching` (device-resident batches, the batch plan) is light; `sources` (`describe`,
+`load_split`, `train_data`) brings in TFDS and is imported on first use, so that reading a
+user's image (`data.decode`) or loading a model for sampling never loads TFDS.
+"""
 
 from __future__ import annotations
 
-import ml_collections
-from jax.sharding import Mesh
+from typing import Any
 
-from catvae_jax.data import sources
 from catvae_jax.data.batching import DeviceData, batch_plan, eval_batches, to_global
-from catvae_jax.data.sources import describe, load_split
 
 __all__ = [
     "DeviceData",
@@ -20,26 +22,10 @@ __all__ = [
 ]
 
 
-def train_data(config: ml_collections.ConfigDict, mesh: Mesh):
-    """The training batches for `config`: an object with `steps_per_epoch` and `batch(step)`.
+def __getattr__(name: str) -> Any:
+    """`describe`, `load_split` and `train_data` of `sources`, imported on first use."""
+    if name in ("describe", "load_split", "train_data"):
+        from catvae_jax.data import sources
 
-    `batch(step)` returns the uint8 batch [B, S, S, 3] of global step `step`, sharded over the
-    mesh axis `data`; which images and flips it holds is decided by `batch_plan`. The split is
-    held on the devices (`DeviceData`) or streamed with grain (`StreamingData`) as
-    `data.pipeline` says ("auto": on the devices when it fits `data.device_memory_mb`).
-    """
-    if sources.pipeline(config) == "device":
-        images = load_split(config, "train")
-        return DeviceData(images, mesh, config.batch_size, config.seed, config.data.flip)
-    from catvae_jax.data.streaming import StreamingData  # imports grain: only when streaming
-
-    d = config.data
-    return StreamingData(
-        sources.random_access(config, "train"),
-        mesh,
-        config.batch_size,
-        config.seed,
-        d.flip,
-        threads=d.grain_threads,
-        prefetch=d.prefetch_batches,
-    )
+        return getattr(sources, name)
+    raise AttributeError(f"module 'catvae_jax.data' has no attribute '{name}'")

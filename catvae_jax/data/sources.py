@@ -20,8 +20,10 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.sharding import Mesh
 
 from catvae_jax.data import folders, synthetic
+from catvae_jax.data.batching import DeviceData
 from catvae_jax.data.builders import prepare_source, quiet
 from catvae_jax.data.catalog import CATALOG, catalog_builder, catalog_cats, describe_catalog
 from catvae_jax.data.decode import square_resize_array
@@ -163,3 +165,28 @@ def describe(config: ml_collections.ConfigDict) -> dict[str, str]:
             "path": str(d.path),
         }
     return describe_catalog(d.source, d.data_dir, d.download)
+
+
+def train_data(config: ml_collections.ConfigDict, mesh: Mesh):
+    """The training batches for `config`: an object with `steps_per_epoch` and `batch(step)`.
+
+    `batch(step)` returns the uint8 batch [B, S, S, 3] of global step `step`, sharded over the
+    mesh axis `data`; which images and flips it holds is decided by `batch_plan`. The split is
+    held on the devices (`DeviceData`) or streamed with grain (`StreamingData`) as
+    `data.pipeline` says ("auto": on the devices when it fits `data.device_memory_mb`).
+    """
+    if pipeline(config) == "device":
+        images = load_split(config, "train")
+        return DeviceData(images, mesh, config.batch_size, config.seed, config.data.flip)
+    from catvae_jax.data.streaming import StreamingData  # imports grain: only when streaming
+
+    d = config.data
+    return StreamingData(
+        random_access(config, "train"),
+        mesh,
+        config.batch_size,
+        config.seed,
+        d.flip,
+        threads=d.grain_threads,
+        prefetch=d.prefetch_batches,
+    )

@@ -11,11 +11,11 @@ import ml_collections
 import numpy as np
 from etils import epath
 
+from catvae_jax import atomic, data
 from catvae_jax import config as config_lib
-from catvae_jax import data, writers
-from catvae_jax.checkpoint import Checkpoints
 from catvae_jax.errors import UserError
-from catvae_jax.workdir_lock import WorkdirLock
+from catvae_jax.train.checkpoint import Checkpoints
+from catvae_jax.train.lock import WorkdirLock
 
 
 @dataclasses.dataclass
@@ -65,7 +65,7 @@ def bootstrap(workdir: epath.Path, config: ml_collections.ConfigDict) -> dict:
     config_dict["dataset"] = data.describe(config)
     _check_resume(workdir, config_dict)
     if jax.process_index() == 0:
-        writers.write_json(workdir / "config.json", config_dict)
+        atomic.write_json(workdir / "config.json", config_dict)
     return config_dict
 
 
@@ -88,7 +88,7 @@ def _check_resume(workdir: epath.Path, config_dict: dict) -> None:
     path = workdir / "config.json"
     if not path.exists():
         return
-    old = config_lib.read_json(path)
+    old = config_lib.read_json(path).to_dict()
     shaped = config_lib.shape_changes(old, config_dict)
     if shaped:
         flat_old, flat_new = config_lib.flatten(old), config_lib.flatten(config_dict)

@@ -16,19 +16,9 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from catvae_jax import images, losses
-
-
-@struct.dataclass
-class TrainState:
-    """Everything a train step changes. `plateau` holds the reduce-on-plateau scale of the lr;
-    `ema` the moving average of `params` (None when `config.ema_decay` is 0)."""
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    plateau: Any
-    ema: Any = None
+from catvae_jax import images
+from catvae_jax.model import losses
+from catvae_jax.train.state import TrainState, ema_decay, make_optimizer
 
 
 @struct.dataclass
@@ -49,14 +39,9 @@ def schedule(config: ml_collections.ConfigDict, total_steps: int) -> Schedule:
     return Schedule(
         learning_rate=np.asarray(config.learning_rate, np.float32),
         total_steps=np.asarray(total_steps, np.int32),
-        cosine=np.asarray(config.get("lr_schedule", "constant") == "cosine"),
+        cosine=np.asarray(config.lr_schedule == "cosine"),
         kl_warmup_steps=np.asarray(config.loss.kl_warmup_steps, np.int32),
     )
-
-
-def ema_decay(config: ml_collections.ConfigDict) -> float:
-    """config.ema_decay, 0 for configs written before it existed."""
-    return float(config.get("ema_decay", 0.0))
 
 
 def update_ema(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
@@ -65,32 +50,11 @@ def update_ema(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
     return jax.tree.map(lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
 
 
-def eval_params(state: TrainState) -> Any:
-    """The parameters validation, samples and evaluation use: the EMA when there is one."""
-    return state.ema if state.ema is not None else state.params
-
-
-def start_ema(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
-    """`state` with an EMA equal to its parameters (fresh buffers) when EMA is on and it has
-    none (a fresh run, or a checkpoint written without EMA); otherwise `state`."""
-    if ema_decay(config) <= 0 or state.ema is not None:
-        return state
-    return state.replace(ema=jax.tree.map(jnp.copy, state.params))
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """AdamW at lr 1 (the step multiplies its update by the Schedule's learning rate, so the
-    decay is multiplied by the lr, as PyTorch does), after optional global-norm clipping."""
-    parts = [optax.clip_by_global_norm(config.grad_clip_norm)] if config.grad_clip_norm else []
-    parts.append(optax.adamw(1.0, weight_decay=config.weight_decay))
-    return optax.chain(*parts)
-
-
 def lr_multiplier(config: ml_collections.ConfigDict, step: Any, total_steps: Any) -> Any:
     """The learning-rate multiplier at `step` (ints, or int32 arrays in the step): 1 throughout
     (`lr_schedule = "constant"`), or a cosine from 1 to 0 over `total_steps` ("cosine"). The
     plateau scale multiplies it, and AdamW's decay with it, as the lr does in PyTorch."""
-    if config.get("lr_schedule", "constant") == "constant":
+    if config.lr_schedule == "constant":
         return 1.0
     return cosine_multiplier(step, total_steps)
 
@@ -99,32 +63,6 @@ def cosine_multiplier(step: Any, total_steps: Any) -> Any:
     """0.5 · (1 + cos(π · min(step, total_steps) / total_steps)): 1 at step 0, 0 from the end."""
     count = jnp.minimum(step, total_steps)
     return 0.5 * (1 + jnp.cos(jnp.pi * count / total_steps))
-
-
-def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-    """Reduce-on-plateau, stepped once per validation with the validation loss."""
-    return optax.contrib.reduce_on_plateau(
-        factor=config.plateau.factor, patience=config.plateau.patience, min_scale=1e-3
-    )
-
-
-def _state_at_step_0(config: ml_collections.ConfigDict, params: nnx.State) -> TrainState:
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=make_optimizer(config).init(params),
-        plateau=make_plateau(config).init(params),
-    )
-    return start_ema(state, config)
-
-
-def init_state(config: ml_collections.ConfigDict, model: nnx.Module) -> tuple[Any, TrainState]:
-    """Splits `model` into (graphdef, TrainState at step 0)."""
-    graphdef, params = nnx.split(model)
-    return graphdef, _state_at_step_0(config, params)
-
-
-to_unit = images.to_unit  # uint8 [B, H, W, C] → float32 in [0, 1]
 
 
 def loss_and_grads(
@@ -139,11 +77,11 @@ def loss_and_grads(
 
     The `ssim` metric covers `config.train_ssim_images` images when SSIM is not in the loss.
     """
-    metric_images = config.get("train_ssim_images", 0)  # absent in workdirs from before it
+    metric_images = config.train_ssim_images
 
     def loss_fn(p):
         model = nnx.merge(graphdef, p)
-        return losses.vae_loss(model, to_unit(batch), key, beta, config.loss, metric_images)
+        return losses.vae_loss(model, images.to_unit(batch), key, beta, config.loss, metric_images)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
@@ -204,18 +142,9 @@ def make_eval_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) ->
     def eval_step(params, batch: jax.Array, mask: jax.Array, key: jax.Array) -> dict:
         model = nnx.merge(graphdef, params)
         beta = jnp.asarray(config.loss.beta, jnp.float32)
-        _, per_image = losses.vae_loss(model, to_unit(batch), key, beta, config.loss)
+        _, per_image = losses.vae_loss(model, images.to_unit(batch), key, beta, config.loss)
         sums = {k: jnp.sum(v * mask) for k, v in per_image.items()}
         sums["count"] = jnp.sum(mask)
         return sums
 
     return eval_step
-
-
-def abstract_state(
-    config: ml_collections.ConfigDict, model_fn: Callable[[], nnx.Module]
-) -> tuple[Any, TrainState]:
-    """(graphdef, TrainState of ShapeDtypeStructs) for `model_fn()`, allocating nothing."""
-    graphdef, params = nnx.split(nnx.eval_shape(model_fn))
-    params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params)
-    return graphdef, jax.eval_shape(lambda p: _state_at_step_0(config, p), params)

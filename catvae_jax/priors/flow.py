@@ -1,6 +1,6 @@
 """The learned prior: a RealNVP flow (Dinh et al. 2017) fitted to the training set's latent means.
 
-Like the GMM of catvae_jax/sampling.py it is ex-post density estimation (Ghosh et al. 2020):
+Like the GMM of catvae_jax/priors/gmm.py it is ex-post density estimation (Ghosh et al. 2020):
 after training, encode the training images, fit a density to their posterior means mu(x) and
 decode draws from it. The density here is a normalizing flow: the latents are standardised
 per dimension, then `num_layers` affine coupling layers (each a fixed permutation, then the
@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from catvae_jax import writers
+from catvae_jax import atomic
 from catvae_jax.errors import UserError
 
 NUM_LAYERS = 8
@@ -66,7 +66,7 @@ class Flow:
 
     def save(self, path: str | epath.Path) -> None:
         """Writes the flow to an .npz file atomically."""
-        writers.write_npz(
+        atomic.write_npz(
             path,
             loc=self.loc,
             scale=self.scale,

@@ -1,18 +1,13 @@
-"""How files are written: atomically (`write_atomic`, `write_json`: a reader never sees half a
-file), and where run metrics go: WORKDIR/metrics.jsonl (one flat JSON object per line) and W&B.
+"""A training run's log: WORKDIR/metrics.jsonl (one flat JSON object per line) and W&B.
 
-Only process 0 writes them; other processes get a TrainingLog that does nothing.
+Only process 0 writes; other processes get a TrainingLog that does nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -20,47 +15,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-
-def write_atomic(path: str | epath.Path, data: bytes | str) -> epath.Path:
-    """Writes `data` to `path` through a temporary file and a rename; returns the path. The
-    temporary name is unique, so writers racing on one path all succeed (the last rename wins)."""
-    path = epath.Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    with _naming(path):
-        try:
-            if isinstance(data, str):
-                tmp.write_text(data)
-            else:
-                tmp.write_bytes(data)
-            tmp.replace(path)
-        except BaseException:
-            with contextlib.suppress(OSError):  # no half-written file left behind
-                tmp.unlink(missing_ok=True)
-            raise
-    return path
-
-
-@contextlib.contextmanager
-def _naming(path: epath.Path) -> Iterator[None]:
-    """An OSError inside the block names `path` (a failed write() names no file)."""
-    try:
-        yield
-    except OSError as e:
-        if not e.filename and e.errno is not None:  # epath's own errors carry only a message
-            e.filename = os.fspath(path)
-        raise
-
-
-def write_npz(path: str | epath.Path, **arrays: Any) -> epath.Path:
-    """Writes `arrays` as an uncompressed .npz file, atomically; returns the path."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return write_atomic(path, buf.getvalue())
-
-
-def write_json(path: str | epath.Path, obj: Any) -> epath.Path:
-    """Writes `obj` as indented JSON, atomically; returns the path."""
-    return write_atomic(path, json.dumps(obj, indent=2) + "\n")
+from catvae_jax.atomic import naming, write_atomic
 
 
 def _plain(value: Any) -> Any:
@@ -99,7 +54,7 @@ class TrainingLog:
             mode=mode,
             project=config.wandb.project,
             name=config.wandb.name or epath.Path(workdir).name,
-            group=config.wandb.get("group") or None,
+            group=config.wandb.group or None,
             dir=str(workdir),
             config=config.to_dict(),
             resume="allow" if resumed else None,
@@ -134,7 +89,7 @@ class TrainingLog:
             return
         line = {"step": int(step), "epoch": int(epoch)}
         line.update({k: _plain(v) for k, v in metrics.items()})
-        with _naming(self.path), self.path.open("a") as f:
+        with naming(self.path), self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
         if self.run is not None:
             self.run.log({k: v for k, v in line.items() if k != "step"}, step=int(step))
@@ -149,6 +104,3 @@ class TrainingLog:
         if self.run is not None:
             self.run.finish()
             self.run = None
-
-
-MetricWriter = TrainingLog  # the old name

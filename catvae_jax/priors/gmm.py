@@ -1,8 +1,8 @@
 """Latent samplers by name, and the Gaussian mixture fitted to the training set's latent means.
 
 Samplers: `prior` = N(0, I); `gmm` = the mixture below; `flow` = the learned prior of
-catvae_jax/flow.py; `auto` = the flow when one is fitted for the checkpoint, else the mixture,
-else N(0, I) (the model resolves it: `VaeModel.resolve_sampler`).
+catvae_jax/priors/flow.py; `auto` = the flow when one is fitted for the checkpoint, else the
+mixture, else N(0, I) (the model resolves it: `VaeModel.resolve_sampler`).
 
 Ex-post density estimation (Ghosh et al. 2020; pythae's `GaussianMixtureSampler`): encode the
 training images, fit a K-component full-covariance Gaussian mixture to their posterior means
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from etils import epath
 
-from catvae_jax import writers
+from catvae_jax import atomic
 from catvae_jax.errors import UserError
 
 SAMPLERS = ("auto", "prior", "gmm", "flow")
@@ -50,7 +50,7 @@ class GaussianMixture:
 
     def save(self, path: str | epath.Path) -> None:
         """Writes the parameters to an .npz file atomically."""
-        writers.write_npz(
+        atomic.write_npz(
             path,
             weights=self.weights,
             means=self.means,

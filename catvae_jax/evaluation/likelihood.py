@@ -37,7 +37,7 @@ from catvae_jax import data
 from catvae_jax.errors import UserError
 from catvae_jax.images import pad_batch, to_unit
 from catvae_jax.inference import VaeModel
-from catvae_jax.ssim import ms_ssim, ms_ssim_scales, ssim
+from catvae_jax.model.ssim import ms_ssim, ms_ssim_scales, ssim
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 SIGMA_FIT_IMAGES = 1024

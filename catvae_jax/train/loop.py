@@ -1,9 +1,9 @@
 """`train_and_evaluate(config, workdir)`: the one entry point the CLI, tests and notebooks call.
 
 Reads top to bottom: workdir (lock, config.json) → mesh → data → model → resume → steps → loop
-(log, validate, checkpoint) → final outputs. Data parallel: the batch is sharded over every
-device along the mesh axis `data`, parameters are replicated; the same code runs on 1 CPU,
-N GPUs or a TPU slice.
+(log, validate, checkpoint) → `on_finish` (the command's end-of-training job). Data parallel:
+the batch is sharded over every device along the mesh axis `data`, parameters are replicated;
+the same code runs on 1 CPU, N GPUs or a TPU slice.
 """
 
 from __future__ import annotations
@@ -24,27 +24,47 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from catvae_jax import config as config_lib
-from catvae_jax import data, images, models, priors, steps
-from catvae_jax import workdir as workdir_lib
-from catvae_jax.checkpoint import Checkpoints, abstract_like
+from catvae_jax import data
 from catvae_jax.errors import NonFiniteError, Preempted, UserError, storage_error
-from catvae_jax.inference import VaeModel
-from catvae_jax.loop_hooks import PreemptionNotice, Profiler, progress_bar
-from catvae_jax.workdir import Progress
-from catvae_jax.writers import TrainingLog
+from catvae_jax.model import networks
+from catvae_jax.train import state as state_lib
+from catvae_jax.train import steps
+from catvae_jax.train import workdir as workdir_lib
+from catvae_jax.train.checkpoint import Checkpoints, abstract_like
+from catvae_jax.train.hooks import PreemptionNotice, Profiler, progress_bar
+from catvae_jax.train.log import TrainingLog
+from catvae_jax.train.workdir import Progress
 
 __all__ = ["NonFiniteError", "Preempted", "Progress", "train_and_evaluate"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """What a finished run hands to `on_finish` (process 0): the final parameters (host
+    arrays; EMA when on), their graphdef, step and config, the checkpoints (still being
+    written: `ckpts.wait()` first) and the first `num_eval_images` validation images (uint8)."""
+
+    workdir: epath.Path
+    config: ml_collections.ConfigDict
+    graphdef: nnx.GraphDef
+    params: Any
+    step: int
+    ckpts: Checkpoints
+    originals: np.ndarray
 
 
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
+    on_finish: Callable[[Finished], np.ndarray | None] | None = None,
 ) -> dict[str, float]:
     """Trains the configured VAE in `workdir` (resuming from its latest checkpoint if any).
 
-    Writes checkpoints/, config.json, metrics.jsonl, samples.png and reconstructions.png, and
-    returns the final validation metrics plus `step`. Raises UserError for a bad config or a
+    Writes checkpoints/, config.json and metrics.jsonl, and returns the final validation
+    metrics plus `step`. `on_finish(Finished)`, if given, runs on process 0 after the loop
+    (`catvae_jax.after_training.finish`: the learned prior and the pictures); an image it
+    returns (uint8 HWC) is logged to W&B as `samples`. Raises UserError for a bad config or a
     workdir another process writes to, NonFiniteError when the loss diverges, StorageError when
     the disk fills, Preempted on SIGTERM or Ctrl-C. `on_validation(step, val_metrics)`, if
     given, is called after each validation's checkpoint is saved (a sweep reports to its
@@ -55,7 +75,7 @@ def train_and_evaluate(
     lock = workdir_lib.lock(workdir, "training")
     preemption = PreemptionNotice()  # from here on Ctrl-C and SIGTERM stop at a checkpoint
     try:
-        return _Run(config, workdir, on_validation).train(preemption)
+        return _Run(config, workdir, on_validation, on_finish).train(preemption)
     except Exception as e:  # a full or unwritable disk, however deep Orbax wrapped it
         failed = storage_error(e)
         if failed is None or failed is e:
@@ -132,8 +152,11 @@ class Cadence:
 class _Run:
     """One training run's parts; `train` is the loop, each other method one job of it."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: epath.Path, on_validation):
-        self.config, self.workdir, self.on_validation = config, workdir, on_validation
+    def __init__(
+        self, config: ml_collections.ConfigDict, workdir: epath.Path, on_validation, on_finish
+    ):
+        self.config, self.workdir = config, workdir
+        self.on_validation, self.on_finish = on_validation, on_finish
         self.is_main = jax.process_index() == 0
         self.mesh = make_mesh(config.batch_size)
         self.train_data = data.train_data(config, self.mesh)
@@ -148,9 +171,9 @@ class _Run:
             workdir, config, resumed=resumed, resumed_step=int(self.state.step)
         )
 
-    def _init_state(self) -> tuple[nnx.GraphDef, steps.TrainState]:
+    def _init_state(self) -> tuple[nnx.GraphDef, state_lib.TrainState]:
         """(graphdef, step-0 TrainState replicated over the mesh)."""
-        graphdef, state = steps.init_state(self.config, models.init_compiled(self.config))
+        graphdef, state = state_lib.init_state(self.config, networks.init_compiled(self.config))
         replicated = NamedSharding(self.mesh, P())
         return graphdef, jax.tree.map(lambda x: data.to_global(np.asarray(x), replicated), state)
 
@@ -162,9 +185,9 @@ class _Run:
             return Progress(), False
         step, state, meta, _ = restored
         print(f"resumed from step {step} in {self.workdir}", flush=True)
-        if steps.ema_decay(self.config) > 0 and state.ema is None:
+        if state_lib.ema_decay(self.config) > 0 and state.ema is None:
             print(f"checkpoint {step} has no EMA: it starts from its parameters", flush=True)
-        self.state = steps.start_ema(state, self.config)
+        self.state = state_lib.start_ema(state, self.config)
         return Progress(**meta["progress"]), True
 
     def _make_steps(self) -> None:
@@ -176,12 +199,12 @@ class _Run:
         self.schedule = jax.tree.map(lambda x: data.to_global(x, replicated), schedule)
         self.eval_step = jax.jit(steps.make_eval_step(self.graphdef, config))
         self.eval_key = jax.random.fold_in(base_key, 2)
-        plateau = steps.make_plateau(config)
+        plateau = state_lib.make_plateau(config)
         self.plateau_update = jax.jit(lambda s, v: plateau.update({}, s, value=v)[1])
 
     def train(self, preemption: PreemptionNotice) -> dict[str, Any]:
         """The loop: steps, logged; validated and checkpointed on the cadence; stopped early on
-        a plateau of the validation loss or a preemption; then the pictures."""
+        a plateau of the validation loss or a preemption; then `on_finish`."""
         step, final = int(self.state.step), {}
         profiler = Profiler(
             self.workdir / "profile", start=step + 3, enabled=self.config.profile and self.is_main
@@ -230,7 +253,7 @@ class _Run:
     def _validate(self) -> dict[str, float]:
         return validation_metrics(
             self.eval_step,
-            steps.eval_params(self.state),
+            state_lib.eval_params(self.state),
             self.val_split,
             self.config.batch_size,
             self.mesh,
@@ -262,16 +285,17 @@ class _Run:
             self.progress.bad_evals += 1
 
     def _write_final_outputs(self, step: int) -> None:
-        """Process 0: the learned prior of `best`/`latest`, then samples.png (default sampler)
-        and reconstructions.png of the final parameters."""
-        if not self.is_main:
+        """Process 0: hands the final parameters to `on_finish` and logs the image it returns."""
+        if not self.is_main or self.on_finish is None:
             return
-        params = jax.device_get(steps.eval_params(self.state))
-        vae = VaeModel(self.graphdef, params, self.config, step=step)
-        priors.fit_after_training(self.workdir, self.config, self.ckpts, vae)  # samples.png uses it
+        params = jax.device_get(state_lib.eval_params(self.state))
         originals = self.val_split[: self.config.num_eval_images]
-        grid = _write_pictures(self.workdir, vae, originals, self.config.seed)
-        self.writer.write_image(step, "samples", grid)
+        finished = Finished(
+            self.workdir, self.config, self.graphdef, params, step, self.ckpts, originals
+        )
+        grid = self.on_finish(finished)
+        if grid is not None:
+            self.writer.write_image(step, "samples", grid)
 
 
 class _Throughput:
@@ -320,17 +344,3 @@ def params_digest(params: Any) -> str:
     for leaf in jax.tree.leaves(params):
         digest.update(np.asarray(leaf.addressable_data(0)).tobytes())
     return digest.hexdigest()
-
-
-def _write_pictures(
-    workdir: epath.Path, vae: VaeModel, originals: np.ndarray, seed: int
-) -> np.ndarray:
-    """samples.png: 8×8 samples of the default sampler (fixed seed); reconstructions.png:
-    inputs above outputs.
-    Returns the samples grid (uint8 HWC)."""
-    samples = images.grid(vae.generate(64, seed=seed), ncols=8)
-    images.save_png(workdir / "samples.png", samples)
-    x = originals.astype(np.float32) / 255.0
-    both = np.concatenate([x, vae.reconstruct(x)])
-    images.save_png(workdir / "reconstructions.png", images.grid(both, ncols=len(x)))
-    return samples

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from catvae_jax import layers
-from catvae_jax.layers import ConvTranspose
+from catvae_jax.config import MODEL_NAMES
+from catvae_jax.model import layers
+from catvae_jax.model.layers import ConvTranspose
 
 
 class VaeCatsV1(nnx.Module):
@@ -152,6 +153,7 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] =
     "vae_cats_v1": _vae_cats_v1,
     "resvae": _resvae,
 }
+assert tuple(MODELS) == MODEL_NAMES, "config.MODEL_NAMES lists the networks of MODELS"
 
 
 def init_eager(config: ml_collections.ConfigDict, seed: int | None = None) -> nnx.Module:
@@ -173,6 +175,3 @@ def init_compiled(config: ml_collections.ConfigDict, seed: int | None = None) ->
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
     init = jax.jit(lambda: nnx.state(init_eager(config, seed))).lower().compile(options)
     return nnx.merge(graphdef, init())
-
-
-build = init_compiled  # the old name, which train.py still calls

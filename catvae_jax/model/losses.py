@@ -4,7 +4,7 @@ Reductions, per image unless said otherwise:
 - `reconstruction`: ssim_weight·(1 − SSIM)·H·W·C + mse_weight·Σ(x − x̂)² + l1_weight·Σ|x − x̂|
   + lpips_weight·LPIPS(x, x̂)·H·W·C, the sums over all H·W·C pixel values. Scaling (1 − SSIM) by
   H·W·C keeps the original's balance between a pixel-summed reconstruction term and a KL summed
-  over latent dimensions; LPIPS (AlexNet, catvae_jax/perceptual.py) is scaled the same way, on
+  over latent dimensions; LPIPS (AlexNet, catvae_jax/model/perceptual.py) is scaled the same way, on
   the images as they are or on `lpips_size`² resizes (128: what the sample metrics see).
 - `kl_divergence`: KL(N(mu, exp(logvar)) ‖ N(0, I)) summed over latent dimensions, in nats.
 - `vae_loss`: the batch mean of reconstruction + β_t·KL, with β_t rising linearly from 0 to β over
@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from catvae_jax import perceptual
-from catvae_jax.ssim import ssim
+from catvae_jax.model import perceptual
+from catvae_jax.model.ssim import ssim
 
 
 def kl_divergence(mu: jax.Array, logvar: jax.Array) -> jax.Array:
@@ -50,8 +50,8 @@ def reconstruction(
         total = total + loss_cfg.mse_weight * per_image((x - x_hat) ** 2)
     if loss_cfg.l1_weight:
         total = total + loss_cfg.l1_weight * per_image(jnp.abs(x - x_hat))
-    if loss_cfg.get("lpips_weight", 0.0):  # absent in configs from before it
-        d = lpips_distance(x, x_hat, loss_cfg.get("lpips_size", 0))
+    if loss_cfg.lpips_weight:
+        d = lpips_distance(x, x_hat, loss_cfg.lpips_size)
         total = total + loss_cfg.lpips_weight * d * x[0].size
     return total, s
 

@@ -1,0 +1,95 @@
+"""A whole training run: `train_and_evaluate` = the loop, then `finish`, the end-of-training job
+(the learned prior of `best` and `latest`, then samples.png and reconstructions.png).
+`fit_checkpoints` fits the learned prior of existing checkpoints (the fit_prior command).
+
+For each checkpoint a reader picks by default (`best`, and `latest` when it differs) the flow
+of catvae_jax/priors/flow.py is fitted to the posterior means of up to 10 000 training images and
+written, atomically, to WORKDIR/flow_<step>.npz, where `inference.load` finds it. Two
+processes fitting the same checkpoint at once both succeed (the fit is deterministic; the last
+rename wins).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import ml_collections
+import numpy as np
+from etils import epath
+
+from catvae_jax import images, inference
+from catvae_jax.errors import UserError
+from catvae_jax.priors import flow, gmm
+from catvae_jax.train import loop
+
+DEFAULT_STEPS = ("best", "latest")
+
+
+def fit_checkpoints(
+    workdir: str | epath.Path,
+    steps: Sequence[str | int] = DEFAULT_STEPS,
+    max_images: int = gmm.DEFAULT_MAX_IMAGES,
+) -> list[tuple[int, flow.Flow, float]]:
+    """Fits and stores the flow of each checkpoint in `steps` ("best", "latest" or numbers;
+    a step named twice is fitted once). Returns (step, flow, seconds) per fitted checkpoint."""
+    done: list[tuple[int, flow.Flow, float]] = []
+    for name in steps:
+        model = inference.load(workdir, name)
+        if model.step in [step for step, _, _ in done]:
+            continue
+        start = time.perf_counter()
+        fitted = model.fit_flow(max_images)
+        done.append((int(model.step), fitted, time.perf_counter() - start))
+    return done
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Trains (`catvae_jax.train.loop.train_and_evaluate`), then `finish`es: the library's
+    and the `main` command's entry point. Returns the final validation metrics plus `step`."""
+    return loop.train_and_evaluate(config, workdir, on_validation, on_finish=finish)
+
+
+def finish(run: loop.Finished) -> np.ndarray:
+    """The end of a run (process 0): the learned prior of `best` and `latest` unless
+    `config.flow_prior` is off (the final model's one attached, so samples.png uses it), then
+    samples.png (8×8, the default sampler, fixed seed) and reconstructions.png (inputs above
+    outputs). Returns the samples grid (uint8 HWC) for the run's log."""
+    vae = inference.VaeModel(
+        run.graphdef, run.params, run.config, step=run.step, workdir=run.workdir
+    )
+    if run.config.flow_prior:
+        _fit_priors(run, vae)
+    samples = images.grid(vae.generate(64, seed=run.config.seed), ncols=8)
+    images.save_png(run.workdir / "samples.png", samples)
+    x = run.originals.astype(np.float32) / 255.0
+    both = np.concatenate([x, vae.reconstruct(x)])
+    images.save_png(run.workdir / "reconstructions.png", images.grid(both, ncols=len(x)))
+    return samples
+
+
+def _fit_priors(run: loop.Finished, vae: inference.VaeModel) -> None:
+    """Fits the flow of `best` and `latest` once their checkpoints are written; the one of
+    `vae`'s step is attached to `vae`."""
+    ckpts = run.ckpts
+    ckpts.wait()
+    steps = sorted({s for s in (ckpts.resolve("best"), ckpts.resolve("latest")) if s is not None})
+    for step in steps:
+        start = time.perf_counter()
+        if step == vae.step:
+            fitted = vae.fit_flow()
+        else:
+            try:
+                fitted = inference.load(run.workdir, step).fit_flow()
+            except UserError as e:  # e.g. a best checkpoint the manager has not kept
+                print(f"warning: no learned prior for checkpoint {step}: {e}", flush=True)
+                continue
+        print(
+            f"learned prior for checkpoint {step}: fitted to {fitted.num_images} latents in "
+            f"{time.perf_counter() - start:.1f} s, held-out NLL {fitted.heldout_nll:.2f} nats",
+            flush=True,
+        )

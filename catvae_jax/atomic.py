@@ -1,0 +1,57 @@
+"""Files written atomically (`write_atomic`, `write_npz`, `write_json`): a reader never sees
+half a file, and a failed write leaves no temporary file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from etils import epath
+
+
+def write_atomic(path: str | epath.Path, data: bytes | str) -> epath.Path:
+    """Writes `data` to `path` through a temporary file and a rename; returns the path. The
+    temporary name is unique, so writers racing on one path all succeed (the last rename wins)."""
+    path = epath.Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    with naming(path):
+        try:
+            if isinstance(data, str):
+                tmp.write_text(data)
+            else:
+                tmp.write_bytes(data)
+            tmp.replace(path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # no half-written file left behind
+                tmp.unlink(missing_ok=True)
+            raise
+    return path
+
+
+@contextlib.contextmanager
+def naming(path: epath.Path) -> Iterator[None]:
+    """An OSError inside the block names `path` (a failed write() names no file)."""
+    try:
+        yield
+    except OSError as e:
+        if not e.filename and e.errno is not None:  # epath's own errors carry only a message
+            e.filename = os.fspath(path)
+        raise
+
+
+def write_npz(path: str | epath.Path, **arrays: Any) -> epath.Path:
+    """Writes `arrays` as an uncompressed .npz file, atomically; returns the path."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return write_atomic(path, buf.getvalue())
+
+
+def write_json(path: str | epath.Path, obj: Any) -> epath.Path:
+    """Writes `obj` as indented JSON, atomically; returns the path."""
+    return write_atomic(path, json.dumps(obj, indent=2) + "\n")
