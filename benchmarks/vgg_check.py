@@ -27,33 +27,13 @@ from catvae_jax.model import perceptual
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Workdirs to compare.", required=True)
 _NUM = flags.DEFINE_integer("num_samples", 1000, "Samples and reference images per workdir.")
 _SAMPLER = flags.DEFINE_string("sampler", "auto", "Sampler of every workdir.")
-_BLOCKS = (2, 2, 3, 3, 3)  # VGG16's convolutions per block, a 2×2 max pool after each block
-
-
-def vgg16_pooled(weights: dict, x: jax.Array) -> jax.Array:
-    """relu4_3 + relu5_3 of VGG16 averaged over space [B, 1024] of x [B, H, W, 3] in [0, 1]."""
-    x = perceptual.network_input(x)
-    pooled, i = [], 0
-    for block, convs in enumerate(_BLOCKS):
-        if block:
-            x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-        for _ in range(convs):
-            kernel = weights[f"VGG16_0/Conv_{i}/kernel"]
-            x = jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            x = jax.nn.relu(x + weights[f"VGG16_0/Conv_{i}/bias"])
-            i += 1
-        if block >= 3:
-            pooled.append(jnp.mean(x, axis=(1, 2)))
-    return jnp.concatenate(pooled, axis=-1)
 
 
 def main(argv):
     del argv
     weights = jax.tree.map(jnp.asarray, perceptual.read_weights(perceptual.weights_path("vgg16")))
     size = sample_quality.INPUT_SIZE
-    step = jax.jit(lambda x: vgg16_pooled(weights, perceptual.resize(x, size)))
+    step = jax.jit(lambda x: perceptual.vgg16_pooled(weights, perceptual.resize(x, size)))
 
     def features(images: np.ndarray) -> np.ndarray:
         parts = [np.asarray(step(x))[:n] for x, n in sample_quality._padded(images, 50)]

@@ -40,6 +40,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_samples", 1000, "Samples for the sample-quality metrics (0: none).")
     flags.DEFINE_enum("sampler", "auto", list(SAMPLERS), "Sampler of the sample metrics.")
     flags.DEFINE_bool("likelihood", True, "Compute the likelihood keys (--nolikelihood: skip).")
+    flags.DEFINE_bool("vgg", True, "Sample metrics in VGG16 features too (--novgg: AlexNet only).")
     flags.mark_flag_as_required("workdir")
 
 
@@ -68,6 +69,7 @@ def main(argv: list[str]) -> None:
                 num_samples=FLAGS.num_samples,
                 sampler=FLAGS.sampler,
                 seed=FLAGS.seed,
+                vgg=FLAGS.vgg,
             )
         seconds = time.perf_counter() - start
         path = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / "eval.json")

