@@ -159,6 +159,7 @@ class CatFolder(_Builder):
         "Pass the folder of images as manual_dir, or run "
         "`python -m catvae_jax.data prepare --source folder --path DIR`."
     )
+    listing: FolderListing | None = None  # the listing the config was made from (folder_builder)
 
     def _info(self) -> tfds.core.DatasetInfo:
         s = self.builder_config.image_size
@@ -175,7 +176,9 @@ class CatFolder(_Builder):
         )
 
     def _split_generators(self, dl_manager):
-        listing = list_folder(dl_manager.manual_dir)
+        # The listing the config's fingerprint came from, so a file removed since is a skipped
+        # file, not a changed folder; listed anew only when built from manual_dir alone.
+        listing = self.listing or list_folder(dl_manager.manual_dir)
         c = self.builder_config
         if listing.fingerprint != c.fingerprint:
             raise UserError(
@@ -254,11 +257,13 @@ def folder_builder(path: str | FolderListing, image_size: int, data_dir: str | N
     """The `cat_folder` builder of a folder (a path, listed here, or its listing)."""
     listing = path if isinstance(path, FolderListing) else list_folder(path)
     with quiet():
-        return CatFolder(
+        builder = CatFolder(
             config=folder_config(listing, image_size),
             data_dir=_data_dir(data_dir),
             file_format="array_record",
         )
+    builder.listing = listing
+    return builder
 
 
 def synthetic_builder(
