@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -19,7 +20,7 @@ from PIL import Image
 
 from catvae_jax import data
 from catvae_jax.data import builders, decode, folders
-from catvae_jax.errors import UserError
+from catvae_jax.errors import EnvironmentFailure, UserError
 
 RNG = np.random.default_rng(0)
 TINY = [  # as tests/test_cli.py, without the synthetic split sizes
@@ -428,3 +429,46 @@ def test_a_file_removed_while_listing_or_before_reading_is_skipped(tmp_path, mon
         "cats/cat_000.jpg": "unreadable (No such file or directory)",
         "cats/gone.png": "unreadable (No such file or directory)",
     }
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.ENOSPC])
+def test_an_unwritable_data_dir_is_an_environment_failure(tmp_path, monkeypatch, code):
+    """Every folder TFDS makes under data_dir fails as on a read-only, forbidden or full disk:
+    EnvironmentFailure naming the path (exit 1 in the CLIs), nothing written."""
+    data_dir = tmp_path / "tfds"
+    makedirs = os.makedirs
+
+    def failing(path, *args, **kwargs):
+        if str(path).startswith(str(data_dir)):
+            raise OSError(code, os.strerror(code), str(path))
+        return makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", failing)
+    folder = write_folder(tmp_path / "imgs", {}, extra_good=3)
+    with pytest.raises(EnvironmentFailure, match=f"cannot write {data_dir}.*: {os.strerror(code)}"):
+        builders.prepare_folder(str(folder), 16, str(data_dir), progress=False)
+    assert not data_dir.exists()
+
+
+def test_prepare_cli_on_a_read_only_data_dir_is_one_line_exit_1(tmp_path):
+    """The CLI with os.makedirs failing as on a read-only mount (EROFS)."""
+    data_dir = tmp_path / "tfds"
+    code = f"""
+import errno, os, runpy, sys
+makedirs = os.makedirs
+def read_only(path, *args, **kwargs):
+    if str(path).startswith({str(data_dir)!r}):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    return makedirs(path, *args, **kwargs)
+os.makedirs = read_only
+sys.argv = ["catvae_jax.data", "prepare", "--source", "synthetic", "--data_dir", {str(data_dir)!r},
+            "--image_size", "16", "--num_train", "4", "--num_validation", "2", "--num_test", "2",
+            "--no_progress"]
+runpy.run_module("catvae_jax.data", run_name="__main__", alter_sys=True)
+"""
+    proc = run_python(code)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"error: cannot prepare the data set: cannot write {data_dir}")
+    assert errors[0].endswith("Read-only file system") and not data_dir.exists()

@@ -65,11 +65,12 @@ def report(prepared) -> str:
 
 @contextlib.contextmanager
 def _os_errors():
-    """A path that cannot be created or used (a file where a folder should be, no permission)
-    is a one-line error, not a traceback."""
+    """A --data_dir that cannot be a folder (a file where a folder should be) is a one-line
+    user error; one that cannot be written (read-only, full, no permission) is a one-line
+    environment failure, exit 1 (`builders.prepare` raises EnvironmentFailure)."""
     try:
         yield
-    except (NotADirectoryError, FileExistsError, PermissionError) as e:
+    except (NotADirectoryError, FileExistsError) as e:
         cli.fail(f"cannot prepare the dataset: {e.strerror or e}: '{e.filename}'")
 
 

@@ -47,7 +47,7 @@ from catvae_jax.data.folders import (
     list_folder,
     printable,
 )
-from catvae_jax.errors import UserError
+from catvae_jax.errors import EnvironmentFailure, UserError, storage_error
 
 
 @dataclasses.dataclass(eq=False)
@@ -283,7 +283,9 @@ def prepare(
     """Builds the data set of `builder` unless it is already there; returns what it holds.
 
     TFDS writes into an `incomplete.*` folder and renames it only on success, so a failure
-    (or Ctrl-C) never leaves a data set that looks complete. `total` sizes the progress bar.
+    (or Ctrl-C) never leaves a data set that looks complete. A data_dir that cannot be written
+    (read-only, full, no permission) raises EnvironmentFailure naming the path. `total` sizes
+    the progress bar.
     """
     start = time.perf_counter()
     with quiet():
@@ -297,10 +299,11 @@ def prepare(
                 builder.download_and_prepare(
                     download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
                 )
-            except BaseException:
-                config_dir = epath.Path(builder.data_path).parent  # left empty by TFDS
-                if config_dir.exists() and not any(config_dir.iterdir()):
-                    config_dir.rmdir()
+            except BaseException as e:
+                _remove_empty(epath.Path(builder.data_path).parent)  # left empty by TFDS
+                failed = storage_error(e, where=str(builder.data_dir_root))
+                if failed is not None:
+                    raise EnvironmentFailure(f"cannot prepare the data set: {failed}") from e
                 raise
             finally:
                 builder.progress = None
@@ -318,6 +321,13 @@ def prepare(
         reused=reused,
         seconds=time.perf_counter() - start,
     )
+
+
+def _remove_empty(folder: epath.Path) -> None:
+    """Removes `folder` if it is an empty folder; never fails (its disk may be read-only)."""
+    with contextlib.suppress(OSError):
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def prepare_folder(
