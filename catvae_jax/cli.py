@@ -13,7 +13,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from catvae_jax import config_files
-from catvae_jax.errors import NonFiniteError, Preempted, StorageError, UserError, exit_with
+from catvae_jax.errors import (
+    EnvironmentFailure,
+    NonFiniteError,
+    Preempted,
+    StorageError,
+    UserError,
+    exit_with,
+)
 
 
 def config_file(name: str) -> str:
@@ -144,6 +151,8 @@ def user_errors():
             flush=True,
         )
         sys.exit(1)
+    except EnvironmentFailure as e:  # no network, an unwritable data_dir: no checkpoint involved
+        exit_with(str(e), 1)
     except Preempted as e:
         print(f"stopped: {e}", flush=True)
         sys.exit(e.exit_code)

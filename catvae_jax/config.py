@@ -90,7 +90,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.flip = True  # random horizontal flips of training batches
     c.data.path = ""  # folder of images (data.source = "folder"), prepared on first use
     c.data.data_dir = ""  # TFDS data_dir (any etils.epath path, gs:// too); empty = TFDS default
-    c.data.download = True  # cats_vs_dogs/oxford_iiit_pet: try to build them if not in data_dir
+    c.data.download = True  # catalog sets, oxford_cat_faces: fetch what is not in data_dir
+    c.data.archives = ""  # oxford_cat_faces: folder of images.tar.gz, annotations.tar.gz
+    c.data.face_margin = 0.2  # oxford_cat_faces: added on every side, × the head box's side
     c.data.pipeline = "auto"  # device | grain | auto: device when the train split fits the budget
     c.data.device_memory_mb = 2048  # auto: largest train split (uint8) held on every device
     c.data.grain_threads = 8  # grain: threads reading and decoding examples
@@ -202,7 +204,7 @@ def _is_v1(c: ml_collections.ConfigDict) -> bool:
     return c.model.name == "vae_cats_v1"
 
 
-SOURCES = ("synthetic", "folder", "cats_vs_dogs", "oxford_iiit_pet")
+SOURCES = ("synthetic", "folder", "oxford_cat_faces", "cats_vs_dogs", "oxford_iiit_pet")
 
 # In order: the first failing check is the one reported.
 CHECKS = (
@@ -245,6 +247,7 @@ CHECKS = (
     Check("data.path", lambda v, c: bool(v),
           "must name a folder of images when data.source is 'folder'",
           lambda c: c.data.source == "folder"),
+    Check("data.face_margin", lambda v, c: 0 <= v <= 2, "must be in [0, 2], got {v}"),
     Check("data.pipeline", lambda v, c: v in ("auto", "device", "grain"),
           "must be auto, device or grain, got '{v}'"),
     Check("data.device_memory_mb", lambda v, c: v >= 0, "must be >= 0, got {v}"),

@@ -3,9 +3,10 @@
 Library code raises :class:`UserError` for mistakes a user can fix (bad config, missing workdir,
 bad value): exit 2. Training raises :class:`NonFiniteError` when the loss diverges (exit 1) and
 :class:`Preempted` after SIGTERM or Ctrl-C saved a checkpoint (exit 143 or 130), and
-:class:`StorageError` when the disk fills or turns unwritable (exit 1). Library callers get ordinary
-exceptions. This module imports nothing of catvae_jax, so every command can catch them without
-loading the training stack.
+:class:`StorageError` when the disk fills or turns unwritable (exit 1). :class:`EnvironmentFailure`
+is another failure of the machine, not of the user (no network for a download, an unwritable
+data_dir): exit 1. Library callers get ordinary exceptions. This module imports nothing of
+catvae_jax, so every command can catch them without loading the training stack.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def exit_with(message: str, code: int = 2) -> None:
     """Prints `message` as one line on stderr and exits with `code`."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+class EnvironmentFailure(RuntimeError):
+    """The machine failed the command, not the user's input (no network for a download, a
+    read-only or full data_dir): one line, exit code 1, nothing partial left behind."""
 
 
 class StorageError(RuntimeError):

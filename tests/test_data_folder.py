@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import socket
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import bomb_png, run_cli, run_python
+from etils import epath
 from PIL import Image
 
 from catvae_jax import data
 from catvae_jax.data import builders, decode, folders
-from catvae_jax.errors import UserError
+from catvae_jax.errors import EnvironmentFailure, UserError
 
 RNG = np.random.default_rng(0)
 TINY = [  # as tests/test_cli.py, without the synthetic split sizes
@@ -64,6 +69,16 @@ def _photo(h: int = 40, w: int = 52, seed: int = 0) -> np.ndarray:
     return ((np.stack(chans, -1) * 0.5 + 0.5) * 255).astype(np.uint8)
 
 
+# A real Encapsulated PostScript file: PIL's EPS plugin would hand it to Ghostscript (`gs`).
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 10 10
+%%EndComments
+newpath 0 0 moveto 10 10 lineto stroke
+showpage
+%%EOF
+"""
+
+
 # Hostile files: name → (bytes, None if it must be kept, else a word of its skip reason).
 def hostile_files() -> dict[str, tuple[bytes, str | None]]:
     rgb = _photo()
@@ -83,6 +98,7 @@ def hostile_files() -> dict[str, tuple[bytes, str | None]]:
         "tiny.bmp": (_encode(Image.fromarray(rgb[:3, :2]), "BMP"), None),
         "photo.webp": (_encode(Image.fromarray(rgb), "WEBP"), None),
         "text.jpg": (b"this is a note, not a picture\n", "not an image"),
+        "postscript.jpg": (EPS, "not an image"),  # never handed to Ghostscript
         "zero.png": (b"", "empty"),
         "random.png": (RNG.bytes(600), "not an image"),
         "bomb.png": (bomb_png(), "too large: 900000000 pixels is over"),  # never decoded
@@ -105,12 +121,39 @@ def write_folder(root: Path, files: dict[str, tuple[bytes, str | None]], extra_g
 
 KEPT = [n for n, (_, why) in hostile_files().items() if why is None and decode.is_candidate(n)]
 SKIPPED = {n: why for n, (_, why) in hostile_files().items() if why is not None}
+# Names with an image extension that are no regular file → their skip reason.
+SPECIAL = {
+    "pipe.png": "not a regular file (a FIFO)",  # reading it would wait for a writer forever
+    "dangling.jpg": "unreadable (a dangling symbolic link)",
+    "loop.png": "unreadable (Too many levels of symbolic links)",
+    "sub/device.png": "not a regular file (a character device)",  # -> /dev/zero: endless
+}
+
+
+def add_special_files(root: Path) -> Path:
+    """The SPECIAL files in `root`."""
+    os.mkfifo(root / "pipe.png")
+    (root / "dangling.jpg").symlink_to(root / "nowhere.jpg")
+    (root / "loop.png").symlink_to(root / "loop.png")
+    (root / "sub").mkdir(exist_ok=True)
+    (root / "sub/device.png").symlink_to("/dev/zero")
+    return root
+
+
+def fake_gs(tmp_path: Path) -> tuple[dict, Path]:
+    """(env whose PATH finds a `gs` that only records that it ran, the file it records in)."""
+    bin_dir, ran = tmp_path / "bin", tmp_path / "gs_ran"
+    bin_dir.mkdir()
+    (bin_dir / "gs").write_text(f'#!/bin/sh\necho "$@" >> {ran}\n')
+    (bin_dir / "gs").chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, ran
 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory) -> Path:
-    """The hostile files plus 30 plain JPEGs of cats (enough for a training split)."""
-    return write_folder(tmp_path_factory.mktemp("hostile"), hostile_files(), extra_good=30)
+    """The hostile and special files plus 30 plain JPEGs of cats (enough for a training split)."""
+    root = write_folder(tmp_path_factory.mktemp("hostile"), hostile_files(), extra_good=30)
+    return add_special_files(root)
 
 
 def test_every_mode_is_converted_to_rgb():
@@ -155,13 +198,17 @@ def test_undecodable_files_raise_with_a_reason(name):
 
 
 def test_prepare_cli_reports_skips_and_tfds_reads_it_without_catvae_jax(hostile, tmp_path):
+    """Every hostile and special file is skipped and listed (a FIFO is never waited on, the
+    PostScript file never reaches the `gs` first on PATH), the rest read back by TFDS alone."""
     data_dir = tmp_path / "tfds"
+    env, gs_ran = fake_gs(tmp_path)
     args = ["--source", "folder", "--path", str(hostile), "--data_dir", str(data_dir)]
-    proc = run_cli("catvae_jax.data", "prepare", *args, "--image_size", "16")
+    proc = run_cli("catvae_jax.data", "prepare", *args, "--image_size", "16", env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not gs_ran.exists(), gs_ran.read_text()
     out = proc.stdout
-    assert f"skipped {len(SKIPPED)} files:" in out
-    for name, why in SKIPPED.items():
+    assert f"skipped {len(SKIPPED) + len(SPECIAL)} files:" in out
+    for name, why in {**SKIPPED, **SPECIAL}.items():
         assert any(
             line.strip().startswith(f"{name}: ") and why in line for line in out.splitlines()
         )
@@ -302,3 +349,126 @@ def test_folder_source_loads_splits_and_trains_via_main_with_grain(hostile, tmp_
         "config": f"16px_{fingerprint}",
         "path": str(hostile),
     }
+
+
+def test_postscript_named_jpg_is_not_an_image_and_never_runs_a_program(tmp_path, monkeypatch):
+    """PIL decodes only JPEG, PNG, WebP, BMP, GIF and TIFF: an EPS file (which PIL would hand to
+    Ghostscript) is refused by every reader, training's, reconstruct's and the service's, and
+    no program is started."""
+    from PIL import EpsImagePlugin
+
+    from catvae_jax import pictures
+
+    started = []
+
+    def record(*args, **kwargs):
+        started.append(args)
+        return 0
+
+    for name in ("check_call", "run", "Popen", "call", "check_output"):
+        monkeypatch.setattr(subprocess, name, record)
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)  # looked up again if EPS is opened
+    with pytest.raises(decode.Undecodable, match=r"not an image \(unknown format"):
+        decode.decode_image(EPS, 16)
+    with pytest.raises(decode.Undecodable, match="not an image"):
+        pictures.read_upload(EPS, 16)  # POST /reconstruct
+    (tmp_path / "cat.jpg").write_bytes(EPS)
+    _, kept, skipped = pictures.read_images([tmp_path / "cat.jpg"], 16)  # reconstruct
+    assert not kept and len(skipped) == 1 and "not an image" in skipped[0]
+    assert started == []
+
+
+def test_special_files_are_skipped_and_listed_never_opened(tmp_path):
+    """A FIFO, a socket, a device, a dangling or looping symlink named like an image: skipped
+    with the reason, in-process (a FIFO would block the reader forever)."""
+    folder = add_special_files(write_folder(tmp_path / "imgs", {}, extra_good=4))
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(folder / "socket.png"))
+        listing = folders.list_folder(folder)
+        assert len(listing.files) == 4
+        expected = {**SPECIAL, "socket.png": "not a regular file (a socket)"}
+        assert dict(listing.unusable) == expected
+        p = builders.prepare_folder(str(folder), 16, str(tmp_path / "tfds"), progress=False)
+    finally:
+        sock.close()
+    assert p.num_examples == 4 and dict(p.skipped) == expected
+    assert p.skipped == sorted(p.skipped)
+    for name in ("pipe.png", "sub/device.png"):
+        with pytest.raises(decode.Undecodable, match="not a regular file"):
+            decode.read_file(folder / name)
+
+
+def test_a_folder_of_special_files_only_is_one_line(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    folder = add_special_files(tmp_path / "imgs")
+    with pytest.raises(UserError, match=r"no valid image .*\(4 files skipped; first: dangling.jpg"):
+        builders.prepare_folder(str(folder), 16, str(tmp_path / "tfds"), progress=False)
+
+
+def test_a_file_removed_while_listing_or_before_reading_is_skipped(tmp_path, monkeypatch):
+    folder = write_folder(tmp_path / "imgs", {}, extra_good=5)
+    cats = folder / "cats"
+    (cats / "gone.png").write_bytes(b"x")
+    walk = type(epath.Path(folder)).walk
+
+    def racing_walk(self, **kwargs):  # the file goes after its folder was read, before stat
+        for dirpath, dirs, files in walk(self, **kwargs):
+            (epath.Path(dirpath) / "gone.png").unlink(missing_ok=True)
+            yield dirpath, dirs, files
+
+    monkeypatch.setattr(type(epath.Path(folder)), "walk", racing_walk)
+    listing = folders.list_folder(folder)
+    monkeypatch.undo()
+    assert listing.unusable == (("cats/gone.png", "unreadable (No such file or directory)"),)
+    (cats / "cat_000.jpg").unlink()  # listed, then removed before the build reads it
+    builder = builders.folder_builder(listing, 16, str(tmp_path / "tfds"))
+    p = builders.prepare(builder, str(folder), progress=False)
+    assert p.num_examples == 4
+    assert dict(p.skipped) == {
+        "cats/cat_000.jpg": "unreadable (No such file or directory)",
+        "cats/gone.png": "unreadable (No such file or directory)",
+    }
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.ENOSPC])
+def test_an_unwritable_data_dir_is_an_environment_failure(tmp_path, monkeypatch, code):
+    """Every folder TFDS makes under data_dir fails as on a read-only, forbidden or full disk:
+    EnvironmentFailure naming the path (exit 1 in the CLIs), nothing written."""
+    data_dir = tmp_path / "tfds"
+    makedirs = os.makedirs
+
+    def failing(path, *args, **kwargs):
+        if str(path).startswith(str(data_dir)):
+            raise OSError(code, os.strerror(code), str(path))
+        return makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", failing)
+    folder = write_folder(tmp_path / "imgs", {}, extra_good=3)
+    with pytest.raises(EnvironmentFailure, match=f"cannot write {data_dir}.*: {os.strerror(code)}"):
+        builders.prepare_folder(str(folder), 16, str(data_dir), progress=False)
+    assert not data_dir.exists()
+
+
+def test_prepare_cli_on_a_read_only_data_dir_is_one_line_exit_1(tmp_path):
+    """The CLI with os.makedirs failing as on a read-only mount (EROFS)."""
+    data_dir = tmp_path / "tfds"
+    code = f"""
+import errno, os, runpy, sys
+makedirs = os.makedirs
+def read_only(path, *args, **kwargs):
+    if str(path).startswith({str(data_dir)!r}):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+    return makedirs(path, *args, **kwargs)
+os.makedirs = read_only
+sys.argv = ["catvae_jax.data", "prepare", "--source", "synthetic", "--data_dir", {str(data_dir)!r},
+            "--image_size", "16", "--num_train", "4", "--num_validation", "2", "--num_test", "2",
+            "--no_progress"]
+runpy.run_module("catvae_jax.data", run_name="__main__", alter_sys=True)
+"""
+    proc = run_python(code)
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"error: cannot prepare the data set: cannot write {data_dir}")
+    assert errors[0].endswith("Read-only file system") and not data_dir.exists()

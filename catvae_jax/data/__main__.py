@@ -2,10 +2,12 @@
 
     python -m catvae_jax.data prepare --source folder --path DIR --data_dir DIR --image_size 128
     python -m catvae_jax.data prepare --source synthetic --data_dir DIR --image_size 64
+    python -m catvae_jax.data prepare --source oxford_cat_faces --data_dir DIR [--archives DIR]
 
 Prints what it built: location, TFDS name/config/version, counts per split and every skipped
 file with its reason. Skipped files are not an error; a missing folder, or one without a valid
-image, is a one-line error with exit code 2.
+image, is a one-line error with exit code 2. A failed download (no network) or a --data_dir
+that cannot be written is a one-line environment failure, exit code 1.
 """
 
 from __future__ import annotations
@@ -16,15 +18,25 @@ import sys
 from absl import flags
 
 from catvae_jax import cli
-from catvae_jax.data import builders
+from catvae_jax.data import builders, oxford
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """Defines the flags of this command (called by `run`, so importing the module defines none)."""
-    flags.DEFINE_enum("source", None, ["folder", "synthetic"], "What to prepare.")
+    sources = ["folder", "synthetic", "oxford_cat_faces"]
+    flags.DEFINE_enum("source", None, sources, "What to prepare.")
     flags.DEFINE_string("path", "", "Folder of images (--source folder).")
+    flags.DEFINE_string(
+        "archives", "", "oxford_cat_faces: folder of images.tar.gz and annotations.tar.gz "
+        "(default: download them to <data_dir>/downloads/oxford_iiit_pet)."
+    )  # fmt: skip
+    flags.DEFINE_float(
+        "face_margin", oxford.DEFAULT_MARGIN,
+        "oxford_cat_faces: added on every side of the head box, as a fraction of its side.",
+        lower_bound=0, upper_bound=2,
+    )  # fmt: skip
     flags.DEFINE_string("data_dir", "", "TFDS data_dir (default: TFDS's own).")
     flags.DEFINE_integer("image_size", 128, "Side of the square images.", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "Synthetic: which cats are drawn.")
@@ -45,6 +57,7 @@ def report(prepared) -> str:
     ]
     if p.content_sha256:
         lines.append(f"source content sha256: {p.content_sha256}")
+    lines += [f"{what}: {n}" for what, n in p.counts.items()]
     if p.skipped:
         lines.append(f"skipped {len(p.skipped)} files:")
         lines += [f"  {name}: {reason}" for name, reason in p.skipped]
@@ -65,11 +78,12 @@ def report(prepared) -> str:
 
 @contextlib.contextmanager
 def _os_errors():
-    """A path that cannot be created or used (a file where a folder should be, no permission)
-    is a one-line error, not a traceback."""
+    """A --data_dir that cannot be a folder (a file where a folder should be) is a one-line
+    user error; one that cannot be written (read-only, full, no permission) is a one-line
+    environment failure, exit 1 (`builders.prepare` raises EnvironmentFailure)."""
     try:
         yield
-    except (NotADirectoryError, FileExistsError, PermissionError) as e:
+    except (NotADirectoryError, FileExistsError) as e:
         cli.fail(f"cannot prepare the dataset: {e.strerror or e}: '{e.filename}'")
 
 
@@ -86,6 +100,11 @@ def main(argv: list[str]) -> None:
             prepared = builders.prepare_folder(
                 FLAGS.path, FLAGS.image_size, FLAGS.data_dir, progress=progress
             )
+        elif FLAGS.source == "oxford_cat_faces":
+            prepared = builders.prepare_oxford(
+                FLAGS.image_size, FLAGS.face_margin, FLAGS.archives, FLAGS.data_dir,
+                progress=progress,
+            )  # fmt: skip
         else:
             prepared = builders.prepare_synthetic(
                 FLAGS.image_size, FLAGS.seed, FLAGS.num_train, FLAGS.num_validation,

@@ -1,6 +1,7 @@
-"""TFDS builders of cat images that run without TensorFlow: `synthetic_cats` and `cat_folder`.
+"""TFDS builders of cat images that run without TensorFlow: `synthetic_cats`, `cat_folder` and
+`oxford_cat_faces`.
 
-Both write array_record files whose every example holds an `image` feature (uint8 [S, S, 3],
+All write array_record files whose every example holds an `image` feature (uint8 [S, S, 3],
 stored as lossless PNG). Images are handed to TFDS as PNG bytes, so TensorFlow is never
 imported. The prepared data sets are plain TFDS data sets: `tfds.builder_from_directory(path)`
 reads them back without catvae_jax.
@@ -11,10 +12,13 @@ reads them back without catvae_jax.
   (recursively; .jpg .jpeg .png .webp .bmp in any case). The fingerprint hashes the files'
   names and sizes, so a changed folder gets a new config instead of stale data. Undecodable
   files are skipped and listed, with their reasons, in the data set's `metadata.json`.
+* `oxford_cat_faces/<S>px_m<margin %>_<fingerprint>`: Oxford-IIIT Pet's cats cut to their head
+  boxes (`oxford.py`), read from the data set's two archives in `manual_dir`; the fingerprint
+  hashes the archives' names and sizes. Split 80/10/10 by image name, as folders are.
 
-`prepare_folder` / `prepare_synthetic` build one unless it is already there and return a
-`Prepared` record of what it holds (the `prepare` CLI prints it); `prepare_source(config)` does
-it for a training config's source.
+`prepare_folder` / `prepare_synthetic` / `prepare_oxford` build one unless it is already there
+and return a `Prepared` record of what it holds (the `prepare` CLI prints it);
+`prepare_source(config)` does it for a training config's source.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from catvae_jax import images
-from catvae_jax.data import synthetic
+from catvae_jax.data import oxford, synthetic
 from catvae_jax.data.folders import (
     FOLDER_VERSION,
     SPLITS,
@@ -47,7 +51,7 @@ from catvae_jax.data.folders import (
     list_folder,
     printable,
 )
-from catvae_jax.errors import UserError
+from catvae_jax.errors import EnvironmentFailure, UserError, storage_error
 
 
 @dataclasses.dataclass(eq=False)
@@ -87,6 +91,42 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _log_download_done(self) -> None:
         pass
+
+
+class _ImageFiles(_Builder):
+    """A builder whose examples are named images: `image` (uint8 [S, S, 3], PNG) and
+    `file_name`, in name order, split 80/10/10 by `folders.assign_splits` over the names."""
+
+    DESCRIPTION = ""
+    HOMEPAGE = None
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        s = self.builder_config.image_size
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
+                    "file_name": tfds.features.Text(),
+                }
+            ),
+            description=self.DESCRIPTION,
+            homepage=self.HOMEPAGE,
+            metadata=tfds.core.MetadataDict(),
+            disable_shuffling=True,  # records in name order
+        )
+
+    def _splits(self, good: dict[str, bytes]) -> dict:
+        """The split generators of the images `good` ({file name: PNG bytes})."""
+        names = sorted(good)
+        return {
+            split: self._generate_examples([names[i] for i in idx], good)
+            for split, idx in assign_splits(names).items()
+            if idx
+        }
+
+    def _generate_examples(self, names: list[str], good: dict[str, bytes]) -> Iterator:
+        for i, name in enumerate(names):  # int keys: kept in this (sorted name) order
+            yield i, {"image": good[name], "file_name": printable(name)}
 
 
 class SyntheticCats(_Builder):
@@ -149,7 +189,7 @@ def folder_config(listing: FolderListing, image_size: int) -> CatFolderConfig:
     )
 
 
-class CatFolder(_Builder):
+class CatFolder(_ImageFiles):
     """A user's folder of cat images (`manual_dir`), converted to RGB, centre-cropped, resized."""
 
     VERSION = tfds.core.Version(FOLDER_VERSION)
@@ -159,23 +199,13 @@ class CatFolder(_Builder):
         "Pass the folder of images as manual_dir, or run "
         "`python -m catvae_jax.data prepare --source folder --path DIR`."
     )
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        s = self.builder_config.image_size
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
-                    "file_name": tfds.features.Text(),
-                }
-            ),
-            description="A folder of images: RGB, centre-cropped square, resized.",
-            metadata=tfds.core.MetadataDict(),
-            disable_shuffling=True,  # records in file-name order
-        )
+    DESCRIPTION = "A folder of images: RGB, centre-cropped square, resized."
+    listing: FolderListing | None = None  # the listing the config was made from (folder_builder)
 
     def _split_generators(self, dl_manager):
-        listing = list_folder(dl_manager.manual_dir)
+        # The listing the config's fingerprint came from, so a file removed since is a skipped
+        # file, not a changed folder; listed anew only when built from manual_dir alone.
+        listing = self.listing or list_folder(dl_manager.manual_dir)
         c = self.builder_config
         if listing.fingerprint != c.fingerprint:
             raise UserError(
@@ -188,8 +218,6 @@ class CatFolder(_Builder):
                 f"no valid image in folder '{listing.root}' ({len(skipped)} files skipped; "
                 f"first: {printable(skipped[0][0])}: {skipped[0][1]})"
             )
-        names = sorted(good)
-        parts = assign_splits(names)
         self.info.metadata.update(
             {
                 "source_path": os.fspath(listing.root),
@@ -201,15 +229,80 @@ class CatFolder(_Builder):
                 "ignored": [printable(n) for n in listing.ignored],
             }
         )
-        return {
-            split: self._generate_examples([names[i] for i in idx], good)
-            for split, idx in parts.items()
-            if idx
-        }
+        return self._splits(good)
 
-    def _generate_examples(self, names: list[str], good: dict[str, bytes]) -> Iterator:
-        for i, name in enumerate(names):  # int keys: kept in this (sorted name) order
-            yield i, {"image": good[name], "file_name": printable(name)}
+
+# Oxford-IIIT Pet's cat faces --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class OxfordCatFacesConfig(tfds.core.BuilderConfig):
+    """Face size and margin; `fingerprint` identifies the archives the faces are cut from."""
+
+    image_size: int = 128
+    margin: float = oxford.DEFAULT_MARGIN
+    fingerprint: str = ""
+
+
+def oxford_config(fingerprint: str, image_size: int, margin: float) -> OxfordCatFacesConfig:
+    """The `oxford_cat_faces` builder config: `<S>px_m<margin in %>_<fingerprint>`."""
+    percent = f"{margin * 100:g}".replace(".", "p")  # 0.125 → m12p5
+    return OxfordCatFacesConfig(
+        name=f"{image_size}px_m{percent}_{fingerprint}",
+        version=oxford.VERSION,
+        description=f"Oxford-IIIT Pet cat heads, margin {margin:g}, at {image_size}×{image_size}.",
+        image_size=image_size,
+        margin=margin,
+        fingerprint=fingerprint,
+    )
+
+
+class OxfordCatFaces(_ImageFiles):
+    """Oxford-IIIT Pet's cat photos cut to their head boxes (`oxford.py`); the data set's
+    archives images.tar.gz and annotations.tar.gz in `manual_dir`."""
+
+    VERSION = tfds.core.Version(oxford.VERSION)
+    RELEASE_NOTES = {oxford.VERSION: "Head box squares with a margin; 80/10/10 by name."}  # noqa: RUF012
+    BUILDER_CONFIGS = []  # noqa: RUF012 (configs are made per archive and size: `oxford_config`)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        f"Pass the folder holding {oxford.IMAGES} and {oxford.ANNOTATIONS} as manual_dir, or run "
+        "`python -m catvae_jax.data prepare --source oxford_cat_faces`."
+    )
+    DESCRIPTION = "Oxford-IIIT Pet's cats, cut to a square around the annotated head box."
+    HOMEPAGE = oxford.HOMEPAGE
+    annotations: oxford.Annotations | None = None  # read by prepare_oxford, else from manual_dir
+
+    def _split_generators(self, dl_manager):
+        folder, c = epath.Path(dl_manager.manual_dir), self.builder_config
+        if oxford.fingerprint(folder) != c.fingerprint:
+            raise UserError(f"the archives in '{folder}' changed while preparing; run it again")
+        notes = self.annotations or oxford.read_annotations(folder / oxford.ANNOTATIONS)
+        images_tar = folder / oxford.IMAGES
+        good, skipped = oxford.read_faces(
+            images_tar, notes.faces, c.margin, c.image_size, self.progress
+        )
+        skipped = sorted([*notes.skipped, *skipped])
+        if not good:
+            raise UserError(
+                f"no cat face could be read from '{images_tar}' ({len(skipped)} skipped; "
+                f"first: {skipped[0][0]}: {skipped[0][1]})"
+            )
+        self.info.metadata.update(
+            {
+                "source_path": os.fspath(folder),
+                "image_size": c.image_size,
+                "margin": c.margin,
+                "fingerprint": c.fingerprint,
+                "archives_sha256": {n: oxford.sha256(folder / n) for n in oxford.ARCHIVES},
+                "counts": {
+                    "cat images listed": notes.cats,
+                    "with a head box": len(notes.faces),
+                    "without a head box (left out)": notes.without_box,
+                },
+                "skipped": [[n, r] for n, r in skipped],
+            }
+        )
+        return self._splits({f"{name}.jpg": png for name, png in good.items()})
 
 
 # Preparing -------------------------------------------------------------------------------------
@@ -229,6 +322,7 @@ class Prepared:
     content_sha256: str  # folders: sha256 of the source files' contents ("" otherwise)
     reused: bool  # True when the data set was already prepared
     seconds: float
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)  # what the source held
 
     @property
     def num_examples(self) -> int:
@@ -254,11 +348,13 @@ def folder_builder(path: str | FolderListing, image_size: int, data_dir: str | N
     """The `cat_folder` builder of a folder (a path, listed here, or its listing)."""
     listing = path if isinstance(path, FolderListing) else list_folder(path)
     with quiet():
-        return CatFolder(
+        builder = CatFolder(
             config=folder_config(listing, image_size),
             data_dir=_data_dir(data_dir),
             file_format="array_record",
         )
+    builder.listing = listing
+    return builder
 
 
 def synthetic_builder(
@@ -278,7 +374,9 @@ def prepare(
     """Builds the data set of `builder` unless it is already there; returns what it holds.
 
     TFDS writes into an `incomplete.*` folder and renames it only on success, so a failure
-    (or Ctrl-C) never leaves a data set that looks complete. `total` sizes the progress bar.
+    (or Ctrl-C) never leaves a data set that looks complete. A data_dir that cannot be written
+    (read-only, full, no permission) raises EnvironmentFailure naming the path. `total` sizes
+    the progress bar.
     """
     start = time.perf_counter()
     with quiet():
@@ -292,10 +390,11 @@ def prepare(
                 builder.download_and_prepare(
                     download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
                 )
-            except BaseException:
-                config_dir = epath.Path(builder.data_path).parent  # left empty by TFDS
-                if config_dir.exists() and not any(config_dir.iterdir()):
-                    config_dir.rmdir()
+            except BaseException as e:
+                _remove_empty(epath.Path(builder.data_path).parent)  # left empty by TFDS
+                failed = storage_error(e, where=str(builder.data_dir_root))
+                if failed is not None:
+                    raise EnvironmentFailure(f"cannot prepare the data set: {failed}") from e
                 raise
             finally:
                 builder.progress = None
@@ -312,7 +411,15 @@ def prepare(
         content_sha256=meta.get("content_sha256", ""),
         reused=reused,
         seconds=time.perf_counter() - start,
+        counts=dict(meta.get("counts", {})),
     )
+
+
+def _remove_empty(folder: epath.Path) -> None:
+    """Removes `folder` if it is an empty folder; never fails (its disk may be read-only)."""
+    with contextlib.suppress(OSError):
+        if folder.exists() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def prepare_folder(
@@ -341,8 +448,44 @@ def prepare_synthetic(
     return prepare(builder, None, progress, total=num_train + num_validation + num_test)
 
 
+def oxford_builder(
+    folder: epath.Path, image_size: int, margin: float, data_dir: str | None
+) -> OxfordCatFaces:
+    """The `oxford_cat_faces` builder of the archives in `folder`."""
+    with quiet():
+        return OxfordCatFaces(
+            config=oxford_config(oxford.fingerprint(folder), image_size, margin),
+            data_dir=_data_dir(data_dir),
+            file_format="array_record",
+        )
+
+
+def prepare_oxford(
+    image_size: int,
+    margin: float = oxford.DEFAULT_MARGIN,
+    archives: str = "",
+    data_dir: str | None = None,
+    download: bool = True,
+    progress: bool = True,
+) -> Prepared:
+    """Prepares Oxford-IIIT Pet's cat faces as `oxford_cat_faces/<S>px_m<margin>_<fingerprint>`.
+
+    The archives come from the folder `archives`, or are downloaded once (when `download`) to
+    `<data_dir>/downloads/oxford_iiit_pet`. Raises UserError for missing or unusable archives,
+    EnvironmentFailure when a download fails.
+    """
+    folder = oxford.archives_folder(archives, data_dir or "", download, progress)
+    builder = oxford_builder(folder, image_size, margin, data_dir)
+    with quiet():
+        if builder.is_prepared():
+            return prepare(builder, os.fspath(folder), progress)
+    builder.annotations = oxford.read_annotations(folder / oxford.ANNOTATIONS)
+    return prepare(builder, os.fspath(folder), progress, total=len(builder.annotations.faces))
+
+
 def prepare_source(config: ml_collections.ConfigDict) -> Prepared:
-    """Prepares the folder or synthetic source of `config` unless done; returns `Prepared`.
+    """Prepares the folder, oxford_cat_faces or synthetic source of `config` unless done;
+    returns `Prepared`.
 
     In a multi-process run process 0 builds while the others wait, then all read it.
     """
@@ -355,6 +498,12 @@ def prepare_source(config: ml_collections.ConfigDict) -> Prepared:
                     "config field 'data.path' must name a folder when data.source is 'folder'"
                 )
             return prepare_folder(d.path, config.image_size, d.data_dir, progress)
+        if d.source == "oxford_cat_faces":
+            margin = d.get("face_margin", oxford.DEFAULT_MARGIN)
+            archives = d.get("archives", "")
+            return prepare_oxford(
+                config.image_size, margin, archives, d.data_dir, d.download, progress
+            )
         return prepare_synthetic(
             config.image_size,
             d.seed,

@@ -1,8 +1,10 @@
 """The one reader of user images: any file a user may give → uint8 [S, S, 3] or a skip reason.
 
 Training data folders (`folders.py`), `reconstruct` and the HTTP service all read images here,
-with one list of file types (`EXTENSIONS`) and one pixel limit (`MAX_PIXELS`, also PIL's own
-decompression-bomb limit). `read_image(data, size)` opens a file with PIL, refuses more than
+with one list of file types (`EXTENSIONS`, decoded only by PIL's plugins for `FORMATS`) and one
+pixel limit (`MAX_PIXELS`, also PIL's own decompression-bomb limit). Any other content (EPS,
+PDF, ...) is "not an image" whatever its name says: PIL never hands a file to an external
+program such as Ghostscript. `read_image(data, size)` opens a file with PIL, refuses more than
 MAX_PIXELS before decoding, applies its EXIF orientation, converts every mode to RGB (16-bit
 samples scaled to 8 bits, transparency composited on `BACKGROUND`, palette and CMYK
 converted), centre-crops the largest square and resizes it to `size` × `size` (smaller images
@@ -12,10 +14,14 @@ reason; one over the limit raises its subclass :class:`TooLarge`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import re
+import stat
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from etils import epath
@@ -23,6 +29,9 @@ from PIL import Image, ImageOps
 
 # matched in any letter case
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# The PIL plugins allowed to decode them (by content, not by name): no other plugin ever runs.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+_FORMAT_NAMES = ", ".join(FORMATS)
 BACKGROUND = (255, 255, 255)  # the plain background transparent pixels are composited on
 # Larger images are refused before decoding (a decompression bomb: a small file that decodes to
 # gigabytes). 50 MP holds every common camera's photos; decoded, it is 150 MB of RGB.
@@ -96,29 +105,18 @@ def square_resize_array(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(square_resize(to_rgb(Image.fromarray(image)), size))
 
 
-def read_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Encoded image bytes → (uint8 [size, size, 3], the image's own (width, height) after its
-    EXIF orientation). Raises TooLarge over MAX_PIXELS, Undecodable with a reason otherwise."""
-    if not data:
-        raise Undecodable("empty file (0 bytes)")
+@contextlib.contextmanager
+def decoding() -> Iterator[None]:
+    """Turns what PIL raises while an image is opened, decoded and converted inside this block
+    into :class:`Undecodable` with a one-line reason (:class:`TooLarge` over MAX_PIXELS)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.width * img.height > MAX_PIXELS:
-                raise _too_large(f"{img.width}×{img.height}")
-            w, h = img.size
-            if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
-                w, h = h, w
-            if img.format == "JPEG":
-                img.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return np.asarray(square_resize(to_rgb(img), size), dtype=np.uint8), (w, h)
+            yield
     except Undecodable:
         raise
     except Image.UnidentifiedImageError:
-        raise Undecodable("not an image (unknown format)") from None
+        raise Undecodable(f"not an image (unknown format; supported: {_FORMAT_NAMES})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         found = re.search(r"\((\d+) pixels\)", str(e))  # "Image size (N pixels) exceeds ..."
         raise _too_large(found[1] if found else "more than") from None
@@ -129,17 +127,89 @@ def read_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
         raise Undecodable(f"corrupt image ({reason})") from None
 
 
+def open_image(data: bytes) -> Image.Image:
+    """Encoded bytes → a PIL image, not yet decoded, opened only by the plugins of FORMATS.
+
+    Raises Undecodable for an empty file and TooLarge over MAX_PIXELS; use inside `decoding()`,
+    which turns PIL's own errors into reasons.
+    """
+    if not data:
+        raise Undecodable("empty file (0 bytes)")
+    img = Image.open(io.BytesIO(data), formats=FORMATS)
+    if img.width * img.height > MAX_PIXELS:
+        raise _too_large(f"{img.width}×{img.height}")
+    return img
+
+
+def read_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoded image bytes → (uint8 [size, size, 3], the image's own (width, height) after its
+    EXIF orientation). Raises TooLarge over MAX_PIXELS, Undecodable with a reason otherwise."""
+    with decoding():
+        img = open_image(data)
+        w, h = img.size
+        if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+            w, h = h, w
+        if img.format == "JPEG":
+            img.draft("RGB", (size, size))  # DCT-domain downscale, never below `size`
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return np.asarray(square_resize(to_rgb(img), size), dtype=np.uint8), (w, h)
+
+
 def decode_image(data: bytes, size: int) -> np.ndarray:
     """Encoded image bytes → uint8 [size, size, 3] (`read_image` without the size)."""
     return read_image(data, size)[0]
 
 
-def read_file(path: str | os.PathLike) -> bytes:
-    """The bytes of a file; Undecodable("unreadable (...)") when it cannot be read."""
+def _is_local(path: str | os.PathLike) -> bool:
+    return "://" not in os.fspath(path)  # gs://, s3://, ... are read through etils.epath
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, from its st_mode."""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    kinds += ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((what for test, what in kinds if test(mode)), "a special file")
+
+
+def _unreadable(e: OSError, path: str | os.PathLike) -> Undecodable:
+    if e.errno == errno.ENOENT and os.path.islink(path):
+        return Undecodable("unreadable (a dangling symbolic link)")
+    return Undecodable(f"unreadable ({e.strerror or type(e).__name__})")
+
+
+def _check_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise Undecodable(f"not a regular file ({_kind(mode)})")
+
+
+def regular_file_size(path: str | os.PathLike) -> int:
+    """The size in bytes of a regular file (or a symlink to one). Raises Undecodable with the
+    reason for anything else: missing, a dangling symlink, a FIFO, socket, device or folder."""
     try:
-        return epath.Path(path).read_bytes()
+        if not _is_local(path):
+            return epath.Path(path).stat().length
+        st = os.stat(path)
     except OSError as e:
-        raise Undecodable(f"unreadable ({e.strerror or type(e).__name__})") from None
+        raise _unreadable(e, path) from None
+    _check_regular(st.st_mode)
+    return st.st_size
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file; Undecodable("unreadable (...)" or "not a regular file (...)")
+    otherwise. A FIFO or device is never read (opened non-blocking, checked before reading), so
+    it cannot hang the reader."""
+    try:
+        if not _is_local(path):
+            return epath.Path(path).read_bytes()
+        _check_regular(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO swapped in since: no wait
+        with open(fd, "rb") as f:
+            _check_regular(os.fstat(fd).st_mode)
+            return f.read()
+    except OSError as e:
+        raise _unreadable(e, path) from None
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:

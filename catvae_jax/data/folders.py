@@ -32,6 +32,9 @@ class FolderListing:
     files: tuple[str, ...]
     sizes: tuple[int, ...]
     ignored: tuple[str, ...]  # hidden files and files without an image extension
+    # (name, reason) of names with an image extension that are no regular file to read: a
+    # dangling symlink, a FIFO, a socket or device, a file gone since the folder was listed
+    unusable: tuple[tuple[str, str], ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -43,23 +46,36 @@ class FolderListing:
 
 
 def list_folder(path: str | os.PathLike) -> FolderListing:
-    """Lists a folder recursively. Raises UserError when it is missing or holds no image file."""
+    """Lists a folder recursively. Raises UserError when it is missing or holds no image file.
+
+    Only regular files (or symlinks to one) are candidates; other names with an image extension
+    are listed in `unusable` with the reason, never opened.
+    """
     root = epath.Path(path)
     if not str(path) or not root.exists():
         raise UserError(f"image folder '{path}' does not exist")
     if not root.is_dir():
         raise UserError(f"'{path}' is not a folder")
-    files, sizes, ignored = [], [], []
+    files, sizes, ignored, unusable = [], [], [], []
     for dirpath, _, filenames in root.walk():
         for name in filenames:
             full = dirpath / name
             rel = full.relative_to(root).as_posix()
-            if decode.is_candidate(name):
-                files.append(rel)
-                sizes.append(full.stat().length)
-            else:
+            if not decode.is_candidate(name):
                 ignored.append(rel)
+                continue
+            try:
+                sizes.append(decode.regular_file_size(full))
+                files.append(rel)
+            except decode.Undecodable as e:
+                unusable.append((rel, str(e)))
     if not files:
+        if unusable:
+            name, why = min(unusable)
+            raise UserError(
+                f"no valid image in folder '{path}' ({len(unusable)} files skipped; "
+                f"first: {printable(name)}: {why})"
+            )
         raise UserError(
             f"no image files ({', '.join(decode.EXTENSIONS)}) in folder '{path}'"
             + (f" ({len(ignored)} other files)" if ignored else "")
@@ -70,6 +86,7 @@ def list_folder(path: str | os.PathLike) -> FolderListing:
         tuple(files[i] for i in order),
         tuple(sizes[i] for i in order),
         tuple(sorted(ignored)),
+        tuple(sorted(unusable)),
     )
 
 
@@ -107,9 +124,9 @@ def decode_folder(
 ) -> tuple[dict[str, bytes], list[tuple[str, str]], str]:
     """Decodes every candidate in parallel threads.
 
-    Returns ({name: PNG bytes} of the valid images, [(name, reason)] of the skipped files, and
-    the sha256 of the contents of all candidates). `progress(n)` is called as files finish.
-    Never raises for a bad file.
+    Returns ({name: PNG bytes} of the valid images, [(name, reason)] of the skipped files (the
+    listing's `unusable` ones too, in name order), and the sha256 of the contents of all
+    candidates). `progress(n)` is called as files finish. Never raises for a bad file.
     """
 
     def one(name: str) -> tuple[bytes | str, bytes]:
@@ -136,7 +153,7 @@ def decode_folder(
                 skipped.append((name, result))
             if progress:
                 progress(1)
-    return good, skipped, total.hexdigest()
+    return good, sorted([*listing.unusable, *skipped]), total.hexdigest()
 
 
 def printable(name: str) -> str:

@@ -5,6 +5,9 @@
   grain, it is read from the TFDS data set `synthetic_cats` (prepared on first use).
 * `folder`: a folder of images (`data.path`), prepared once as the TFDS data set
   `cat_folder/<S>px_<fingerprint>` in `data.data_dir` (prepared on first use).
+* `oxford_cat_faces`: Oxford-IIIT Pet's cats cut to their head boxes (`oxford.py`), prepared
+  once from the data set's archives (`data.archives`, or downloaded) as
+  `oxford_cat_faces/<S>px_m<margin>_<fingerprint>` in `data.data_dir`.
 * `cats_vs_dogs` (label == cat), `oxford_iiit_pet` (species == cat): TFDS catalog data sets in
   array_record format in `data.data_dir`; their cats are split 80/10/10 by record id
   (`catalog.py`).
@@ -29,6 +32,8 @@ from catvae_jax.data.catalog import CATALOG, catalog_builder, catalog_cats, desc
 from catvae_jax.data.decode import square_resize_array
 from catvae_jax.data.folders import SPLITS, THREADS
 from catvae_jax.errors import UserError
+
+PREPARED = ("synthetic", "folder", "oxford_cat_faces")  # prepared by builders.prepare_source
 
 
 def split_size(config: ml_collections.ConfigDict, split: str) -> int:
@@ -106,11 +111,12 @@ class Concat:
 def random_access(config: ml_collections.ConfigDict, split: str):
     """`split` as a random-access source: `len(src)`, `src[i]` → uint8 [S, S, 3].
 
-    Folder and synthetic sources are prepared as TFDS data sets first if needed.
+    Folder, oxford_cat_faces and synthetic sources are prepared as TFDS data sets first if
+    needed.
     """
     _check_split(split)
     source, size = config.data.source, config.image_size
-    if source in ("synthetic", "folder"):
+    if source in PREPARED:
         prepared = prepare_source(config)
         if not prepared.splits.get(split):
             raise UserError(f"the {split} split of {prepared.name}/{prepared.config} is empty")
@@ -133,7 +139,7 @@ def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
     source = config.data.source
     if source == "synthetic":
         return split_size(config, split)
-    if source == "folder":
+    if source in PREPARED:
         return prepare_source(config).splits.get(split, 0)
     return len(catalog_cats(source, config.data.data_dir, config.data.download)[split])
 
@@ -164,6 +170,9 @@ def describe(config: ml_collections.ConfigDict) -> dict[str, str]:
             "config": folders.folder_config_name(listing, config.image_size),
             "path": str(d.path),
         }
+    if d.source == "oxford_cat_faces":
+        p = prepare_source(config)
+        return {"name": p.name, "version": p.version, "config": p.config}
     return describe_catalog(d.source, d.data_dir, d.download)
 
 
