@@ -4,18 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 
+# constraints.txt pins every dependency (tools/constraints.py writes it); pyproject.toml has ranges.
+PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt
+
 .PHONY: install install-dev run test lint clean browser postgres docker docker-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e .
+$(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP_INSTALL) -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[dev,torch]'
+$(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
+	$(PIP_INSTALL) -e '.[dev,torch]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -26,8 +29,8 @@ run: install
 	$(PY) -m catvae_jax.main --config configs/quickstart.py --workdir $(WORKDIR)
 
 lint: install-dev
-	$(PY) -m ruff check catvae_jax configs tests benchmarks
-	$(PY) -m ruff format --check catvae_jax configs tests benchmarks
+	$(PY) -m ruff check catvae_jax configs tests benchmarks tools
+	$(PY) -m ruff format --check catvae_jax configs tests benchmarks tools
 
 # Chromium for tests/test_serve_browser.py: installed with apt-get when missing and run as root.
 browser:
