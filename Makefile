@@ -7,7 +7,7 @@ WORKDIR ?= runs/quickstart
 # constraints.txt pins every dependency (tools/constraints.py writes it); pyproject.toml has ranges.
 PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: install install-dev run test lint clean browser postgres docker docker-test
+.PHONY: install install-dev run test lint docs clean browser postgres docker docker-test
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ run: install
 lint: install-dev
 	$(PY) -m ruff check catvae_jax configs tests benchmarks tools
 	$(PY) -m ruff format --check catvae_jax configs tests benchmarks tools
+
+# The documentation site (mkdocs.yml, docs/) in strict mode: a broken link or reference fails.
+# tests/test_docs.py builds it too, so `make test` checks it.
+docs: install-dev
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 # Chromium for tests/test_serve_browser.py: installed with apt-get when missing and run as root.
 browser:
@@ -66,4 +71,4 @@ docker-test:
 	docker/test.sh
 
 clean:
-	rm -rf runs .pytest_cache .coverage
+	rm -rf runs site .pytest_cache .coverage

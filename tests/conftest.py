@@ -123,18 +123,25 @@ def run_cli(
 
 
 def run_cli_cases(
-    cases: list[tuple], cwd: str = REPO, timeout: int = 600, measured: bool = True
+    cases: list[tuple],
+    cwd: str = REPO,
+    timeout: int = 600,
+    measured: bool = True,
+    parse_only: bool = False,
 ) -> list[subprocess.CompletedProcess]:
     """Runs each case `(module, *args)` or `(module, args, env)` like `run_cli(module, *args,
     env=env)`, but all in one interpreter that imports the package once and forks a child per
-    case (tests/cli_batch.py): for the many short error-path commands."""
+    case (tests/cli_batch.py): for the many short error-path commands. `parse_only`: each
+    command only parses its flags and config (exit 0 when they are valid) and runs nothing."""
     jobs = []
     for case in cases:
         if len(case) == 3 and isinstance(case[1], (list, tuple)):
             module, args, env = case
         else:
             module, args, env = case[0], case[1:], {}
-        jobs.append({"module": module, "args": [str(a) for a in args], "env": env})
+        jobs.append(
+            {"module": module, "args": [str(a) for a in args], "env": env, "parse_only": parse_only}
+        )
     runner = os.path.join(REPO, "tests", "cli_batch.py")
     env = {"PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(
