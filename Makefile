@@ -29,8 +29,8 @@ run: install
 	$(PY) -m catvae_jax.main --config configs/quickstart.py --workdir $(WORKDIR)
 
 lint: install-dev
-	$(PY) -m ruff check catvae_jax configs tests benchmarks tools
-	$(PY) -m ruff format --check catvae_jax configs tests benchmarks tools
+	$(PY) -m ruff check catvae_jax configs tests benchmarks tools experiments
+	$(PY) -m ruff format --check catvae_jax configs tests benchmarks tools experiments
 
 # The documentation site (mkdocs.yml, docs/) in strict mode: a broken link or reference fails.
 # tests/test_docs.py builds it too, so `make test` checks it.
