@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 
 # constraints.txt pins every dependency (tools/constraints.py writes it); pyproject.toml has ranges.
-PIP_INSTALL := $(PY) -m pip install -q -c constraints.txt
+# PYTHONWARNINGS reaches the build backend: setuptools' 11-line notice on every editable install
+# ("Editable installation. Please be careful with folders ...") stays off the terminal.
+PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -c constraints.txt
 
 .PHONY: install install-dev run test lint docs clean browser postgres docker docker-test
 
