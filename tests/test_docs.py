@@ -16,6 +16,7 @@ from conftest import REPO, run_cli_cases, subprocess_env
 PAGES = [os.path.join(REPO, "README.md"), *sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))]
 FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1\s*$", re.M | re.S)
 INLINE = re.compile(r"(?<!`)`(python -m catvae_jax\.[\w.]+ [^`]+)`(?!`)")  # with arguments
+INDENTED = re.compile(r"^(?: {4,}|\t)\s*(?:\S*/)?python3? -m ")
 IMAGE = re.compile(r"catvae-jax:(train|serve)(-\w+)?$")  # docker/Dockerfile's two targets
 # What an image runs before the arguments given to it (its ENTRYPOINT); serve's own flags here.
 ENTRYPOINTS = {"train": ("catvae_jax.main", []), "serve": ("catvae_jax.serve", ["--workdir", "/m"])}
@@ -58,9 +59,11 @@ def test_a_broken_link_or_anchor_fails_the_build(tmp_path):
 
 def _commands(text: str) -> list[str]:
     """The command lines of one page: every line of a fenced code block (backslash-continued
-    lines joined, the block's `NAME=value` assignments substituted) and every inline code span
+    lines joined, the block's `NAME=value` assignments substituted), every indented line outside
+    them that starts with a python command (an indented code block) and every inline code span
     that starts with `python -m catvae_jax.`."""
-    lines = []
+    outside = FENCE.sub("", text).replace("\\\n", " ")
+    lines = [line for line in outside.splitlines() if INDENTED.match(line)]
     for block in FENCE.finditer(text):
         names: dict[str, str] = {}
         for line in block[2].replace("\\\n", " ").splitlines():
