@@ -219,7 +219,7 @@ def test_uploads_are_read_as_training_reads_images():
     """An RGBA, non-square upload: transparency on white, centre crop and Lanczos resize,
     exactly the pixels the data pipeline (`data.decode`) gives the same file."""
     from catvae_jax.data.decode import decode_image
-    from catvae_jax.serve import decode_upload
+    from catvae_jax.serve.app import decode_upload
 
     rgba = np.random.default_rng(3).integers(0, 256, (30, 40, 4), dtype=np.uint8)
     rgba[:, :, 3] = np.where(np.arange(40) % 3 == 0, 0, 255)  # every third column transparent
@@ -396,7 +396,7 @@ def test_warming_and_the_catch_all():
     from fastapi.testclient import TestClient
 
     from catvae_jax.errors import UserError
-    from catvae_jax.serve import create_app
+    from catvae_jax.serve.app import create_app
 
     with pytest.raises(UserError, match="default_n"):
         create_app("unused", max_n=8, default_n=16, model=_StandIn())
