@@ -357,13 +357,20 @@ def test_load_200_requests_8_concurrent(server, capsys):
 
 
 def test_cli_errors(server, tmp_path):
-    """A bad flag, a missing workdir, a busy port: one line `error: ...`, exit code 2."""
+    """A bad flag, a missing workdir, a busy port: one line `error: ...`, exit code 2. An
+    infinite upload limit or a step in other digits than 0-9 are refused before the model
+    loads (they were an OverflowError and a ValueError traceback)."""
     port = str(httpx.URL(str(server[0].base_url)).port)
+    workdir = ["--workdir", str(server[1]), "--port", "0"]
     cases = [
         (["--workdir", str(tmp_path), "--port", "x"], "error: flag --port=x: invalid literal"),
         (["--workdir", str(tmp_path / "nope"), "--port", "0"], "error: workdir"),
         (["--workdir", str(server[1]), "--port", port], "error: cannot listen on 127.0.0.1:"),
     ]
+    for mb in ("inf", "nan", "-1", "0"):
+        cases.append(([*workdir, f"--max_upload_mb={mb}"], "error: flag --max_upload_mb="))
+    for step in ("\u00b2", "\u0663", "1.5", "-1", "", "newest"):  # ², an Arabic-Indic 3
+        cases.append(([*workdir, f"--step={step}"], f"error: flag --step={step}: must be"))
     procs = run_cli_cases([("catvae_jax.serve", *args) for args, _ in cases])
     for proc, (_, message) in zip(procs, cases, strict=True):
         err = proc.stderr
@@ -400,6 +407,9 @@ def test_warming_and_the_catch_all():
 
     with pytest.raises(UserError, match="default_n"):
         create_app("unused", max_n=8, default_n=16, model=_StandIn())
+    for mb in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(UserError, match="max_upload_mb must be a positive number"):
+            create_app("unused", max_upload_mb=mb, model=_StandIn())
     broken = _StandIn()
     broken.reconstruct = None  # warm-up calls it: a TypeError, as a bug would raise
     broken.release.set()

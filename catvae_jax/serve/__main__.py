@@ -3,6 +3,8 @@ uvicorn on H:P (default 127.0.0.1:8000) until SIGTERM or Ctrl-C."""
 
 from __future__ import annotations
 
+import math
+import re
 import socket
 import sys
 
@@ -28,6 +30,16 @@ def define_flags() -> None:
     levels = ["critical", "error", "warning", "info", "debug"]
     flags.DEFINE_enum("log_level", "warning", levels, "uvicorn log level.")
     flags.mark_flag_as_required("workdir")
+    flags.register_validator(
+        "step",
+        lambda s: s in ("best", "latest") or re.fullmatch(r"[0-9]+", s) is not None,
+        'must be "best", "latest" or a checkpoint number',
+    )
+    flags.register_validator(
+        "max_upload_mb",
+        lambda mb: math.isfinite(mb) and mb > 0,
+        "must be a positive number of megabytes",
+    )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -44,7 +56,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def main(argv: list[str]) -> None:
-    step = int(FLAGS.step) if FLAGS.step.isdigit() else FLAGS.step
+    step = FLAGS.step if FLAGS.step in ("best", "latest") else int(FLAGS.step)
     sock = _listen(FLAGS.host, FLAGS.port)  # a busy port fails before the model loads
     with cli.user_errors():
         app = create_app(

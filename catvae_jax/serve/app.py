@@ -69,8 +69,8 @@ def create_app(
         )
     if compute_slots < 1:
         raise UserError(f"compute_slots must be at least 1, got {compute_slots}")
-    if not max_upload_mb > 0:
-        raise UserError(f"max_upload_mb must be positive, got {max_upload_mb}")
+    if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
+        raise UserError(f"max_upload_mb must be a positive number, got {max_upload_mb}")
     model = model or load(workdir, step)
     metrics = ServiceMetrics()
     service = Service(model, max_n, default_n, compute_slots, metrics)
