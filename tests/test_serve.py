@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -123,6 +124,19 @@ def metric(client: httpx.Client, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
     return 0.0
+
+
+def connect(client: httpx.Client) -> socket.socket:
+    """A raw TCP connection to the server of `client`, for what httpx will not send."""
+    url = httpx.URL(str(client.base_url))
+    return socket.create_connection((url.host, url.port), timeout=30)
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def test_healthz_reports_the_step(server):
@@ -302,6 +316,37 @@ def test_bad_inputs_are_4xx_json(server):
     assert client.get("/grid.png?n=2&seed=1").status_code == 200  # nothing hung
 
 
+def test_a_client_that_leaves_mid_upload_is_not_a_server_error(server):
+    """It was a 500, a server-error count and a ClientDisconnect traceback in the log, so any
+    client could inflate the error metrics: now a 499 (nginx's "client closed request")."""
+    client, workdir, _ = server
+    errors = {
+        kind: metric(client, "catvae_request_errors_total", endpoint="/reconstruct", kind=kind)
+        for kind in ("client", "server")
+    }
+    left = metric(client, "catvae_requests_total", endpoint="/reconstruct", status="499")
+    head = (
+        b"POST /reconstruct HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+    )
+    with connect(client) as sock:
+        sock.sendall(head + bytes(1000))
+        time.sleep(0.2)
+    wait_for(
+        lambda: (
+            metric(client, "catvae_requests_total", endpoint="/reconstruct", status="499") > left
+        )
+    )
+    after = metric(client, "catvae_request_errors_total", endpoint="/reconstruct", kind="server")
+    assert after == errors["server"] and metric(client, "catvae_unhandled_exceptions_total") == 0
+    assert (
+        metric(client, "catvae_request_errors_total", endpoint="/reconstruct", kind="client")
+        > errors["client"]
+    )
+    log = (workdir.parent / "server.log").read_text()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]
+
+
 def test_metrics(server):
     client, _, _ = server
     client.get("/grid.png?n=1")
@@ -424,6 +469,13 @@ def test_warming_and_the_catch_all():
     with TestClient(create_app("unused", model=model), raise_server_exceptions=False) as client:
         r = client.get("/healthz")
         assert r.status_code == 503 and r.json() == {"status": "warming"}
+        warming = metric(
+            client, "catvae_request_errors_total", endpoint="/healthz", kind="unavailable"
+        )
+        assert warming >= 1  # a 503 while warming is not a server error
+        assert (
+            metric(client, "catvae_request_errors_total", endpoint="/healthz", kind="server") == 0
+        )
         r = client.get("/grid.png?n=2")
         assert r.status_code == 503 and r.headers["retry-after"] == "2" and r.json()["error"]
         model.release.set()

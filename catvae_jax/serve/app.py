@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from catvae_jax import inference, pictures
 from catvae_jax.data import decode
@@ -96,7 +97,13 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     """Every error as JSON `{"error": ...}`: HTTP errors as raised, a UserError as a 400, any
-    other exception as a 500 that counts as a bug."""
+    other exception as a 500 that counts as a bug. A client that closes the connection before
+    its request is complete gets nothing (it is gone): 499, nginx's "client closed request",
+    is what the metrics record, without a traceback in the log."""
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, e: ClientDisconnect) -> Response:
+        return Response(status_code=499)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
