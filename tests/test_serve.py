@@ -8,6 +8,7 @@ the catch-all 500 are checked in-process with a stand-in model.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 MAX_N = 64
 MAX_UPLOAD_MB = 0.5
+READ_TIMEOUT_S = 4
 TILE = 16 + 2  # a 16-pixel image plus the grid's 2-pixel padding
 
 
@@ -96,6 +98,7 @@ def server(trained_workdir, tmp_path_factory):
     shutil.copytree(trained_workdir[0], workdir)
     log = served / "server.log"
     args = ("--max_n", str(MAX_N), "--max_upload_mb", str(MAX_UPLOAD_MB))
+    args += ("--read_timeout_s", str(READ_TIMEOUT_S))
     proc, url, seen = start_server(workdir, log, *args)
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
@@ -347,6 +350,52 @@ def test_a_client_that_leaves_mid_upload_is_not_a_server_error(server):
     assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]
 
 
+def test_connections_that_stall_are_closed(server):
+    """A client that connects and says nothing, one that stops in its headers and one that stops
+    in its body (a half-open upload) held their connection forever: each is closed once it has
+    sent nothing for --read_timeout_s (the upload ends as a 499, not a server error); a client
+    that waits for its answer is not cut off."""
+    client, _, _ = server
+    server_errors = metric(client, "catvae_request_errors_total", kind="server")
+    upload = (
+        b"POST /reconstruct HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+    )
+    stalls = [b"", b"GET /healthz HTTP/1.1\r\nHost: te", upload + bytes(1000)]
+    socks = [connect(client) for _ in stalls]
+    start = time.monotonic()
+    for sock, data in zip(socks, stalls, strict=True):
+        sock.sendall(data)
+    for sock in socks:
+        with sock:
+            assert sock.recv(100) == b""  # closed by the server, nothing said
+            assert READ_TIMEOUT_S - 0.5 < time.monotonic() - start < READ_TIMEOUT_S + 20
+    assert metric(client, "catvae_request_errors_total", kind="server") == server_errors
+    slow = client.get("/grid.png", params={"n": MAX_N, "seed": 1, "temperature": 0.5})
+    assert slow.status_code == 200  # the timeout is on the client's bytes, not on the answer
+
+
+def test_malformed_http_is_a_json_400(server):
+    """What h11 cannot parse was uvicorn's text/plain 400: now the service's JSON error."""
+    client, _, _ = server
+    requests = [
+        b"POST /reconstruct HTTP/1.1\r\nHost: test\r\nContent-Length: -5\r\n\r\n",
+        b"POST /reconstruct HTTP/1.1\r\nHost: test\r\nContent-Length: 1e3\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\nBad Header\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ]
+    for request in requests:
+        with connect(client) as sock:
+            sock.sendall(request)
+            response = b""
+            while chunk := sock.recv(4096):
+                response += chunk
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), (request, response)
+        assert b"content-type: application/json" in head.lower(), (request, response)
+        assert "malformed HTTP request" in json.loads(body)["error"]
+
+
 def test_metrics(server):
     client, _, _ = server
     client.get("/grid.png?n=1")
@@ -414,6 +463,7 @@ def test_cli_errors(server, tmp_path):
     ]
     for mb in ("inf", "nan", "-1", "0"):
         cases.append(([*workdir, f"--max_upload_mb={mb}"], "error: flag --max_upload_mb="))
+        cases.append(([*workdir, f"--read_timeout_s={mb}"], "error: flag --read_timeout_s="))
     for step in ("\u00b2", "\u0663", "1.5", "-1", "", "newest"):  # ², an Arabic-Indic 3
         cases.append(([*workdir, f"--step={step}"], f"error: flag --step={step}: must be"))
     procs = run_cli_cases([("catvae_jax.serve", *args) for args, _ in cases])

@@ -12,6 +12,7 @@ import uvicorn
 from absl import flags
 
 from catvae_jax import cli
+from catvae_jax.serve import protocol
 from catvae_jax.serve.app import create_app
 
 FLAGS = flags.FLAGS
@@ -27,6 +28,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("default_n", 64, "Grid size when n is not given.")
     flags.DEFINE_float("max_upload_mb", 10.0, "Upload size limit.")
     flags.DEFINE_integer("compute_slots", 1, "Model calls run at once.")
+    flags.DEFINE_float(
+        "read_timeout_s",
+        protocol.DEFAULT_READ_TIMEOUT,
+        "Seconds to wait for a client's next bytes (headers or body) before closing.",
+    )
     levels = ["critical", "error", "warning", "info", "debug"]
     flags.DEFINE_enum("log_level", "warning", levels, "uvicorn log level.")
     flags.mark_flag_as_required("workdir")
@@ -39,6 +45,9 @@ def define_flags() -> None:
         "max_upload_mb",
         lambda mb: math.isfinite(mb) and mb > 0,
         "must be a positive number of megabytes",
+    )
+    flags.register_validator(
+        "read_timeout_s", lambda s: math.isfinite(s) and s > 0, "must be a positive number"
     )
 
 
@@ -66,7 +75,12 @@ def main(argv: list[str]) -> None:
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     print(f"serving {FLAGS.workdir} (step {app.state.service.model.step}) at {url}", flush=True)
-    config = uvicorn.Config(app, log_level=FLAGS.log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        http=protocol.with_read_timeout(FLAGS.read_timeout_s),
+        log_level=FLAGS.log_level,
+        timeout_graceful_shutdown=5,
+    )
     uvicorn.Server(config).run(sockets=[sock])
 
 
