@@ -308,6 +308,7 @@ def test_bad_inputs_are_4xx_json(server):
         ),
         (client.get("/reconstruct"), 405, "Method Not Allowed"),
         (client.get("/nowhere"), 404, "Not Found"),
+        *[(client.get(path), 404, "Not Found") for path in ("/docs", "/redoc", "/openapi.json")],
     ]
     for r, code, why in cases:
         assert r.status_code == code, (r.request.url, r.text)
@@ -515,6 +516,11 @@ def test_warming_and_the_catch_all():
         r = client.get("/healthz")
         assert r.status_code == 503 and r.json()["status"] == "failed"
         assert r.json()["error"].startswith("TypeError")
+    documented = _StandIn()
+    documented.release.set()
+    with TestClient(create_app("unused", model=documented, api_docs=True)) as client:
+        assert client.get("/docs").status_code == 200  # off unless asked (/docs: 404 above)
+        assert "/grid.png" in client.get("/openapi.json").json()["paths"]
     model = _StandIn()
     with TestClient(create_app("unused", model=model), raise_server_exceptions=False) as client:
         r = client.get("/healthz")

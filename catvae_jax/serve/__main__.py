@@ -33,6 +33,7 @@ def define_flags() -> None:
         protocol.DEFAULT_READ_TIMEOUT,
         "Seconds to wait for a client's next bytes (headers or body) before closing.",
     )
+    flags.DEFINE_bool("api_docs", False, "Serve FastAPI's /docs, /redoc and /openapi.json.")
     levels = ["critical", "error", "warning", "info", "debug"]
     flags.DEFINE_enum("log_level", "warning", levels, "uvicorn log level.")
     flags.mark_flag_as_required("workdir")
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> None:
     with cli.user_errors():
         app = create_app(
             FLAGS.workdir, step, FLAGS.max_n, FLAGS.default_n, FLAGS.max_upload_mb,
-            FLAGS.compute_slots,
+            FLAGS.compute_slots, api_docs=FLAGS.api_docs,
         )  # fmt: skip
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"

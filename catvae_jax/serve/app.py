@@ -58,12 +58,14 @@ def create_app(
     max_upload_mb: float = 10.0,
     compute_slots: int = 1,
     model: VaeModel | None = None,
+    api_docs: bool = False,
 ) -> FastAPI:
     """The service for `workdir`'s model at `step` (or for `model`, if given), loaded now and
     compiled in a background thread once the app starts (/healthz is 503 until then).
 
     At most `compute_slots` model calls run at once (the rest queue; PNG encoding and the other
-    endpoints go on meanwhile): one keeps a CPU's cores on one batch instead of thrashing."""
+    endpoints go on meanwhile): one keeps a CPU's cores on one batch instead of thrashing.
+    `api_docs` serves FastAPI's /docs, /redoc and /openapi.json (off: 404)."""
     if not 1 <= default_n <= max_n <= inference.MAX_GENERATE:
         raise UserError(
             f"need 1 <= default_n <= max_n <= {inference.MAX_GENERATE}, got {default_n} and {max_n}"
@@ -81,7 +83,8 @@ def create_app(
         threading.Thread(target=service.warm, name="catvae-warm-up", daemon=True).start()
         yield
 
-    app = FastAPI(title="catvae_jax", lifespan=lifespan)
+    docs = {} if api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="catvae_jax", lifespan=lifespan, **docs)
     app.state.service = service
     app.state.max_upload_mb = max_upload_mb
     app.add_middleware(ObserveRequests, metrics=metrics, endpoints=ENDPOINTS)
