@@ -29,6 +29,8 @@ from conftest import REPO, run_cli_cases
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from catvae_jax.errors import UserError
+
 MAX_N = 64
 MAX_UPLOAD_MB = 0.5
 READ_TIMEOUT_S = 4
@@ -451,6 +453,38 @@ def test_load_200_requests_8_concurrent(server, capsys):
     assert max(in_flight) >= 2  # requests overlap: served while others compute
 
 
+def test_a_damaged_sampler_degrades_the_server(trained_workdir, tmp_path):
+    """No learned prior, a garbage gmm_<step>.npz and the training data gone (so no refit): the
+    server serves the prior, says in /healthz that the gmm failed and why, shows no server path
+    to a client, and logs no traceback. Before, the gmm's BadZipFile stopped the warm-up, and
+    /healthz stayed at 503 for good."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir[0], workdir)
+    for flow in workdir.glob("flow_*.npz"):
+        flow.unlink()
+        (workdir / flow.name.replace("flow", "gmm")).write_bytes(b"PK\x03\x04" + bytes(300))
+    config = json.loads((workdir / "config.json").read_text())
+    config["data"].update(source="folder", path=str(tmp_path / "gone"))
+    (workdir / "config.json").write_text(json.dumps(config))
+    log = tmp_path / "server.log"
+    proc, url, _ = start_server(workdir, log)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            r = client.get("/healthz")
+            health = r.json()
+            assert health["status"] == "degraded" and health["auto"] == "prior", health
+            assert health["samplers"] == ["auto", "prior"] and list(health["failed"]) == ["gmm"]
+            gmm = client.get("/grid.png", params={"n": 4, "sampler": "gmm"})
+            assert gmm.status_code == 503 and "the gmm sampler is unavailable" in gmm.text
+            for text in (r.text, gmm.text):
+                assert str(tmp_path) not in text and "/gone" not in text, text
+            assert client.get("/grid.png", params={"n": 4}).status_code == 200
+    finally:
+        stop_server(proc)
+    text = log.read_text()
+    assert "Traceback" not in text and "the gmm sampler is unavailable" in text, text[-3000:]
+
+
 def test_cli_errors(server, tmp_path):
     """A bad flag, a missing workdir, a busy port: one line `error: ...`, exit code 2. An
     infinite upload limit or a step in other digits than 0-9 are refused before the model
@@ -474,31 +508,96 @@ def test_cli_errors(server, tmp_path):
 
 
 class _StandIn:
-    """A VaeModel stand-in: generation waits for `release`; reconstructing white is a bug."""
+    """A VaeModel stand-in: generation waits for `release` and raises `broken[sampler]`;
+    reconstructing white is a bug, and 40% grey finds the server's data gone (a UserError)."""
 
     step, z_dim, image_shape, flow = 7, 2, (4, 4, 3), None  # flow: no learned prior
     config = types.SimpleNamespace(model=types.SimpleNamespace(name="stand-in"))
 
-    def __init__(self) -> None:
+    def __init__(self, broken: dict[str, Exception] | None = None, flow: bool = False) -> None:
         self.release = threading.Event()
+        self.broken = broken or {}
+        self.flow = object() if flow else None
+        self.calls: list[str] = []
 
     def generate(
         self, n: int, seed: int = 0, temperature: float = 1.0, sampler: str = "auto"
     ) -> np.ndarray:
         assert self.release.wait(30)
+        self.calls.append(sampler)
+        if sampler in self.broken:
+            raise self.broken[sampler]
         return np.full((n, 4, 4, 3), 0.5, np.float32)
 
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
         if x.max() > 0.9:
             raise RuntimeError("a bug")
+        if abs(x.max() - 0.4) < 0.01:
+            raise UserError("cannot read /srv/secret/cats/train.npz")
         return 1 - x
+
+
+def _ready(client) -> dict:
+    """/healthz once warm-up has ended (200, or 503 "failed")."""
+    wait_for(lambda: client.get("/healthz").json()["status"] != "warming")
+    return client.get("/healthz").json()
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_failed_sampler_is_reported_and_the_others_served():
+    """A sampler whose warm-up raises (anything) is listed under "failed" with one line of why,
+    "auto" falls back to the next one, and the server becomes ready; before, the warm-up error
+    left /healthz at 503 for good. No reason shows the server's paths."""
+    from fastapi.testclient import TestClient
+
+    from catvae_jax.serve.app import create_app
+
+    broken = {"flow": EOFError("truncated /srv/run/flow_7.npz"), "gmm": UserError("no /srv/x")}
+    model = _StandIn(broken, flow=True)
+    model.release.set()
+    with TestClient(create_app("unused", model=model)) as client:
+        health = _ready(client)
+        assert health["status"] == "degraded" and health["auto"] == "prior", health
+        assert health["samplers"] == ["auto", "prior"]
+        assert health["failed"] == {"flow": "EOFError: truncated <path>", "gmm": "no <path>"}
+        assert model.calls == ["flow", "gmm", "prior"]  # each tried once, in auto's order
+        for sampler in ("gmm", "flow"):
+            r = client.get("/grid.png", params={"n": 2, "sampler": sampler})
+            assert r.status_code == 503 and "sampler is unavailable" in r.json()["error"]
+            assert "/srv" not in r.text
+        assert client.get("/grid.png?n=2&sampler=auto").status_code == 200
+        assert 'value="gmm"' not in client.get("/").text and 'value="prior"' in client.get("/").text
+    # One that fails on its first request (not used by auto, so not tried at warm-up).
+    model = _StandIn({"gmm": np.linalg.LinAlgError("singular")}, flow=True)
+    model.release.set()
+    with TestClient(create_app("unused", model=model)) as client:
+        assert _ready(client)["status"] == "ok" and _ready(client)["auto"] == "flow"
+        r = client.get("/grid.png?n=2&sampler=gmm")
+        assert r.status_code == 503 and r.json()["error"].endswith("LinAlgError: singular")
+        assert _ready(client)["failed"] == {"gmm": "LinAlgError: singular"}
+        assert client.get("/grid.png?n=2&sampler=gmm").status_code == 503  # not retried
+        assert model.calls.count("gmm") == 1
+    # None works: failed, with each sampler's reason, and no grid.
+    model = _StandIn({s: RuntimeError(f"{s} is broken") for s in ("gmm", "prior")})
+    model.release.set()
+    with TestClient(create_app("unused", model=model)) as client:
+        health = _ready(client)
+        assert client.get("/healthz").status_code == 503
+        assert health == {
+            "status": "failed",
+            "error": "no sampler works",
+            "failed": {
+                "gmm": "RuntimeError: gmm is broken",
+                "prior": "RuntimeError: prior is broken",
+            },
+        }
+        assert client.get("/grid.png?n=2").status_code == 503
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_warming_and_the_catch_all():
     from fastapi.testclient import TestClient
 
-    from catvae_jax.errors import UserError
     from catvae_jax.serve.app import create_app
 
     with pytest.raises(UserError, match="default_n"):

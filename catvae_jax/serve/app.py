@@ -10,11 +10,13 @@ one loaded model (`serve.service.Service`), from three routers:
   reconstruction. The type is checked by decoding with PIL; an image of another size is
   centre-cropped to a square and resized to the model's size as training data is
   (`data.decode`: transparency on white, Lanczos), which the `X-Resized` header reports.
-- status: `GET /healthz` 200 `{"status": "ok", "step": ...}` once warm (compiled), 503 while
-  warming; `GET /metrics` Prometheus text (`serve.metrics`).
+- status: `GET /healthz` 200 `{"status": "ok", "step": ...}` once warm (compiled), "degraded"
+  with a "failed" sampler → reason map when a sampler failed, 503 while warming; `GET /metrics`
+  Prometheus text (`serve.metrics`).
 
-Bad parameters get a 4xx JSON `{"error": "..."}`; a 500 means a bug. Generation runs jitted in a
-thread pool, so requests are served while others compute.
+Bad parameters get a 4xx JSON `{"error": "..."}`; a 503 is warming up or a sampler that failed
+(`/healthz` lists it); a 500 is a bug. Generation runs jitted in a thread pool, so requests are
+served while others compute.
 """
 
 from __future__ import annotations
@@ -200,8 +202,8 @@ def grid_png(
     fixed = seed.strip() != ""
     seed_value = _int_param("seed", seed, 0, 2**32 - 1) if fixed else secrets.randbits(32)
     t = _temperature(temperature)
-    if sampler not in service.samplers:
-        raise HTTPException(400, f"sampler must be one of {', '.join(service.samplers)}")
+    if sampler not in service.offered:
+        raise HTTPException(400, f"sampler must be one of {', '.join(service.offered)}")
     _require_ready(service)
     png = service.grid_png(count, seed_value, t, sampler)
     headers = {
@@ -288,23 +290,27 @@ status = APIRouter()
 
 @status.get("/healthz")
 async def healthz(service: ServiceDep) -> JSONResponse:
-    """200 with the model's step once compiled; 503 while warming (or if warm-up failed)."""
+    """200 with the model's step once compiled ("degraded" when a sampler failed); 503 while
+    warming, or if warm-up failed. "failed": each sampler that failed and why, in one line."""
+    failed = {"failed": dict(service.failed)} if service.failed else {}
     if not service.ready.is_set():
         body = {"status": "warming" if service.warm_error is None else "failed"}
         if service.warm_error:
             body["error"] = service.warm_error
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse(body | failed, status_code=503, headers={"Retry-After": "2"})
     model = service.model
     return JSONResponse(
         {
-            "status": "ok",
+            "status": "degraded" if failed else "ok",
             "step": model.step,
             "model": model.config.model.name,
             "image_size": model.image_shape[0],
             "z_dim": model.z_dim,
             "max_n": service.max_n,
             "samplers": list(service.samplers),
+            "auto": service.auto,
         }
+        | failed
     )
 
 
