@@ -595,6 +595,25 @@ def test_a_failed_sampler_is_reported_and_the_others_served():
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_an_error_of_the_servers_own_state_keeps_its_paths():
+    """A UserError inside a request comes from the server's state (the routes check the request
+    themselves): it was a 400 that showed the server's path; now a generic 500, logged."""
+    from fastapi.testclient import TestClient
+
+    from catvae_jax.serve.app import create_app
+
+    model = _StandIn()
+    model.release.set()
+    with TestClient(create_app("unused", model=model)) as client:
+        _ready(client)
+        grey = png_of(np.full((4, 4, 3), 102, np.uint8))
+        r = client.post("/reconstruct", files={"file": ("grey.png", grey)})
+        assert r.status_code == 500 and "/srv" not in r.text, r.text
+        assert r.json()["error"] == "the server cannot serve this request now; its log says why"
+        assert metric(client, "catvae_unhandled_exceptions_total") == 0  # not a bug
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_warming_and_the_catch_all():
     from fastapi.testclient import TestClient
 

@@ -15,8 +15,8 @@ one loaded model (`serve.service.Service`), from three routers:
   Prometheus text (`serve.metrics`).
 
 Bad parameters get a 4xx JSON `{"error": "..."}`; a 503 is warming up or a sampler that failed
-(`/healthz` lists it); a 500 is a bug. Generation runs jitted in a thread pool, so requests are
-served while others compute.
+(`/healthz` lists it); a 500 is a bug or the server's own state (its log says which). Generation
+runs jitted in a thread pool, so requests are served while others compute.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 from catvae_jax.inference import VaeModel, load
 from catvae_jax.serve.metrics import ObserveRequests, ServiceMetrics
-from catvae_jax.serve.service import Service
+from catvae_jax.serve.service import Service, log
 
 ENDPOINTS = ("/", "/healthz", "/grid.png", "/reconstruct", "/metrics")
 MAX_TEMPERATURE = inference.MAX_TEMPERATURE
@@ -101,8 +101,11 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 
 def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
-    """Every error as JSON `{"error": ...}`: HTTP errors as raised, a UserError as a 400, any
-    other exception as a 500 that counts as a bug. A client that closes the connection before
+    """Every error as JSON `{"error": ...}`: HTTP errors as raised; a UserError as a 500 with a
+    generic message (the routes check every parameter themselves, so the library's UserError
+    comes from the server's own state, e.g. its training data gone: the log says which, the
+    client is not told the server's paths); any other exception as a 500 that counts as a
+    bug. A client that closes the connection before
     its request is complete gets nothing (it is gone): 499, nginx's "client closed request",
     is what the metrics record, without a traceback in the log."""
 
@@ -115,8 +118,9 @@ def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         return _error(e.status_code, str(e.detail), e.headers)
 
     @app.exception_handler(UserError)
-    async def user_error(request: Request, e: UserError) -> JSONResponse:
-        return _error(400, str(e))
+    async def server_state(request: Request, e: UserError) -> JSONResponse:
+        log.warning("%s %s failed: %s", request.method, request.url.path, e)
+        return _error(500, "the server cannot serve this request now; its log says why")
 
     @app.exception_handler(Exception)
     async def bug(request: Request, e: Exception) -> JSONResponse:
