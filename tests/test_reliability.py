@@ -289,7 +289,7 @@ def test_reader_commands_fall_back_and_refuse_an_unreadable_step(
 
 
 def test_serve_falls_back(damaged):
-    from catvae_jax.serve import create_app
+    from catvae_jax.serve.app import create_app
 
     workdir, newest = damaged
     assert create_app(str(workdir), step="latest") is not None

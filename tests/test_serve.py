@@ -8,10 +8,12 @@ the catch-all 500 are checked in-process with a stand-in model.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,8 +29,11 @@ from conftest import REPO, run_cli_cases
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from catvae_jax.errors import UserError
+
 MAX_N = 64
 MAX_UPLOAD_MB = 0.5
+READ_TIMEOUT_S = 4
 TILE = 16 + 2  # a 16-pixel image plus the grid's 2-pixel padding
 
 
@@ -95,6 +100,7 @@ def server(trained_workdir, tmp_path_factory):
     shutil.copytree(trained_workdir[0], workdir)
     log = served / "server.log"
     args = ("--max_n", str(MAX_N), "--max_upload_mb", str(MAX_UPLOAD_MB))
+    args += ("--read_timeout_s", str(READ_TIMEOUT_S))
     proc, url, seen = start_server(workdir, log, *args)
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
@@ -123,6 +129,19 @@ def metric(client: httpx.Client, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
     return 0.0
+
+
+def connect(client: httpx.Client) -> socket.socket:
+    """A raw TCP connection to the server of `client`, for what httpx will not send."""
+    url = httpx.URL(str(client.base_url))
+    return socket.create_connection((url.host, url.port), timeout=30)
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def test_healthz_reports_the_step(server):
@@ -219,7 +238,7 @@ def test_uploads_are_read_as_training_reads_images():
     """An RGBA, non-square upload: transparency on white, centre crop and Lanczos resize,
     exactly the pixels the data pipeline (`data.decode`) gives the same file."""
     from catvae_jax.data.decode import decode_image
-    from catvae_jax.serve import decode_upload
+    from catvae_jax.serve.app import decode_upload
 
     rgba = np.random.default_rng(3).integers(0, 256, (30, 40, 4), dtype=np.uint8)
     rgba[:, :, 3] = np.where(np.arange(40) % 3 == 0, 0, 255)  # every third column transparent
@@ -291,6 +310,7 @@ def test_bad_inputs_are_4xx_json(server):
         ),
         (client.get("/reconstruct"), 405, "Method Not Allowed"),
         (client.get("/nowhere"), 404, "Not Found"),
+        *[(client.get(path), 404, "Not Found") for path in ("/docs", "/redoc", "/openapi.json")],
     ]
     for r, code, why in cases:
         assert r.status_code == code, (r.request.url, r.text)
@@ -300,6 +320,83 @@ def test_bad_inputs_are_4xx_json(server):
     assert after - before == len(BAD_GRIDS)
     assert metric(client, "catvae_unhandled_exceptions_total") == 0
     assert client.get("/grid.png?n=2&seed=1").status_code == 200  # nothing hung
+
+
+def test_a_client_that_leaves_mid_upload_is_not_a_server_error(server):
+    """It was a 500, a server-error count and a ClientDisconnect traceback in the log, so any
+    client could inflate the error metrics: now a 499 (nginx's "client closed request")."""
+    client, workdir, _ = server
+    errors = {
+        kind: metric(client, "catvae_request_errors_total", endpoint="/reconstruct", kind=kind)
+        for kind in ("client", "server")
+    }
+    left = metric(client, "catvae_requests_total", endpoint="/reconstruct", status="499")
+    head = (
+        b"POST /reconstruct HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+    )
+    with connect(client) as sock:
+        sock.sendall(head + bytes(1000))
+        time.sleep(0.2)
+    wait_for(
+        lambda: (
+            metric(client, "catvae_requests_total", endpoint="/reconstruct", status="499") > left
+        )
+    )
+    after = metric(client, "catvae_request_errors_total", endpoint="/reconstruct", kind="server")
+    assert after == errors["server"] and metric(client, "catvae_unhandled_exceptions_total") == 0
+    assert (
+        metric(client, "catvae_request_errors_total", endpoint="/reconstruct", kind="client")
+        > errors["client"]
+    )
+    log = (workdir.parent / "server.log").read_text()
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]
+
+
+def test_connections_that_stall_are_closed(server):
+    """A client that connects and says nothing, one that stops in its headers and one that stops
+    in its body (a half-open upload) held their connection forever: each is closed once it has
+    sent nothing for --read_timeout_s (the upload ends as a 499, not a server error); a client
+    that waits for its answer is not cut off."""
+    client, _, _ = server
+    server_errors = metric(client, "catvae_request_errors_total", kind="server")
+    upload = (
+        b"POST /reconstruct HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+    )
+    stalls = [b"", b"GET /healthz HTTP/1.1\r\nHost: te", upload + bytes(1000)]
+    socks = [connect(client) for _ in stalls]
+    start = time.monotonic()
+    for sock, data in zip(socks, stalls, strict=True):
+        sock.sendall(data)
+    for sock in socks:
+        with sock:
+            assert sock.recv(100) == b""  # closed by the server, nothing said
+            assert READ_TIMEOUT_S - 0.5 < time.monotonic() - start < READ_TIMEOUT_S + 20
+    assert metric(client, "catvae_request_errors_total", kind="server") == server_errors
+    slow = client.get("/grid.png", params={"n": MAX_N, "seed": 1, "temperature": 0.5})
+    assert slow.status_code == 200  # the timeout is on the client's bytes, not on the answer
+
+
+def test_malformed_http_is_a_json_400(server):
+    """What h11 cannot parse was uvicorn's text/plain 400: now the service's JSON error."""
+    client, _, _ = server
+    requests = [
+        b"POST /reconstruct HTTP/1.1\r\nHost: test\r\nContent-Length: -5\r\n\r\n",
+        b"POST /reconstruct HTTP/1.1\r\nHost: test\r\nContent-Length: 1e3\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\nBad Header\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ]
+    for request in requests:
+        with connect(client) as sock:
+            sock.sendall(request)
+            response = b""
+            while chunk := sock.recv(4096):
+                response += chunk
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), (request, response)
+        assert b"content-type: application/json" in head.lower(), (request, response)
+        assert "malformed HTTP request" in json.loads(body)["error"]
 
 
 def test_metrics(server):
@@ -356,14 +453,54 @@ def test_load_200_requests_8_concurrent(server, capsys):
     assert max(in_flight) >= 2  # requests overlap: served while others compute
 
 
+def test_a_damaged_sampler_degrades_the_server(trained_workdir, tmp_path):
+    """No learned prior, a garbage gmm_<step>.npz and the training data gone (so no refit): the
+    server serves the prior, says in /healthz that the gmm failed and why, shows no server path
+    to a client, and logs no traceback. Before, the gmm's BadZipFile stopped the warm-up, and
+    /healthz stayed at 503 for good."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir[0], workdir)
+    for flow in workdir.glob("flow_*.npz"):
+        flow.unlink()
+        (workdir / flow.name.replace("flow", "gmm")).write_bytes(b"PK\x03\x04" + bytes(300))
+    config = json.loads((workdir / "config.json").read_text())
+    config["data"].update(source="folder", path=str(tmp_path / "gone"))
+    (workdir / "config.json").write_text(json.dumps(config))
+    log = tmp_path / "server.log"
+    proc, url, _ = start_server(workdir, log)
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            r = client.get("/healthz")
+            health = r.json()
+            assert health["status"] == "degraded" and health["auto"] == "prior", health
+            assert health["samplers"] == ["auto", "prior"] and list(health["failed"]) == ["gmm"]
+            gmm = client.get("/grid.png", params={"n": 4, "sampler": "gmm"})
+            assert gmm.status_code == 503 and "the gmm sampler is unavailable" in gmm.text
+            for text in (r.text, gmm.text):
+                assert str(tmp_path) not in text and "/gone" not in text, text
+            assert client.get("/grid.png", params={"n": 4}).status_code == 200
+    finally:
+        stop_server(proc)
+    text = log.read_text()
+    assert "Traceback" not in text and "the gmm sampler is unavailable" in text, text[-3000:]
+
+
 def test_cli_errors(server, tmp_path):
-    """A bad flag, a missing workdir, a busy port: one line `error: ...`, exit code 2."""
+    """A bad flag, a missing workdir, a busy port: one line `error: ...`, exit code 2. An
+    infinite upload limit or a step in other digits than 0-9 are refused before the model
+    loads (they were an OverflowError and a ValueError traceback)."""
     port = str(httpx.URL(str(server[0].base_url)).port)
+    workdir = ["--workdir", str(server[1]), "--port", "0"]
     cases = [
         (["--workdir", str(tmp_path), "--port", "x"], "error: flag --port=x: invalid literal"),
         (["--workdir", str(tmp_path / "nope"), "--port", "0"], "error: workdir"),
         (["--workdir", str(server[1]), "--port", port], "error: cannot listen on 127.0.0.1:"),
     ]
+    for mb in ("inf", "nan", "-1", "0"):
+        cases.append(([*workdir, f"--max_upload_mb={mb}"], "error: flag --max_upload_mb="))
+        cases.append(([*workdir, f"--read_timeout_s={mb}"], "error: flag --read_timeout_s="))
+    for step in ("\u00b2", "\u0663", "1.5", "-1", "", "newest"):  # ², an Arabic-Indic 3
+        cases.append(([*workdir, f"--step={step}"], f"error: flag --step={step}: must be"))
     procs = run_cli_cases([("catvae_jax.serve", *args) for args, _ in cases])
     for proc, (_, message) in zip(procs, cases, strict=True):
         err = proc.stderr
@@ -371,35 +508,122 @@ def test_cli_errors(server, tmp_path):
 
 
 class _StandIn:
-    """A VaeModel stand-in: generation waits for `release`; reconstructing white is a bug."""
+    """A VaeModel stand-in: generation waits for `release` and raises `broken[sampler]`;
+    reconstructing white is a bug, and 40% grey finds the server's data gone (a UserError)."""
 
     step, z_dim, image_shape, flow = 7, 2, (4, 4, 3), None  # flow: no learned prior
     config = types.SimpleNamespace(model=types.SimpleNamespace(name="stand-in"))
 
-    def __init__(self) -> None:
+    def __init__(self, broken: dict[str, Exception] | None = None, flow: bool = False) -> None:
         self.release = threading.Event()
+        self.broken = broken or {}
+        self.flow = object() if flow else None
+        self.calls: list[str] = []
 
     def generate(
         self, n: int, seed: int = 0, temperature: float = 1.0, sampler: str = "auto"
     ) -> np.ndarray:
         assert self.release.wait(30)
+        self.calls.append(sampler)
+        if sampler in self.broken:
+            raise self.broken[sampler]
         return np.full((n, 4, 4, 3), 0.5, np.float32)
 
     def reconstruct(self, x: np.ndarray) -> np.ndarray:
         if x.max() > 0.9:
             raise RuntimeError("a bug")
+        if abs(x.max() - 0.4) < 0.01:
+            raise UserError("cannot read /srv/secret/cats/train.npz")
         return 1 - x
+
+
+def _ready(client) -> dict:
+    """/healthz once warm-up has ended (200, or 503 "failed")."""
+    wait_for(lambda: client.get("/healthz").json()["status"] != "warming")
+    return client.get("/healthz").json()
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_failed_sampler_is_reported_and_the_others_served():
+    """A sampler whose warm-up raises (anything) is listed under "failed" with one line of why,
+    "auto" falls back to the next one, and the server becomes ready; before, the warm-up error
+    left /healthz at 503 for good. No reason shows the server's paths."""
+    from fastapi.testclient import TestClient
+
+    from catvae_jax.serve.app import create_app
+
+    broken = {"flow": EOFError("truncated /srv/run/flow_7.npz"), "gmm": UserError("no /srv/x")}
+    model = _StandIn(broken, flow=True)
+    model.release.set()
+    with TestClient(create_app("unused", model=model)) as client:
+        health = _ready(client)
+        assert health["status"] == "degraded" and health["auto"] == "prior", health
+        assert health["samplers"] == ["auto", "prior"]
+        assert health["failed"] == {"flow": "EOFError: truncated <path>", "gmm": "no <path>"}
+        assert model.calls == ["flow", "gmm", "prior"]  # each tried once, in auto's order
+        for sampler in ("gmm", "flow"):
+            r = client.get("/grid.png", params={"n": 2, "sampler": sampler})
+            assert r.status_code == 503 and "sampler is unavailable" in r.json()["error"]
+            assert "/srv" not in r.text
+        assert client.get("/grid.png?n=2&sampler=auto").status_code == 200
+        assert 'value="gmm"' not in client.get("/").text and 'value="prior"' in client.get("/").text
+    # One that fails on its first request (not used by auto, so not tried at warm-up).
+    model = _StandIn({"gmm": np.linalg.LinAlgError("singular")}, flow=True)
+    model.release.set()
+    with TestClient(create_app("unused", model=model)) as client:
+        assert _ready(client)["status"] == "ok" and _ready(client)["auto"] == "flow"
+        r = client.get("/grid.png?n=2&sampler=gmm")
+        assert r.status_code == 503 and r.json()["error"].endswith("LinAlgError: singular")
+        assert _ready(client)["failed"] == {"gmm": "LinAlgError: singular"}
+        assert client.get("/grid.png?n=2&sampler=gmm").status_code == 503  # not retried
+        assert model.calls.count("gmm") == 1
+    # None works: failed, with each sampler's reason, and no grid.
+    model = _StandIn({s: RuntimeError(f"{s} is broken") for s in ("gmm", "prior")})
+    model.release.set()
+    with TestClient(create_app("unused", model=model)) as client:
+        health = _ready(client)
+        assert client.get("/healthz").status_code == 503
+        assert health == {
+            "status": "failed",
+            "error": "no sampler works",
+            "failed": {
+                "gmm": "RuntimeError: gmm is broken",
+                "prior": "RuntimeError: prior is broken",
+            },
+        }
+        assert client.get("/grid.png?n=2").status_code == 503
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_an_error_of_the_servers_own_state_keeps_its_paths():
+    """A UserError inside a request comes from the server's state (the routes check the request
+    themselves): it was a 400 that showed the server's path; now a generic 500, logged."""
+    from fastapi.testclient import TestClient
+
+    from catvae_jax.serve.app import create_app
+
+    model = _StandIn()
+    model.release.set()
+    with TestClient(create_app("unused", model=model)) as client:
+        _ready(client)
+        grey = png_of(np.full((4, 4, 3), 102, np.uint8))
+        r = client.post("/reconstruct", files={"file": ("grey.png", grey)})
+        assert r.status_code == 500 and "/srv" not in r.text, r.text
+        assert r.json()["error"] == "the server cannot serve this request now; its log says why"
+        assert metric(client, "catvae_unhandled_exceptions_total") == 0  # not a bug
 
 
 @pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_warming_and_the_catch_all():
     from fastapi.testclient import TestClient
 
-    from catvae_jax.errors import UserError
-    from catvae_jax.serve import create_app
+    from catvae_jax.serve.app import create_app
 
     with pytest.raises(UserError, match="default_n"):
         create_app("unused", max_n=8, default_n=16, model=_StandIn())
+    for mb in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(UserError, match="max_upload_mb must be a positive number"):
+            create_app("unused", max_upload_mb=mb, model=_StandIn())
     broken = _StandIn()
     broken.reconstruct = None  # warm-up calls it: a TypeError, as a bug would raise
     broken.release.set()
@@ -410,10 +634,22 @@ def test_warming_and_the_catch_all():
         r = client.get("/healthz")
         assert r.status_code == 503 and r.json()["status"] == "failed"
         assert r.json()["error"].startswith("TypeError")
+    documented = _StandIn()
+    documented.release.set()
+    with TestClient(create_app("unused", model=documented, api_docs=True)) as client:
+        assert client.get("/docs").status_code == 200  # off unless asked (/docs: 404 above)
+        assert "/grid.png" in client.get("/openapi.json").json()["paths"]
     model = _StandIn()
     with TestClient(create_app("unused", model=model), raise_server_exceptions=False) as client:
         r = client.get("/healthz")
         assert r.status_code == 503 and r.json() == {"status": "warming"}
+        warming = metric(
+            client, "catvae_request_errors_total", endpoint="/healthz", kind="unavailable"
+        )
+        assert warming >= 1  # a 503 while warming is not a server error
+        assert (
+            metric(client, "catvae_request_errors_total", endpoint="/healthz", kind="server") == 0
+        )
         r = client.get("/grid.png?n=2")
         assert r.status_code == 503 and r.headers["retry-after"] == "2" and r.json()["error"]
         model.release.set()

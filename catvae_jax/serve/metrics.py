@@ -2,7 +2,9 @@
 
 Series (one registry per app): catvae_request_duration_seconds{endpoint} (histogram, the latency
 SLO), catvae_requests_total{endpoint,status}, catvae_request_errors_total{endpoint,kind}
-(kind: client = 4xx, server = 5xx), catvae_unhandled_exceptions_total (bugs),
+(kind: client = 4xx, among them 499 for a client that closed the connection before its request
+was complete; unavailable = 503, warming up or a sampler that failed; server = any other 5xx),
+catvae_unhandled_exceptions_total (bugs),
 catvae_requests_in_progress{endpoint}, catvae_compute_seconds{op} (model calls, without queueing),
 catvae_images_generated_total, catvae_ready, catvae_model_step.
 """
@@ -28,7 +30,7 @@ class ServiceMetrics:
         )
         self.errors = Counter(
             "catvae_request_errors",
-            "Error responses: kind=client (4xx) or server (5xx).",
+            "Error responses: kind=client (4xx), unavailable (503) or server (other 5xx).",
             ["endpoint", "kind"],
             registry=r,
         )
@@ -76,4 +78,11 @@ class ObserveRequests:
             m.latency.labels(endpoint).observe(time.perf_counter() - start)
             m.requests.labels(endpoint, str(status)).inc()
             if status >= 400:
-                m.errors.labels(endpoint, "server" if status >= 500 else "client").inc()
+                m.errors.labels(endpoint, _error_kind(status)).inc()
+
+
+def _error_kind(status: int) -> str:
+    """client (4xx), unavailable (503: warming up, or a sampler that failed) or server."""
+    if status < 500:
+        return "client"
+    return "unavailable" if status == 503 else "server"
