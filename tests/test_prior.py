@@ -14,9 +14,10 @@ import pytest
 from conftest import run_cli
 
 import catvae_jax
-from catvae_jax import after_training
+from catvae_jax import after_training, data
 from catvae_jax.errors import UserError
 from catvae_jax.priors import flow
+from catvae_jax.train import loop
 
 
 @pytest.fixture
@@ -94,11 +95,16 @@ def test_auto_picks_flow_then_gmm_then_prior(workdir_copy, capsys):
 
 
 def test_the_end_of_training_fit_can_be_switched_off(trained_workdir, tmp_path):
-    """config.flow_prior = False: no flow is fitted (the checkpoints are not even waited for);
-    the model still gets the workdir, so a gmm fitted for samples.png is cached there."""
+    """config.flow_prior = False: the end of training fits no flow (the checkpoints are not
+    even waited for: ckpts=None) and samples.png comes from the gmm, fitted for it and cached
+    in the workdir."""
     model = catvae_jax.load(trained_workdir[0])
-    model.flow, model.workdir = None, None
     config = model.config.copy_and_resolve_references()
     config.flow_prior = False
-    after_training.fit_after_training(tmp_path, config, ckpts=None, vae=model)
-    assert model.flow is None and model.workdir == tmp_path and not list(tmp_path.iterdir())
+    originals = data.load_split(config, "validation")[:4]
+    params, step = model._params, model.step
+    run = loop.Finished(tmp_path, config, model.graphdef, params, step, None, originals)
+    grid = after_training.finish(run)
+    assert grid.dtype == np.uint8 and grid.ndim == 3
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"gmm_{step}.npz", "reconstructions.png", "samples.png"]
