@@ -29,6 +29,11 @@ install-dev: $(VENV)/.installed-dev
 
 run: install
 	$(PY) -m catvae_jax.main --config configs/quickstart.py --workdir $(WORKDIR)
+	@echo
+	@echo "Open $(WORKDIR)/samples.png (new cats) and $(WORKDIR)/reconstructions.png. Next:"
+	@echo "  $(PY) -m catvae_jax.generate --workdir $(WORKDIR) --n 64 --seed 1 --out cats.png"
+	@echo "  $(PY) -m catvae_jax.serve --workdir $(WORKDIR)    # then open http://127.0.0.1:8000"
+	@echo "More: README.md, and docs/ (make docs builds the site)."
 
 lint: install-dev
 	$(PY) -m ruff check catvae_jax configs tests benchmarks tools experiments
