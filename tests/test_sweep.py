@@ -28,8 +28,8 @@ import pytest
 from conftest import REPO, run_cli, run_cli_cases, subprocess_env, tiny_config
 
 from catvae_jax import config as config_lib
-from catvae_jax import sweep_spec, sweep_study
 from catvae_jax.errors import UserError
+from catvae_jax.sweep import spec, study
 from catvae_jax.train.log import TrainingLog
 
 
@@ -195,8 +195,8 @@ def test_two_workers_share_one_postgres_study_and_grid_points_run_once(tmp_path,
     outs = _two_workers(sweep, tmp_path / "w", "--storage", postgres)
     assert [o.returncode for o in outs] == [0, 0], [o.stderr[-1500:] for o in outs]
     _assert_no_duplicates(read_rows(tmp_path / "w"), ["data.seed"], 3)
-    study = optuna.load_study(study_name="sweep_pg", storage=postgres)
-    assert len(study.trials) == 3  # the grid was enqueued once, not by each worker
+    stored = optuna.load_study(study_name="sweep_pg", storage=postgres)
+    assert len(stored.trials) == 3  # the grid was enqueued once, not by each worker
     assert not (tmp_path / "w" / "study.journal").exists()
 
 
@@ -208,7 +208,7 @@ def test_trials_built_to_be_pruned_are_pruned_and_end_with_their_checkpoint(tmp_
         overrides={**tiny_overrides(), "eval_every_steps": 1},
         pruner=("threshold", {"upper": 1.0}),
     )
-    best = sweep_study.run_sweep(sweep, str(tmp_path / "w"))
+    best = study.run_sweep(sweep, str(tmp_path / "w"))
     rows = read_rows(tmp_path / "w")
     assert [(r["state"], r["steps"], r["note"]) for r in rows] == [("pruned", "1", "pruned")] * 2
     assert float(rows[0]["val_loss"]) > 1.0  # the last reported value
@@ -221,7 +221,7 @@ def test_trials_built_to_be_pruned_are_pruned_and_end_with_their_checkpoint(tmp_
 
 def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
     sweep = write_sweep(tmp_path / "sweep_div.py", grid={"learning_rate": [1e6, 3e-3]})
-    best = sweep_study.run_sweep(sweep, str(tmp_path / "w"))
+    best = study.run_sweep(sweep, str(tmp_path / "w"))
     rows = read_rows(tmp_path / "w")
     assert [r["state"] for r in rows] == ["fail", "complete"]
     assert rows[0]["note"].startswith("diverged: non-finite loss at step ")
@@ -273,27 +273,27 @@ def test_a_seeded_sampler_proposes_the_same_trials(tmp_path):
             "model.widths": ("choice", [(8, 16, 16, 16), (8, 8, 16, 16)]),
         },
     )
-    sweep = sweep_spec.load(sweep_file)
+    sweep = spec.load(sweep_file)
 
     def proposals(seed: int, where: str) -> list[dict]:
         seeded = dataclasses.replace(sweep, seed=seed)
-        study, lock = sweep_study.open_study(seeded, str(tmp_path / where), None, None)
+        opened, lock = study.open_study(seeded, str(tmp_path / where), None, None)
         out = []
         for i in range(3):
             with lock():
-                trial, resumed = sweep_study.next_trial(study, seeded, 3, "me")
+                trial, resumed = study.next_trial(opened, seeded, 3, "me")
             assert not resumed
             out.append(trial.params)
-            study.tell(trial, float(i))  # no training: only the proposals are compared
+            opened.tell(trial, float(i))  # no training: only the proposals are compared
         return out
 
     first = proposals(0, "a")
     assert first == proposals(0, "b")
     assert first != proposals(1, "c")
-    config = sweep_spec.trial_config(sweep, first[0], "s", 0)  # a choice of tuples decodes
+    config = spec.trial_config(sweep, first[0], "s", 0)  # a choice of tuples decodes
     assert config.model.widths in ((8, 16, 16, 16), (8, 8, 16, 16))
     assert f"--config.model.widths={_widths_flag(config.model.widths)}" in shlex.split(
-        sweep_spec.command_line(sweep, first[0], "w")
+        spec.command_line(sweep, first[0], "w")
     )
 
 
@@ -322,7 +322,7 @@ def test_a_bad_sweep_file_is_one_user_error(tmp_path, case):
     elif isinstance(body, dict):
         write_sweep(path, **body)
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        sweep_spec.load(str(path))
+        spec.load(str(path))
 
 
 def test_the_cli_exits_2_with_one_line_before_any_trial(tmp_path):
@@ -347,8 +347,8 @@ def test_each_trial_is_a_wandb_run_in_the_studys_group(tmp_path, monkeypatch):
     fake = SimpleNamespace(init=lambda **kw: calls.append(kw) or run)
     monkeypatch.setitem(sys.modules, "wandb", fake)  # what wandb.init is asked, nothing synced
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the tests' environment would disable it
-    sweep = sweep_spec.load(write_sweep(tmp_path / "sweep_wb.py", grid={"data.seed": [3]}))
-    config = sweep_spec.trial_config(sweep, {"data.seed": 3}, "my_study", 7)
+    sweep = spec.load(write_sweep(tmp_path / "sweep_wb.py", grid={"data.seed": [3]}))
+    config = spec.trial_config(sweep, {"data.seed": 3}, "my_study", 7)
     config.wandb.mode = "offline"
     TrainingLog(tmp_path, config).close()
     assert calls[0]["group"] == "my_study" and calls[0]["name"] == "my_study-7"

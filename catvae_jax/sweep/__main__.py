@@ -14,8 +14,9 @@ import sys
 
 from absl import flags
 
-from catvae_jax import cli, sweep_study
+from catvae_jax import cli
 from catvae_jax.errors import exit_with
+from catvae_jax.sweep import study
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file (Python with get_sweep()).")
 flags.mark_flag_as_required("sweep")
@@ -31,15 +32,9 @@ def main(argv: list[str]) -> None:
     try:
         with cli.user_errors():
             rest = (_TRIALS.value, _STORAGE.value, _STUDY.value, _SEED.value)
-            best = sweep_study.run_sweep(_SWEEP.value, _WORKDIR.value, *rest)
+            study.run_sweep(_SWEEP.value, _WORKDIR.value, *rest)
     except OSError as e:  # e.g. a full disk: the trial is released, its checkpoints intact
         exit_with(f"{e}; re-run to continue the study", 1)
-    if best["command"] is None:
-        print(f"done: no trial completed; see {_WORKDIR.value}/results.md", flush=True)
-    else:
-        print(f"best: trial {best['number']}, objective {best['value']:.6g}", flush=True)
-        print(best["command"], flush=True)
-        print(f"results: {_WORKDIR.value}/results.md", flush=True)
 
 
 def run() -> None:

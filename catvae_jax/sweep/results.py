@@ -25,12 +25,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as plots
 
-from catvae_jax import atomic, sweep_spec
-from catvae_jax.sweep_spec import Sweep
+from catvae_jax import atomic
+from catvae_jax.sweep import spec
+from catvae_jax.sweep.spec import Sweep
 
 
 def _others(sweep: Sweep) -> list[str]:
-    return [m for m in sweep_spec.VALIDATION_METRICS if m != sweep.objective]
+    return [m for m in spec.VALIDATION_METRICS if m != sweep.objective]
 
 
 def last_validation(trial_dir: pathlib.Path) -> dict:
@@ -79,9 +80,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 def best_command(study: optuna.Study, sweep: Sweep, workdir: pathlib.Path) -> str | None:
     """The command line that trains the best trial's config again, into W/best."""
     best = best_trial(study)
-    return (
-        None if best is None else sweep_spec.command_line(sweep, best.params, str(workdir / "best"))
-    )
+    return None if best is None else spec.command_line(sweep, best.params, str(workdir / "best"))
 
 
 def write_tables(study: optuna.Study, sweep: Sweep, workdir: pathlib.Path, notes: str = "") -> None:

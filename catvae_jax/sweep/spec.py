@@ -46,7 +46,7 @@ from optuna.distributions import (
 from catvae_jax import config as config_lib
 from catvae_jax.errors import UserError
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 VALIDATION_METRICS = ("val_loss", "val_recon", "val_kl", "val_ssim")
 BUDGET_FIELDS = ("max_steps", "num_epochs")
 SAMPLERS = ("tpe", "random")

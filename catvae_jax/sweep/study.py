@@ -32,10 +32,10 @@ from optuna.distributions import distribution_to_json
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from catvae_jax import sweep_results, sweep_spec
-from catvae_jax.errors import UserError
-from catvae_jax.sweep_spec import Sweep
-from catvae_jax.train.loop import NonFiniteError, Preempted, train_and_evaluate
+from catvae_jax.errors import NonFiniteError, Preempted, UserError
+from catvae_jax.sweep import results, spec
+from catvae_jax.sweep.spec import Sweep
+from catvae_jax.train.loop import train_and_evaluate
 
 HEARTBEAT_S = 20.0  # a running trial's worker writes a heartbeat this often
 STALE_S = 180.0  # a RUNNING trial with no heartbeat for this long is claimed by another worker
@@ -78,7 +78,7 @@ def open_study(
             )
         if study.direction.name.lower() != sweep.direction:
             raise UserError(f"study '{name}' in this storage has direction {study.direction.name}")
-    study.pruner = sweep_spec.make_pruner(sweep.pruner)
+    study.pruner = spec.make_pruner(sweep.pruner)
     return study, lock
 
 
@@ -168,7 +168,7 @@ def next_trial(
             return optuna.Trial(study, t._trial_id), True
     if sum(t.state in COUNTED for t in trials) >= total:
         return None
-    study.sampler = sweep_spec.make_sampler(sweep, sweep.seed + len(trials))
+    study.sampler = spec.make_sampler(sweep, sweep.seed + len(trials))
     trial = study.ask(sweep.distributions)
     trial.set_user_attr("worker", me)
     trial.set_user_attr("heartbeat", now)
@@ -210,7 +210,7 @@ def run_trial(
     heartbeat = Heartbeat(study, trial._trial_id)
     state, value, steps, note = TrialState.FAIL, None, 0, ""
     try:
-        config = sweep_spec.trial_config(sweep, trial.params, study.study_name, number)
+        config = spec.trial_config(sweep, trial.params, study.study_name, number)
         result = train_and_evaluate(config, str(trial_dir), on_validation=on_validation)
         state, value, steps = TrialState.COMPLETE, result[sweep.objective], result["step"]
     except optuna.TrialPruned:
@@ -233,7 +233,7 @@ def run_trial(
         if note:
             trial.set_user_attr("note", note)
         study.tell(trial, value, state=state)
-        sweep_results.write_tables(study, sweep, workdir)
+        results.write_tables(study, sweep, workdir)
     shown = "" if value is None else f" {sweep.objective} {value:.5g}"
     return f"trial {number}: {state.name.lower()}{shown} after {steps} steps {note}".rstrip()
 
@@ -255,7 +255,7 @@ def run_sweep(
     grid's size), then writes W/results.{csv,md} and the plots and returns the best trial as
     {"number", "value", "command"} (None values when no trial completed). UserError for a bad
     sweep file or storage, before any trial starts."""
-    sweep = sweep_spec.load(sweep_file)
+    sweep = spec.load(sweep_file)
     if seed is not None:
         sweep = dataclasses.replace(sweep, seed=seed)
     total = trials or sweep.trials or (len(sweep.grid) if sweep.grid else None)
@@ -277,5 +277,11 @@ def run_sweep(
         print(f"trial {trial.number}: {'resuming' if resumed else 'starting'} {shown}", flush=True)
         print(run_trial(study, sweep, trial, root, lock), flush=True)
     with lock():
-        best = sweep_results.write_all(study, sweep, root)
+        best = results.write_all(study, sweep, root)
+    if best["command"] is None:
+        print(f"done: no trial completed; see {root / 'results.md'}", flush=True)
+    else:
+        print(f"best: trial {best['number']}, objective {best['value']:.6g}", flush=True)
+        print(best["command"], flush=True)
+        print(f"results: {root / 'results.md'}", flush=True)
     return best
