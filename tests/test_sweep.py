@@ -73,32 +73,33 @@ def sweep_cmd(sweep_file, workdir, *flags) -> list[str]:
     ]
 
 
-def read_rows(workdir) -> list[dict]:
-    with open(os.path.join(workdir, "results.csv")) as f:
+def read_rows(folder) -> list[dict]:
+    """The rows of a study folder W/<study>/results.csv."""
+    with open(os.path.join(folder, "results.csv")) as f:
         return list(csv.DictReader(f))
 
 
 def test_grid_sweep_end_to_end_and_best_command_runs(tmp_path):
     sweep = write_sweep(tmp_path / "sweep_grid.py", grid={"data.seed": [0, 1, 2]})
-    work = tmp_path / "w"
+    work, folder = tmp_path / "w", tmp_path / "w" / "sweep_grid"  # W/<study>
     # unmeasured: the in-process sweep tests and the other workers cover its lines
     done = run_cli("catvae_jax.sweep", "--sweep", sweep, "--workdir", str(work), measured=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = read_rows(work)
+    rows = read_rows(folder)
     assert [r["number"] for r in rows] == ["0", "1", "2"]
     assert [r["state"] for r in rows] == ["complete"] * 3
     assert sorted(r["params_data.seed"] for r in rows) == ["0", "1", "2"]
     assert all(r["steps"] == "2" and float(r["val_loss"]) > 0 for r in rows)
     assert all(0 < float(r["val_ssim"]) < 1 for r in rows)  # from each trial's last validation
-    assert (work / "history.png").stat().st_size > 0
-    assert (work / "importances.png").stat().st_size > 0
-    trial_config = json.loads((work / "trials" / "1" / "config.json").read_text())
+    assert (folder / "history.png").stat().st_size > 0
+    assert (folder / "importances.png").stat().st_size > 0
+    trial_config = json.loads((folder / "trials" / "1" / "config.json").read_text())
     assert trial_config["wandb"]["group"] == "sweep_grid"
     assert trial_config["data"]["seed"] == int(rows[1]["params_data.seed"])
 
     best = min(rows, key=lambda r: float(r["val_loss"]))
     command = done.stdout.strip().splitlines()[-2]
-    assert command in (work / "results.md").read_text()
+    assert command in (folder / "results.md").read_text()
     assert f"--config.data.seed={best['params_data.seed']}" in command
     words = shlex.split(command)
     assert words[:3] == ["python", "-m", "catvae_jax.main"]
@@ -107,13 +108,13 @@ def test_grid_sweep_end_to_end_and_best_command_runs(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    best_config = json.loads((work / "best" / "config.json").read_text())
+    best_config = json.loads((folder / "best" / "config.json").read_text())
     assert best_config["data"]["seed"] == int(best["params_data.seed"])
     assert f"val_loss {float(best['val_loss']):.4g}" in rerun.stdout  # the same run again
 
     again = run_cli("catvae_jax.sweep", "--sweep", sweep, "--workdir", str(work))
     assert again.returncode == 0 and "starting" not in again.stdout  # the study is complete
-    assert len(read_rows(work)) == 3
+    assert len(read_rows(folder)) == 3
 
 
 def _two_workers(sweep_file, workdir, *flags) -> list[subprocess.CompletedProcess]:
@@ -152,7 +153,7 @@ def test_two_workers_share_one_journal_file(tmp_path):
     )
     outs = _two_workers(sweep, tmp_path / "w", "--trials", "3")
     assert [o.returncode for o in outs] == [0, 0], [o.stderr[-1500:] for o in outs]
-    _assert_no_duplicates(read_rows(tmp_path / "w"), ["data.seed"], 3)
+    _assert_no_duplicates(read_rows(tmp_path / "w" / "sweep_two"), ["data.seed"], 3)
     assert sum(o.stdout.count(": starting") for o in outs) == 3  # no trial ran twice
 
 
@@ -194,7 +195,7 @@ def test_two_workers_share_one_postgres_study_and_grid_points_run_once(tmp_path,
     sweep = write_sweep(tmp_path / "sweep_pg.py", grid={"data.seed": [0, 1, 2]})
     outs = _two_workers(sweep, tmp_path / "w", "--storage", postgres)
     assert [o.returncode for o in outs] == [0, 0], [o.stderr[-1500:] for o in outs]
-    _assert_no_duplicates(read_rows(tmp_path / "w"), ["data.seed"], 3)
+    _assert_no_duplicates(read_rows(tmp_path / "w" / "sweep_pg"), ["data.seed"], 3)
     stored = optuna.load_study(study_name="sweep_pg", storage=postgres)
     assert len(stored.trials) == 3  # the grid was enqueued once, not by each worker
     assert not (tmp_path / "w" / "study.journal").exists()
@@ -209,20 +210,41 @@ def test_trials_built_to_be_pruned_are_pruned_and_end_with_their_checkpoint(tmp_
         pruner=("threshold", {"upper": 1.0}),
     )
     best = study.run_sweep(sweep, str(tmp_path / "w"))
-    rows = read_rows(tmp_path / "w")
+    rows = read_rows(tmp_path / "w" / "sweep_prune")
     assert [(r["state"], r["steps"], r["note"]) for r in rows] == [("pruned", "1", "pruned")] * 2
     assert float(rows[0]["val_loss"]) > 1.0  # the last reported value
-    ckpts = tmp_path / "w" / "trials" / "1" / "checkpoints"
+    ckpts = tmp_path / "w" / "sweep_prune" / "trials" / "1" / "checkpoints"
     assert (ckpts / "1").is_dir() and not (ckpts / "2").exists()  # ended cleanly at step 1
     assert best["command"] is None
-    results = (tmp_path / "w" / "results.md").read_text()
+    results = (tmp_path / "w" / "sweep_prune" / "results.md").read_text()
     assert "no trial has completed" in results and "No parameter importances" in results
+
+
+def test_two_studies_in_one_workdir_keep_their_own_trials(tmp_path):
+    # Study B once resumed study A's finished trial 0 and recorded A's result as its own.
+    work = tmp_path / "w"
+    first = write_sweep(tmp_path / "sweep_a.py", grid={"data.seed": [0]})
+    second = write_sweep(tmp_path / "sweep_b.py", grid={"data.seed": [1], "seed": [7]})
+    a = study.run_sweep(first, str(work))
+    with pytest.raises(UserError, match="pass another --study"):  # sweep_b is not sweep_a
+        study.run_sweep(second, str(work), study_name="sweep_a")
+    b = study.run_sweep(second, str(work), study_name="other")  # the advice, taken
+    for name, seed in (("sweep_a", 0), ("other", 1)):
+        folder = work / name
+        (row,) = read_rows(folder)
+        assert row["state"] == "complete" and row["params_data.seed"] == str(seed)
+        config = json.loads((folder / "trials" / "0" / "config.json").read_text())
+        assert config["data"]["seed"] == seed and config["wandb"]["group"] == name
+        assert (folder / "results.md").is_file() and (folder / "history.png").is_file()
+    assert a["value"] != b["value"]  # B trained its own trial, on other data
+    assert f"--workdir {work / 'other' / 'best'}" in b["command"]
+    assert not (work / "trials").exists() and not (work / "results.csv").exists()
 
 
 def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
     sweep = write_sweep(tmp_path / "sweep_div.py", grid={"learning_rate": [1e6, 3e-3]})
     best = study.run_sweep(sweep, str(tmp_path / "w"))
-    rows = read_rows(tmp_path / "w")
+    rows = read_rows(tmp_path / "w" / "sweep_div")
     assert [r["state"] for r in rows] == ["fail", "complete"]
     assert rows[0]["note"].startswith("diverged: non-finite loss at step ")
     assert int(rows[0]["steps"]) == int(rows[0]["note"].rsplit(" ", 1)[-1])
@@ -245,7 +267,7 @@ def test_a_killed_worker_is_resumed_by_the_next(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    ckpts = work / "trials" / "0" / "checkpoints"
+    ckpts = work / "sweep_kill" / "trials" / "0" / "checkpoints"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
         if ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()):
@@ -260,7 +282,7 @@ def test_a_killed_worker_is_resumed_by_the_next(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "trial 0: resuming" in again.stdout
     assert "resumed from step" in again.stdout
-    rows = read_rows(work)
+    rows = read_rows(work / "sweep_kill")
     assert len(rows) == 1 and rows[0]["state"] == "complete" and rows[0]["steps"] == "12"
 
 

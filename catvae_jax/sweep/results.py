@@ -1,4 +1,5 @@
-"""What a sweep leaves for a person: W/results.csv, W/results.md, history.png, importances.png.
+"""What a sweep leaves for a person in the study's folder W/<study>: results.csv, results.md,
+history.png, importances.png.
 
 One row per trial: number, state, params_<config field> per searched field, the objective, the
 other validation metrics (its last validation), the steps it trained, its wall seconds (start
@@ -78,13 +79,13 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def best_command(study: optuna.Study, sweep: Sweep, workdir: pathlib.Path) -> str | None:
-    """The command line that trains the best trial's config again, into W/best."""
+    """The command line that trains the best trial's config again, into `workdir`/best."""
     best = best_trial(study)
     return None if best is None else spec.command_line(sweep, best.params, str(workdir / "best"))
 
 
 def write_tables(study: optuna.Study, sweep: Sweep, workdir: pathlib.Path, notes: str = "") -> None:
-    """W/results.csv and W/results.md from the study as it stands."""
+    """results.csv and results.md in `workdir` (the study's folder) as the study stands."""
     table = rows(study, sweep, workdir)
     columns = ["number", "state", *(f"params_{f}" for f in sweep.distributions)]
     columns += [sweep.objective, *_others(sweep), "steps", "wall_s", "note"]

@@ -8,9 +8,10 @@ and a grid, enqueued once, hands each point to exactly one worker.
 
 A killed worker's trial stays RUNNING, owned by `host:pid-namespace:pid`. The next worker to
 ask claims it when that process is gone (same machine) or its heartbeat is older than
-`STALE_S`, and resumes it from its checkpoint in `W/trials/<number>/` (train_and_evaluate
-resumes a workdir); without that directory (another host) the trial restarts from step 0 with
-the same number and parameters.
+`STALE_S`, and resumes it from its checkpoint in `W/<study>/trials/<number>/`
+(train_and_evaluate resumes a workdir); without that directory (another host) the trial
+restarts from step 0 with the same number and parameters. Each study has its own folder
+`W/<study>/`, so studies that share W (its journal) or a database never share a trial.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def open_study(
 ) -> tuple[optuna.Study, contextlib.AbstractContextManager]:
     """Creates or loads the study; returns it and a factory of its cross-worker lock."""
     name = study_name or sweep.name
+    check_study_name(name, study_name is None)
     lock = _lock_for(storage_url, workdir, name)  # a bad URL fails before W is made
     os.makedirs(workdir, exist_ok=True)
     with lock():
@@ -80,6 +82,32 @@ def open_study(
             raise UserError(f"study '{name}' in this storage has direction {study.direction.name}")
     study.pruner = spec.make_pruner(sweep.pruner)
     return study, lock
+
+
+def check_study_name(name: str, from_file: bool) -> None:
+    """UserError unless `name` can name the study's folder W/<name> (no '/', not '.' or '..',
+    not W's own study.journal*, at most 200 characters)."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or not name.isprintable()
+        or name.startswith("study.journal")
+        or len(name.encode()) > 200
+    )
+    if bad:
+        where = "the sweep file's name" if from_file else "--study"
+        raise UserError(
+            f"study name {name!r} ({where}) cannot name its folder in the sweep workdir: "
+            "pass --study NAME (letters, digits, '_', '-', '.')"
+        )
+
+
+def study_folder(workdir: str, name: str) -> pathlib.Path:
+    """W/<study>: the study's trials/<number>/, results, plots and best/ (so studies sharing
+    W, its journal or a PostgreSQL database never share a trial folder)."""
+    return pathlib.Path(workdir) / name
 
 
 def _storage(url: str | None, workdir: str) -> optuna.storages.BaseStorage:
@@ -194,13 +222,13 @@ class Heartbeat:
 
 
 def run_trial(
-    study: optuna.Study, sweep: Sweep, trial: optuna.Trial, workdir: pathlib.Path, lock
+    study: optuna.Study, sweep: Sweep, trial: optuna.Trial, folder: pathlib.Path, lock
 ) -> str:
-    """Trains one trial in `workdir/trials/<number>` and tells the study how it ended; returns
-    a one-line summary. Preempted (SIGTERM) or an OSError releases the trial and re-raises:
-    the next worker resumes it."""
+    """Trains one trial in `folder/trials/<number>` (`folder`: the study's, W/<study>) and
+    tells the study how it ended; returns a one-line summary. Preempted (SIGTERM) or an OSError
+    releases the trial and re-raises: the next worker resumes it."""
     number = trial.number
-    trial_dir = workdir / "trials" / str(number)
+    trial_dir = folder / "trials" / str(number)
 
     def on_validation(step: int, metrics: dict[str, float]) -> None:
         trial.report(metrics[sweep.objective], step)
@@ -233,7 +261,7 @@ def run_trial(
         if note:
             trial.set_user_attr("note", note)
         study.tell(trial, value, state=state)
-        results.write_tables(study, sweep, workdir)
+        results.write_tables(study, sweep, folder)
     shown = "" if value is None else f" {sweep.objective} {value:.5g}"
     return f"trial {number}: {state.name.lower()}{shown} after {steps} steps {note}".rstrip()
 
@@ -252,7 +280,8 @@ def run_sweep(
     seed: int | None = None,
 ) -> dict:
     """One worker: runs trials until the study has `trials` (default: the sweep file's, or a
-    grid's size), then writes W/results.{csv,md} and the plots and returns the best trial as
+    grid's size), then writes W/<study>/results.{csv,md} and the plots and returns the best
+    trial as
     {"number", "value", "command"} (None values when no trial completed). UserError for a bad
     sweep file or storage, before any trial starts."""
     sweep = spec.load(sweep_file)
@@ -265,7 +294,8 @@ def run_sweep(
         raise UserError(f"--trials {total} is more than the grid's {len(sweep.grid)} points")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, lock = open_study(sweep, workdir, storage, study_name)
-    root, me = pathlib.Path(workdir), worker_id()
+    root, me = study_folder(workdir, study.study_name), worker_id()
+    root.mkdir(exist_ok=True)
     print(f"study '{study.study_name}': {total} trials, worker {me}", flush=True)
     while True:
         with lock():
