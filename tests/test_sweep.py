@@ -166,7 +166,8 @@ def _free_port() -> int:
 @pytest.fixture
 def postgres():
     """A throwaway PostgreSQL server on 127.0.0.1 (initdb + pg_ctl, as user postgres when
-    running as root); yields its URL and stops it afterwards."""
+    running as root); yields its `url` (plain postgresql://, as a user writes it), `start()`
+    and `stop()` (immediate, as a crash or a lost network would), and stops it afterwards."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     if not bins:
         pytest.skip(
@@ -183,20 +184,33 @@ def postgres():
     run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True, timeout=120)
     run(f"{bindir}/initdb", "-D", data, "-U", "postgres", "-A", "trust")
     options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={data}"
-    run(f"{bindir}/pg_ctl", "-D", data, "-o", options, "-l", f"{data}/log", "-w", "start")
+    running = []
+
+    def start() -> None:
+        run(f"{bindir}/pg_ctl", "-D", data, "-o", options, "-l", f"{data}/log", "-w", "start")
+        running.append(True)
+
+    def stop(mode: str = "immediate") -> None:
+        run(f"{bindir}/pg_ctl", "-D", data, "-m", mode, "-w", "stop")
+        running.clear()
+
+    start()
     try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+        yield SimpleNamespace(
+            url=f"postgresql://postgres@127.0.0.1:{port}/postgres", start=start, stop=stop
+        )
     finally:
-        run(f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+        if running:
+            stop("fast")
         shutil.rmtree(data, ignore_errors=True)
 
 
 def test_two_workers_share_one_postgres_study_and_grid_points_run_once(tmp_path, postgres):
     sweep = write_sweep(tmp_path / "sweep_pg.py", grid={"data.seed": [0, 1, 2]})
-    outs = _two_workers(sweep, tmp_path / "w", "--storage", postgres)
+    outs = _two_workers(sweep, tmp_path / "w", "--storage", postgres.url)  # plain postgresql://
     assert [o.returncode for o in outs] == [0, 0], [o.stderr[-1500:] for o in outs]
     _assert_no_duplicates(read_rows(tmp_path / "w" / "sweep_pg"), ["data.seed"], 3)
-    stored = optuna.load_study(study_name="sweep_pg", storage=postgres)
+    stored = optuna.load_study(study_name="sweep_pg", storage=study.with_driver(postgres.url))
     assert len(stored.trials) == 3  # the grid was enqueued once, not by each worker
     assert not (tmp_path / "w" / "study.journal").exists()
 

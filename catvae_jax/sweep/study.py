@@ -114,7 +114,14 @@ def _storage(url: str | None, workdir: str) -> optuna.storages.BaseStorage:
     if url is None:
         path = os.path.join(workdir, "study.journal")
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileSymlinkLock(path)))
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    return optuna.storages.RDBStorage(with_driver(url), engine_kwargs={"pool_pre_ping": True})
+
+
+def with_driver(url: str) -> str:
+    """A plain `postgresql://` (or `postgres://`) URL with the psycopg2 driver named: SQLAlchemy
+    2.1 would load psycopg 3 for it, which is not installed (psycopg2-binary is)."""
+    scheme, sep, rest = url.partition("://")
+    return f"postgresql+psycopg2://{rest}" if sep and scheme in ("postgresql", "postgres") else url
 
 
 def _lock_for(url: str | None, workdir: str, name: str):
@@ -139,7 +146,7 @@ def _lock_for(url: str | None, workdir: str, name: str):
         why = " (SQLite is unsafe for concurrent workers)" if scheme.startswith("sqlite") else ""
         raise UserError(f"--storage must be a postgresql:// URL{why}; default: a journal in W")
     try:
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        engine = sqlalchemy.create_engine(with_driver(url), poolclass=sqlalchemy.pool.NullPool)
         engine.connect().close()
     except Exception as e:  # a wrong host, user, database or password
         raise UserError(f"cannot connect to --storage: {' '.join(str(e).split())[:200]}") from e
