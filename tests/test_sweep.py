@@ -361,20 +361,65 @@ def test_a_bad_sweep_file_is_one_user_error(tmp_path, case):
         spec.load(str(path))
 
 
+def _study_with_one_trial(sweep_file, workdir) -> bytes:
+    """W/study.journal holding the sweep's study with one complete trial (told, not trained);
+    returns the journal's bytes."""
+    sweep = spec.load(sweep_file)
+    opened, lock = study.open_study(sweep, str(workdir), None, None)
+    with lock():
+        trial, _ = study.next_trial(opened, sweep, 1, "me")
+    opened.tell(trial, 1.0)
+    return (workdir / "study.journal").read_bytes()
+
+
 def test_the_cli_exits_2_with_one_line_before_any_trial(tmp_path):
     path = write_sweep(tmp_path / "sweep_bad.py", space={"model.z_dim": ("uniform", 1.0, 8.0)})
     grid = write_sweep(tmp_path / "s.py", grid={"seed": [1]})
-    done, sqlite = run_cli_cases(
+    space = write_sweep(
+        tmp_path / "r.py", space={"seed": ("int", 0, 9)}, sampler="random", trials=2
+    )
+    work = tmp_path / "kept"  # a study with a complete trial, which no case may touch
+    journal = _study_with_one_trial(space, work)
+    bad = {  # sweep file keys → what the one line says
+        "pruner": (("median", {"n_startup_trials": -1}), "cannot be negative"),
+        "pruner ": (("halving", {"reduction_factor": 1}), "reduction_factor"),
+        "seed": (-3, "'seed' must be an int from 0 to 2**32 - 1, got -3"),
+        "grid": ({"seed": list(range(40)), "data.seed": list(range(40))}, "1600 points"),
+        "space": ({"seed": ("choice", list(range(1001)))}, "1001 choices"),
+    }
+    files = {}
+    for i, (key, (value, _)) in enumerate(bad.items()):
+        base = {"grid": {"seed": [1]}} if key.strip() in ("pruner", "seed") else {}
+        files[key] = write_sweep(tmp_path / f"bad{i}.py", **{**base, key.strip(): value})
+    flags = {  # command-line flags → what the one line says
+        ("--seed", "-1"): "--seed must be an int from 0 to 2**32 - 1, got -1",
+        ("--seed", str(2**40)): f"got {2**40}",
+        ("--trials", "-1"): "--trials must be a positive number, got -1",
+        ("--trials", "0"): "got 0",
+        ("--study", "../up"): "cannot name its folder",
+    }
+    sweep = lambda file, *rest: ("catvae_jax.sweep", "--sweep", file, "--workdir", work, *rest)
+    done, sqlite, *cases = run_cli_cases(
         [
             ("catvae_jax.sweep", "--sweep", path, "--workdir", tmp_path / "w"),
             ("catvae_jax.sweep", "--sweep", grid, "--workdir", tmp_path / "w2", "--storage",
              "sqlite:///x.db"),
+            *(sweep(file) for file in files.values()),
+            *(sweep(space, *flag) for flag in flags),
         ]
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error: ")
     assert not (tmp_path / "w").exists()
     assert sqlite.returncode == 2 and "SQLite" in sqlite.stderr
+    messages = [message for _, message in bad.values()] + list(flags.values())
+    for case, message in zip(cases, messages, strict=True):
+        assert case.returncode == 2, (message, case.stderr[-1500:])
+        assert case.stderr.startswith("error: ") and case.stderr.strip().count("\n") == 0
+        assert message in case.stderr, (message, case.stderr)
+        assert case.stdout == ""  # refused before any trial
+    assert (work / "study.journal").read_bytes() == journal  # the completed trial is kept
+    assert not (work / "up").exists() and not (tmp_path / "up").exists()
 
 
 def test_each_trial_is_a_wandb_run_in_the_studys_group(tmp_path, monkeypatch):

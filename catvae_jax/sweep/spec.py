@@ -29,6 +29,7 @@ import copy
 import dataclasses
 import importlib.util
 import itertools
+import math
 import os
 import pathlib
 import shlex
@@ -53,6 +54,8 @@ SAMPLERS = ("tpe", "random")
 PRUNERS = ("median", "halving", "threshold", "none")
 KEYS = ("config", "overrides", "budget", "space", "grid", "objective", "sampler", "seed")
 KEYS += ("pruner", "trials")
+MAX_POINTS = 1000  # grid points, or choices of one field: each is checked against the config
+SEEDS = 2**32  # a sampler's seed is a 32-bit unsigned int (numpy's RandomState)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +132,7 @@ def load(path: str) -> Sweep:
     if sampler not in SAMPLERS:
         raise UserError(f"{where('sampler')} must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     seed, trials = raw.get("seed", 0), raw.get("trials")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise UserError(f"{where('seed')} must be an int, got {seed!r}")
+    check_seed(seed, where("seed"))
     if trials is not None and (not isinstance(trials, int) or trials < 1):
         raise UserError(f"{where('trials')} must be a positive int, got {trials!r}")
     return Sweep(
@@ -233,9 +235,16 @@ def _space(base: ml_collections.ConfigDict, space: dict, where: str) -> dict:
                 values = list(values)
                 if not values:
                     raise ValueError("no choices")
+                if len(values) > MAX_POINTS:
+                    raise UserError(
+                        f"{where}: '{field}' has {len(values)} choices, more than the "
+                        f"{MAX_POINTS} that can be checked: search a range ('int', low, high)"
+                    )
                 dist = CategoricalDistribution([encode(v) for v in values])
             else:
                 raise ValueError("unknown kind")
+        except UserError:
+            raise
         except (TypeError, ValueError) as e:
             raise UserError(
                 f"{where}: '{field}' must be ('uniform'|'log', low, high), ('int', low, high) "
@@ -253,6 +262,12 @@ def _grid(base: ml_collections.ConfigDict, grid: dict, where: str) -> tuple[dict
     """{"field": [values]} → (categorical distributions, every point in order), each checked."""
     if not grid or any(not isinstance(v, list | tuple) or not v for v in grid.values()):
         raise UserError(f"{where} must map each config field to a non-empty list of values")
+    size = math.prod(len(values) for values in grid.values())
+    if size > MAX_POINTS:
+        raise UserError(
+            f"{where} has {size} points, more than the {MAX_POINTS} that can be checked and "
+            "enqueued: search a 'space' instead, or split the grid"
+        )
     fields = list(grid)
     points = []
     for combo in itertools.product(*(grid[f] for f in fields)):
@@ -279,9 +294,15 @@ def _pruner_spec(spec: Any, where: str) -> tuple[str, dict]:
         )
     try:
         make_pruner((name, kwargs))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # an unknown argument or a value out of its range
         raise UserError(f"{where}: {e}") from e
     return name, kwargs
+
+
+def check_seed(seed: Any, where: str) -> None:
+    """UserError unless `seed` is an int in [0, 2**32) (what a sampler takes)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEEDS:
+        raise UserError(f"{where} must be an int from 0 to 2**32 - 1, got {seed!r}")
 
 
 def encode(value: Any) -> Any:

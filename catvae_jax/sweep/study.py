@@ -203,7 +203,7 @@ def next_trial(
             return optuna.Trial(study, t._trial_id), True
     if sum(t.state in COUNTED for t in trials) >= total:
         return None
-    study.sampler = spec.make_sampler(sweep, sweep.seed + len(trials))
+    study.sampler = spec.make_sampler(sweep, (sweep.seed + len(trials)) % spec.SEEDS)
     trial = study.ask(sweep.distributions)
     trial.set_user_attr("worker", me)
     trial.set_user_attr("heartbeat", now)
@@ -293,7 +293,10 @@ def run_sweep(
     sweep file or storage, before any trial starts."""
     sweep = spec.load(sweep_file)
     if seed is not None:
+        spec.check_seed(seed, "--seed")
         sweep = dataclasses.replace(sweep, seed=seed)
+    if trials is not None and trials < 1:
+        raise UserError(f"--trials must be a positive number, got {trials}")
     total = trials or sweep.trials or (len(sweep.grid) if sweep.grid else None)
     if total is None:
         raise UserError("say how many trials: --trials N or 'trials' in the sweep file")
