@@ -372,6 +372,28 @@ def _study_with_one_trial(sweep_file, workdir) -> bytes:
     return (workdir / "study.journal").read_bytes()
 
 
+def test_a_torn_journal_tail_is_set_aside_and_the_study_goes_on(tmp_path, capsys):
+    sweep_file = write_sweep(
+        tmp_path / "sweep_torn.py", space={"seed": ("int", 0, 9)}, sampler="random"
+    )
+    work = tmp_path / "w"
+    journal = _study_with_one_trial(sweep_file, work)
+    torn = journal.splitlines(keepends=True)[-1][:25]  # a record cut mid-write (a killed worker)
+    (work / "study.journal").write_bytes(journal + torn)
+    sweep = spec.load(sweep_file)
+    opened, lock = study.open_study(sweep, str(work), None, None)
+    warning = capsys.readouterr().err.strip()
+    assert warning.startswith("warning: ") and warning.endswith("study.journal.torn")
+    repaired = (work / "study.journal").read_bytes()  # + the create_study record Optuna adds
+    assert repaired.startswith(journal) and all(map(json.loads, repaired.splitlines()))
+    assert (work / "study.journal.torn").read_bytes() == torn + b"\n"
+    with lock():
+        trial, _ = study.next_trial(opened, sweep, 2, "me")
+    opened.tell(trial, 2.0)  # Optuna glued the next record onto the torn bytes: lost
+    again, _ = study.open_study(sweep, str(work), None, None)
+    assert [t.state.name for t in again.trials] == ["COMPLETE", "COMPLETE"]
+
+
 def test_the_cli_exits_2_with_one_line_before_any_trial(tmp_path):
     path = write_sweep(tmp_path / "sweep_bad.py", space={"model.z_dim": ("uniform", 1.0, 8.0)})
     grid = write_sweep(tmp_path / "s.py", grid={"seed": [1]})
@@ -398,6 +420,14 @@ def test_the_cli_exits_2_with_one_line_before_any_trial(tmp_path):
         ("--trials", "0"): "got 0",
         ("--study", "../up"): "cannot name its folder",
     }
+    lines = journal.splitlines(keepends=True)
+    damaged = {  # a journal damaged inside → what the one line says
+        "garbage": (lines[0] + b"not a record\n" + b"".join(lines[1:]), "line 2 is damaged"),
+        "record": (journal + b'{"op_code": 0}\n', "holds a damaged record (KeyError"),
+    }
+    for name, (data, _) in damaged.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "study.journal").write_bytes(data)
     sweep = lambda file, *rest: ("catvae_jax.sweep", "--sweep", file, "--workdir", work, *rest)
     done, sqlite, *cases = run_cli_cases(
         [
@@ -406,6 +436,7 @@ def test_the_cli_exits_2_with_one_line_before_any_trial(tmp_path):
              "sqlite:///x.db"),
             *(sweep(file) for file in files.values()),
             *(sweep(space, *flag) for flag in flags),
+            *(sweep(space, "--workdir", tmp_path / name) for name in damaged),  # the last wins
         ]
     )  # fmt: skip
     assert done.returncode == 2
@@ -413,12 +444,15 @@ def test_the_cli_exits_2_with_one_line_before_any_trial(tmp_path):
     assert not (tmp_path / "w").exists()
     assert sqlite.returncode == 2 and "SQLite" in sqlite.stderr
     messages = [message for _, message in bad.values()] + list(flags.values())
+    messages += [message for _, message in damaged.values()]
     for case, message in zip(cases, messages, strict=True):
         assert case.returncode == 2, (message, case.stderr[-1500:])
         assert case.stderr.startswith("error: ") and case.stderr.strip().count("\n") == 0
         assert message in case.stderr, (message, case.stderr)
         assert case.stdout == ""  # refused before any trial
     assert (work / "study.journal").read_bytes() == journal  # the completed trial is kept
+    for name, (data, _) in damaged.items():  # a damaged journal is left as it was
+        assert (tmp_path / name / "study.journal").read_bytes() == data
     assert not (work / "up").exists() and not (tmp_path / "up").exists()
 
 

@@ -30,11 +30,11 @@ from collections.abc import Iterator
 import optuna
 import sqlalchemy
 from optuna.distributions import distribution_to_json
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from catvae_jax.errors import NonFiniteError, Preempted, UserError
-from catvae_jax.sweep import results, spec
+from catvae_jax.sweep import journal, results, spec
 from catvae_jax.sweep.spec import Sweep
 from catvae_jax.train.loop import train_and_evaluate
 
@@ -112,8 +112,7 @@ def study_folder(workdir: str, name: str) -> pathlib.Path:
 
 def _storage(url: str | None, workdir: str) -> optuna.storages.BaseStorage:
     if url is None:
-        path = os.path.join(workdir, "study.journal")
-        return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileSymlinkLock(path)))
+        return journal.open_storage(os.path.join(workdir, "study.journal"))
     return optuna.storages.RDBStorage(with_driver(url), engine_kwargs={"pool_pre_ping": True})
 
 
