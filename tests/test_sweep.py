@@ -215,6 +215,36 @@ def test_two_workers_share_one_postgres_study_and_grid_points_run_once(tmp_path,
     assert not (tmp_path / "w" / "study.journal").exists()
 
 
+def test_postgres_lost_mid_trial_is_one_line_exit_1_and_keeps_the_completed_trial(
+    tmp_path, postgres
+):
+    sweep = write_sweep(
+        tmp_path / "sweep_lost.py",
+        grid={"data.seed": [0, 1]},
+        budget={"max_steps": 6},
+        overrides={**tiny_overrides(), "eval_every_steps": 1},  # reports to the study each step
+    )
+    proc = subprocess.Popen(
+        sweep_cmd(sweep, tmp_path / "w", "--storage", postgres.url), cwd=REPO,
+        env=subprocess_env(measured=False), text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    seen = []
+    for line in proc.stdout:  # trial 0 is complete when trial 1 starts
+        seen.append(line)
+        if line.startswith("trial 1: starting"):
+            postgres.stop()  # immediate: the server is gone, as in a crash
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, "".join(seen) + out + err[-2000:]
+    assert err.startswith("error: lost the study's storage (") and err.count("\n") == 1, err
+    assert err.rstrip().endswith("re-run to continue the study")
+    postgres.start()
+    stored = optuna.load_study(study_name="sweep_lost", storage=study.with_driver(postgres.url))
+    states = [t.state.name for t in stored.trials]
+    assert states == ["COMPLETE", "RUNNING"], states  # trial 1 resumes on a re-run
+
+
 def test_trials_built_to_be_pruned_are_pruned_and_end_with_their_checkpoint(tmp_path):
     # The validation loss of a tiny run is ~700: above `upper` at the first validation (step 1).
     sweep = write_sweep(

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
         with cli.user_errors():
             rest = (_TRIALS.value, _STORAGE.value, _STUDY.value, _SEED.value)
             study.run_sweep(_SWEEP.value, _WORKDIR.value, *rest)
-    except OSError as e:  # e.g. a full disk: the trial is released, its checkpoints intact
+    except OSError as e:  # a full disk, a lost database: the trial's checkpoints are intact
         exit_with(f"{e}; re-run to continue the study", 1)
 
 

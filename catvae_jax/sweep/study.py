@@ -38,6 +38,8 @@ from catvae_jax.sweep import journal, results, spec
 from catvae_jax.sweep.spec import Sweep
 from catvae_jax.train.loop import train_and_evaluate
 
+# What a lost PostgreSQL server raises: SQLAlchemy's errors, some wrapped by Optuna.
+STORAGE_LOST = (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
 HEARTBEAT_S = 20.0  # a running trial's worker writes a heartbeat this often
 STALE_S = 180.0  # a RUNNING trial with no heartbeat for this long is claimed by another worker
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
@@ -277,6 +279,16 @@ def _last_step(study: optuna.Study, trial: optuna.Trial) -> int:
     return max(values) if values else 0
 
 
+def storage_lost(e: BaseException) -> ConnectionError:
+    """A one-line ConnectionError (an OSError: exit code 1) for a lost storage, naming the
+    database driver's reason rather than Optuna's wrapper."""
+    while isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ is not None:
+        e = e.__cause__
+    reason = getattr(e, "orig", None) or e  # SQLAlchemy's DBAPIError wraps the driver's error
+    first = next(iter(str(reason).strip().splitlines()), "")
+    return ConnectionError(f"lost the study's storage ({type(reason).__name__}: {first})")
+
+
 def run_sweep(
     sweep_file: str,
     workdir: str,
@@ -286,10 +298,10 @@ def run_sweep(
     seed: int | None = None,
 ) -> dict:
     """One worker: runs trials until the study has `trials` (default: the sweep file's, or a
-    grid's size), then writes W/<study>/results.{csv,md} and the plots and returns the best
-    trial as
-    {"number", "value", "command"} (None values when no trial completed). UserError for a bad
-    sweep file or storage, before any trial starts."""
+    grid's size), then writes W/<study>/results.{csv,md} and the plots, prints the best trial
+    and returns it as {"number", "value", "command"} (None values when no trial completed).
+    UserError for a bad sweep file, flag or storage, before any trial starts; ConnectionError
+    when the storage is lost."""
     sweep = spec.load(sweep_file)
     if seed is not None:
         spec.check_seed(seed, "--seed")
@@ -303,8 +315,24 @@ def run_sweep(
         raise UserError(f"--trials {total} is more than the grid's {len(sweep.grid)} points")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study, lock = open_study(sweep, workdir, storage, study_name)
-    root, me = study_folder(workdir, study.study_name), worker_id()
+    root = study_folder(workdir, study.study_name)
     root.mkdir(exist_ok=True)
+    try:
+        best = _work(study, sweep, total, root, lock)
+    except STORAGE_LOST as e:  # the trials told so far stay in the study
+        raise storage_lost(e) from e
+    if best["command"] is None:
+        print(f"done: no trial completed; see {root / 'results.md'}", flush=True)
+    else:
+        print(f"best: trial {best['number']}, objective {best['value']:.6g}", flush=True)
+        print(best["command"], flush=True)
+        print(f"results: {root / 'results.md'}", flush=True)
+    return best
+
+
+def _work(study: optuna.Study, sweep: Sweep, total: int, root: pathlib.Path, lock) -> dict:
+    """Runs trials until the study has `total`, then writes the results; the best trial."""
+    me = worker_id()
     print(f"study '{study.study_name}': {total} trials, worker {me}", flush=True)
     while True:
         with lock():
@@ -316,11 +344,4 @@ def run_sweep(
         print(f"trial {trial.number}: {'resuming' if resumed else 'starting'} {shown}", flush=True)
         print(run_trial(study, sweep, trial, root, lock), flush=True)
     with lock():
-        best = results.write_all(study, sweep, root)
-    if best["command"] is None:
-        print(f"done: no trial completed; see {root / 'results.md'}", flush=True)
-    else:
-        print(f"best: trial {best['number']}, objective {best['value']:.6g}", flush=True)
-        print(best["command"], flush=True)
-        print(f"results: {root / 'results.md'}", flush=True)
-    return best
+        return results.write_all(study, sweep, root)
