@@ -129,7 +129,6 @@ FLOORS = {
     "pictures": 4, "evaluation": 4,
     "after_training": 5,
     "serve": 6, "sweep": 6,
-    "sweep_spec": 5.5, "sweep_results": 5.6, "sweep_study": 5.7,
     "main": 7, "generate": 7, "reconstruct": 7, "interpolate": 7, "evaluate": 7,
     "fit_prior": 7, "import_torch": 7, "bench": 7,
 }  # fmt: skip

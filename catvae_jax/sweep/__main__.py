@@ -1,11 +1,11 @@
 """Command line: python -m catvae_jax.sweep --sweep experiments/sweep_original.py --workdir W.
 
 Runs trials of the sweep file's study until it has --trials (finished, pruned and failed
-together, shared by every worker), then writes W/results.csv, W/results.md and the plots and
-prints the best trial's command line. Start the same command in K processes (or hosts, with
+together, shared by every worker), then writes W/<study>/results.csv, results.md and the plots
+and prints the best trial's command line. Start the same command in K processes (or hosts, with
 --storage postgresql://... or W on a shared file system) to run K trials at a time; re-run it
-after a crash to continue the study. A bad sweep file is a one-line error with exit code 2,
-an environment failure (a full disk) one line with exit code 1.
+after a crash to continue the study. A bad sweep file, flag or journal is a one-line error with
+exit code 2, an environment failure (a full disk, a lost database) one line with exit code 1.
 """
 
 from __future__ import annotations
