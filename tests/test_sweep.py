@@ -215,6 +215,13 @@ def test_two_workers_share_one_postgres_study_and_grid_points_run_once(tmp_path,
     assert not (tmp_path / "w" / "study.journal").exists()
 
 
+def test_a_plain_postgresql_url_gets_the_installed_driver():
+    # SQLAlchemy 2.1 loads psycopg 3 for postgresql://, which is not installed; psycopg2 is.
+    assert study.with_driver("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert study.with_driver("postgres://u:p@h:5/db") == "postgresql+psycopg2://u:p@h:5/db"
+    assert study.with_driver("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+
+
 def test_postgres_lost_mid_trial_is_one_line_exit_1_and_keeps_the_completed_trial(
     tmp_path, postgres
 ):
