@@ -40,11 +40,11 @@ lint: install-dev
 	$(PY) -m ruff format --check catvae_jax configs tests benchmarks tools experiments
 
 # The documentation site (mkdocs.yml, docs/) in strict mode: a broken link or reference fails.
-# tests/test_docs.py builds it too, so `make test` checks it.
+# tests/e2e/test_docs.py builds it too, so `make test` checks it.
 docs: install-dev
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
-# Chromium for tests/test_serve_browser.py: installed with apt-get when missing and run as root.
+# Chromium for tests/serve/test_page.py: installed with apt-get when missing and run as root.
 browser:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -53,7 +53,7 @@ browser:
 	  else echo "note: no chromium/chromedriver and not root: the browser test skips"; fi; \
 	fi
 
-# PostgreSQL for tests/test_sweep.py's many-worker test (the test starts its own server on
+# PostgreSQL for tests/sweep/test_study.py's many-worker test (the test starts its own server on
 # loopback as user postgres): installed with apt-get when missing.
 postgres:
 	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \

@@ -4,7 +4,7 @@
 original project; summarised in `catvae_jax.model.networks.VaeCatsV1`), with the same state_dict
 keys (`encode.{0,2,4,6}`, `FC_mean`, `FC_var`, `fc`, `decode.{1,3,5,7,9}`), so a checkpoint of it is
 a checkpoint of the original. Images are NCHW float32 in [0, 1]. The parity test
-(tests/test_import_torch.py) and the comparison (benchmarks/compare.py) use this one copy.
+(tests/e2e/test_import_torch.py) and the comparison (benchmarks/compare.py) use this one copy.
 
 Benchmark, same flags and JSON line as `python -m catvae_jax.bench`:
 

@@ -135,7 +135,7 @@ class ResVae(nnx.Module):
                 h = block(h)
             if i == last:
                 h = jax.nn.silu(self.out_norm(h))
-            # = conv(layers.upsample2(h)), computed on the small grid (tests/test_layers.py)
+            # = conv(layers.upsample2(h)), computed on the small grid (tests/model/test_layers.py)
             h = layers.upsample2_conv(h, conv.kernel[...]) + conv.bias[...]
         return jax.nn.sigmoid(h)
 

@@ -2,7 +2,7 @@
 cell's pip command for a checkout (`-e PATH[tpu]`, as a --dry-run), a folder of images as
 `IMAGES`, training, pictures. The committed notebook shows the outputs of that run:
 
-    .venv/bin/python tests/test_notebook.py    # re-executes it and writes them (~1 min)
+    PYTHONPATH=tests .venv/bin/python tests/e2e/test_notebook.py  # re-executes it, writes them
 """
 
 from __future__ import annotations
@@ -96,10 +96,11 @@ def test_colab_notebook_executes_on_cpu(tmp_path):
 
 def test_committed_notebook_shows_current_outputs():
     """The committed notebook carries the outputs of its current cells (regenerate them with
-    `python tests/test_notebook.py` after editing a cell)."""
+    `PYTHONPATH=tests python tests/e2e/test_notebook.py` after editing a cell)."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     recorded = nb.metadata.get("catvae_jax", {}).get("outputs_of_sources_sha256")
-    assert recorded == sources_digest(nb), "stale outputs: run python tests/test_notebook.py"
+    rerun = "PYTHONPATH=tests python tests/e2e/test_notebook.py"
+    assert recorded == sources_digest(nb), f"stale outputs: run {rerun}"
     outputs = _outputs(nb)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 3
     assert not [o for o in outputs if o.get("output_type") == "error"]

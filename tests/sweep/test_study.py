@@ -35,9 +35,9 @@ from catvae_jax.train.log import TrainingLog
 
 def tiny_overrides() -> dict:
     """conftest's tiny_config as flat overrides of the default config: trials of any length and
-    learning rate share one compiled train step (steps.Schedule). No learned prior is fitted at
-    the end of a trial (flow_prior; tests/test_prior.py tests it): a few seconds of every trial
-    that no assertion here reads."""
+    learning rate share one compiled train step (steps.Schedule). A trial is the training loop
+    alone: no learned prior is fitted at its end (tests/priors/test_learned_prior.py tests
+    that fit)."""
     config = tiny_config()
     config.flow_prior = False
     tiny = config_lib.flatten(config.to_dict())

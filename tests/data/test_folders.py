@@ -23,7 +23,7 @@ from catvae_jax.data import builders, decode, folders
 from catvae_jax.errors import EnvironmentFailure, UserError
 
 RNG = np.random.default_rng(0)
-TINY = [  # as tests/test_cli.py, without the synthetic split sizes
+TINY = [  # as tests/e2e/test_cli.py, without the synthetic split sizes
     "--config.image_size=16",
     "--config.batch_size=8",
     "--config.model.z_dim=8",
