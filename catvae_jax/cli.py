@@ -62,6 +62,21 @@ def run_app(
     app.run(run, flags_parser=parse_flags)
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """'1 file', '2 files', '0 files' (`plural_form` for nouns not made with an s)."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
+def print_or_quiet(text: str) -> None:
+    """Prints `text` to stdout; a reader that stops early (`| head`, `| less` quit) ends the
+    command quietly, without a traceback."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        sys.exit(0)
+
+
 def fail(message: str) -> None:
     """Prints `error: message` on one line and exits with code 2."""
     exit_with(message, 2)
@@ -114,17 +129,36 @@ def _config_argument(argv: list[str]) -> tuple[int | None, str | None]:
 def _override_error(e: Exception, argv: list[str]) -> str:
     """The one-line message of a flag or config-override error."""
     if isinstance(e, KeyError | AttributeError):  # an override of a field the config lacks
-        key = str(e.__context__ or e).strip("'\"")
+        key, suggestion = _missing_key(e)
         overrides = [a.lstrip("-").split("=")[0] for a in argv if re.match(r"--?config\.", a)]
         field = next((o[len("config.") :] for o in overrides if key in o.split(".")), key)
-        return f"unknown config field '{field}'"
+        if not suggestion:
+            return f"unknown config field '{field}'"
+        parent = field.rpartition(".")[0]
+        return f"unknown config field '{field}' (did you mean '{_join(parent, suggestion)}'?)"
     return _first_line(e)
+
+
+def _missing_key(e: BaseException) -> tuple[str, str | None]:
+    """(the missing key, ml_collections' suggestion or None) of a KeyError / AttributeError
+    raised for a field a ConfigDict lacks. Its message is the key's repr, then, when a field
+    is close, a line 'Did you mean "batch_size" instead of "batchsize"?'."""
+    inner = e.__context__ if isinstance(e.__context__, KeyError) else e
+    text = str(inner.args[0]) if inner.args else str(inner)
+    first, _, rest = text.partition("\n")
+    suggestion = re.search(r'Did you mean "([^"]+)"', rest)
+    return first.strip("'\""), suggestion[1] if suggestion else None
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}.{name}" if parent else name
 
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a quoted message
         text = text[1:-1]
+    text = re.sub(r"^flags (\w+=[^,:]*, )*\w+=[^,:]*: ", "", text)  # a multi-flag validator's
     bad = re.match(r"flag --config\.([\w.]+)=(.*?): (.*)", text, re.S)
     if bad:  # a value of the wrong type for a config field
         return f"config field '{bad[1]}' cannot take the value {bad[2]!r}: {bad[3].splitlines()[0]}"

@@ -16,6 +16,7 @@ from absl import flags
 from etils import epath
 
 from catvae_jax import cli, pictures
+from catvae_jax.cli import plural
 from catvae_jax.inference import check_generate_args, load
 from catvae_jax.priors.gmm import SAMPLERS
 
@@ -57,9 +58,9 @@ def main(argv: list[str]) -> None:
         samples = model.generate(FLAGS.n, FLAGS.seed, FLAGS.temperature, sampler)
         seconds = time.perf_counter() - start
         paths = pictures.write_samples(samples, out, FLAGS.individual)
-    where = out if len(paths) == 1 else f"{len(paths)} files in {out}"
+    where = out if len(paths) == 1 else f"{plural(len(paths), 'file')} in {out}"
     print(
-        f"wrote {FLAGS.n} samples (checkpoint {model.step}, sampler {FLAGS.sampler}"
+        f"wrote {plural(FLAGS.n, 'sample')} (checkpoint {model.step}, sampler {FLAGS.sampler}"
         f"{f' = {sampler}' if sampler != FLAGS.sampler else ''}, "
         f"seed {FLAGS.seed}, temperature {FLAGS.temperature:g}) to {where}; "
         f"generating took {seconds:.2f} s including compilation",

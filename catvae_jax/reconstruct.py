@@ -20,6 +20,7 @@ from absl import flags
 from etils import epath
 
 from catvae_jax import cli, pictures
+from catvae_jax.cli import plural
 from catvae_jax.inference import load, read_config
 
 FLAGS = flags.FLAGS
@@ -63,8 +64,8 @@ def main(argv: list[str]) -> None:
         recons = model.reconstruct(x)
         pictures.write_image(out, pictures.comparison_grid(x, recons, FLAGS.ncols))
     print(
-        f"wrote {len(kept)} reconstructions (checkpoint {model.step}) to {out}"
-        + (f"; skipped {len(skipped)} unreadable file(s)" if skipped else ""),
+        f"wrote {plural(len(kept), 'reconstruction')} (checkpoint {model.step}) to {out}"
+        + (f"; skipped {plural(len(skipped), 'unreadable file')}" if skipped else ""),
         flush=True,
     )
 

@@ -18,7 +18,7 @@ def test_data_prepare_never_imports_the_training_stack(tmp_path):
 import json, runpy, sys
 sys.argv = ["catvae_jax.data", "prepare", "--source", "synthetic", "--data_dir", {str(tmp_path)!r},
             "--image_size", "16", "--num_train", "4", "--num_validation", "2", "--num_test", "2",
-            "--no_progress"]
+            "--noprogress"]
 try:
     runpy.run_module("catvae_jax.data", run_name="__main__", alter_sys=True)
 except SystemExit as e:

@@ -18,6 +18,7 @@ import sys
 from absl import flags
 
 from catvae_jax import cli
+from catvae_jax.cli import plural
 from catvae_jax.data import builders, oxford
 
 FLAGS = flags.FLAGS
@@ -43,7 +44,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("num_train", 4096, "Synthetic: train examples.", lower_bound=0)
     flags.DEFINE_integer("num_validation", 256, "Synthetic: validation examples.", lower_bound=0)
     flags.DEFINE_integer("num_test", 256, "Synthetic: test examples.", lower_bound=0)
-    flags.DEFINE_bool("no_progress", False, "Hide the progress bar.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar (--noprogress: hide it).")
     flags.mark_flag_as_required("source")
 
 
@@ -59,18 +60,24 @@ def report(prepared) -> str:
         lines.append(f"source content sha256: {p.content_sha256}")
     lines += [f"{what}: {n}" for what, n in p.counts.items()]
     if p.skipped:
-        lines.append(f"skipped {len(p.skipped)} files:")
+        lines.append(f"skipped {plural(len(p.skipped), 'file')}:")
         lines += [f"  {name}: {reason}" for name, reason in p.skipped]
     if p.ignored:
         shown = ", ".join(p.ignored[:10]) + (" ..." if len(p.ignored) > 10 else "")
-        lines.append(f"ignored {len(p.ignored)} other files (hidden or not an image type): {shown}")
+        ignored = plural(len(p.ignored), "other file")
+        lines.append(f"ignored {ignored} (hidden or not an image type): {shown}")
     if p.reused:
         lines.append("already prepared: reused")
-    else:
+    elif p.from_files:
         files = p.num_examples + len(p.skipped)
         lines.append(
-            f"prepared {p.num_examples} images from {files} files in {p.seconds:.1f} s "
-            f"({files / max(p.seconds, 1e-9):.0f} files/s)"
+            f"prepared {plural(p.num_examples, 'image')} from {plural(files, 'file')} in "
+            f"{p.seconds:.1f} s ({files / max(p.seconds, 1e-9):.0f} files/s)"
+        )
+    else:  # drawn, not read: no files
+        lines.append(
+            f"prepared {plural(p.num_examples, 'image')} in {p.seconds:.1f} s "
+            f"({p.num_examples / max(p.seconds, 1e-9):.0f} images/s)"
         )
     lines.append(f'read it with: tfds.builder_from_directory("{p.path}")')
     return "\n".join(lines)
@@ -92,7 +99,7 @@ def main(argv: list[str]) -> None:
         cli.fail(f"expected the command 'prepare', got {' '.join(argv[1:]) or 'none'}")
     if hasattr(sys.stdout, "reconfigure"):  # file names may hold any character
         sys.stdout.reconfigure(errors="backslashreplace")
-    progress = not FLAGS.no_progress
+    progress = FLAGS.progress
     with cli.user_errors(), _os_errors():
         if FLAGS.source == "folder":
             if not FLAGS.path:

@@ -39,6 +39,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from catvae_jax import images
+from catvae_jax.cli import plural
 from catvae_jax.data import oxford, synthetic
 from catvae_jax.data.folders import (
     FOLDER_VERSION,
@@ -215,7 +216,8 @@ class CatFolder(_ImageFiles):
         good, skipped, content_sha256 = decode_folder(listing, c.image_size, self.progress)
         if not good:
             raise UserError(
-                f"no valid image in folder '{listing.root}' ({len(skipped)} files skipped; "
+                f"no valid image in folder '{listing.root}' ({plural(len(skipped), 'file')} "
+                "skipped; "
                 f"first: {printable(skipped[0][0])}: {skipped[0][1]})"
             )
         self.info.metadata.update(
@@ -327,6 +329,11 @@ class Prepared:
     @property
     def num_examples(self) -> int:
         return sum(self.splits.values())
+
+    @property
+    def from_files(self) -> bool:
+        """Whether it was read from a folder of files (synthetic cats are drawn: no files)."""
+        return bool(self.content_sha256)
 
 
 @contextlib.contextmanager
@@ -531,5 +538,5 @@ def summary(p: Prepared) -> str:
     """One line: what was prepared, where, how many per split, how many files skipped."""
     counts = ", ".join(f"{s} {n}" for s, n in p.splits.items())
     verb = "found" if p.reused else f"prepared in {p.seconds:.1f} s:"
-    skipped = f"; {len(p.skipped)} files skipped" if p.skipped else ""
+    skipped = f"; {plural(len(p.skipped), 'file')} skipped" if p.skipped else ""
     return f"{verb} {p.name}/{p.config}/{p.version} ({counts}{skipped}) in {p.path}"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from etils import epath
 
 from catvae_jax import images
+from catvae_jax.cli import plural
 from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 
@@ -78,7 +79,7 @@ def list_folder(path: str | os.PathLike) -> FolderListing:
             )
         raise UserError(
             f"no image files ({', '.join(decode.EXTENSIONS)}) in folder '{path}'"
-            + (f" ({len(ignored)} other files)" if ignored else "")
+            + (f" ({plural(len(ignored), 'other file')})" if ignored else "")
         )
     order = sorted(range(len(files)), key=files.__getitem__)
     return FolderListing(

@@ -212,7 +212,7 @@ def test_prepare_cli_reports_skips_and_tfds_reads_it_without_catvae_jax(hostile,
         assert any(
             line.strip().startswith(f"{name}: ") and why in line for line in out.splitlines()
         )
-    assert "ignored 1 other files (hidden or not an image type): sub/notes.txt" in out
+    assert "ignored 1 other file (hidden or not an image type): sub/notes.txt" in out
     assert "%" in proc.stderr  # the progress bar
     counts = dict(part.split() for part in out.split("examples: ")[1].splitlines()[0].split(", "))
     assert sum(int(v) for v in counts.values()) == len(KEPT) + 30 and all(
