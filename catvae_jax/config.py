@@ -6,9 +6,14 @@ fields. `validate()` turns out-of-range values into a one-line :class:`UserError
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import io
 import json
 import math
+import textwrap
+import tokenize
 from collections.abc import Callable
 from typing import Any
 
@@ -42,11 +47,14 @@ def get_config() -> ml_collections.ConfigDict:
     train step's progress hardly depended on the width, so the narrow net's ~6× more steps per
     minute win, and batch 16 buys more steps per image than 64. On accelerators raise
     `batch_size` (and `model.widths`).
+
+    Every field is documented by the comment on its line, or the comment lines just above it:
+    `field_docs` reads them from here, and `python -m catvae_jax.main --show_config` prints them.
     """
     c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.batch_size = 16
-    c.learning_rate = 2e-3
+    c.seed = 0  # initial parameters, noise and the order of training batches
+    c.batch_size = 16  # images per train step, over all devices (a multiple of their count)
+    c.learning_rate = 2e-3  # peak AdamW learning rate
     # cosine: the lr falls from learning_rate to 0 over the run (num_epochs, or max_steps if
     # sooner), times the plateau scale; constant: learning_rate throughout (the original's).
     c.lr_schedule = "cosine"
@@ -55,16 +63,16 @@ def get_config() -> ml_collections.ConfigDict:
     # Exponential moving average of the parameters (0 = off), used for validation, samples and
     # evaluation; its decay warms up as min(ema_decay, (1 + t) / (10 + t)) at step t.
     c.ema_decay = 0.0
-    c.num_epochs = 30
-    c.max_steps = -1  # -1: no cap; otherwise stop after this many train steps.
+    c.num_epochs = 30  # passes over the training split; training ends after the last
+    c.max_steps = -1  # -1: no cap; otherwise stop after this many train steps, if sooner.
     c.image_size = 64  # square images, H = W = image_size, 3 channels.
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "resvae"  # one of MODEL_NAMES
-    c.model.z_dim = 128
+    c.model.name = "resvae"  # resvae (residual, any width) or vae_cats_v1 (the original's net)
+    c.model.z_dim = 128  # latent dimensions
     c.model.h_dim = 1024  # vae_cats_v1 only: the flattened encoder output.
     c.model.widths = (8, 16, 32, 64)  # resvae only: channels at 1/2, 1/4, 1/8, 1/16 size.
-    c.model.blocks_per_stage = 1  # resvae only
+    c.model.blocks_per_stage = 1  # resvae only: residual blocks at each size
 
     c.loss = ml_collections.ConfigDict()
     c.loss.ssim_weight = 1.0  # weight of (1 - SSIM) x H*W*C per image
@@ -77,16 +85,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.kl_warmup_steps = 200  # beta rises linearly from 0 over this many steps
 
     c.plateau = ml_collections.ConfigDict()
-    c.plateau.factor = 0.5
+    c.plateau.factor = 0.5  # the lr is multiplied by this after `patience` bad validations
     c.plateau.patience = 10  # validations without improvement before the lr is scaled
     c.early_stop_patience = 25  # validations without improvement before training stops
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"
+    c.data.source = "synthetic"  # synthetic | folder | cats_vs_dogs | oxford_iiit_pet
     c.data.seed = 0  # which synthetic cats are drawn
-    c.data.num_train = 4096
-    c.data.num_validation = 256
-    c.data.num_test = 256
+    c.data.num_train = 4096  # synthetic only: images per split (a folder: 8/1/1 by file name)
+    c.data.num_validation = 256  # synthetic only
+    c.data.num_test = 256  # synthetic only
     c.data.flip = True  # random horizontal flips of training batches
     c.data.path = ""  # folder of images (data.source = "folder"), prepared on first use
     c.data.data_dir = ""  # TFDS data_dir (any etils.epath path, gs:// too); empty = TFDS default
@@ -100,7 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.eval_every_steps = -1  # -1: validate at the end of every epoch
     c.checkpoint_every_steps = -1  # -1: at every validation; training end always saves
-    c.log_every_steps = 20
+    c.log_every_steps = 20  # train metrics (metrics.jsonl, W&B, the bar) every this many steps
     # train_ssim when SSIM is not in the loss: measured on this many images of each batch
     # (0 = all). A full-batch SSIM forward is 10-15 % of a vae_cats_v1 MSE step on CPU.
     c.train_ssim_images = 8
@@ -110,15 +118,84 @@ def get_config() -> ml_collections.ConfigDict:
     c.flow_prior = True
 
     c.wandb = ml_collections.ConfigDict()
-    c.wandb.mode = "offline"  # offline | online | disabled
-    c.wandb.project = "catvae_jax"
-    c.wandb.name = ""
+    # offline (WORKDIR/wandb: `wandb sync` it later) | online (needs `wandb login`) | disabled;
+    # the WANDB_MODE environment variable wins. A resumed run continues its W&B run.
+    c.wandb.mode = "offline"
+    c.wandb.project = "catvae_jax"  # the W&B project the run is logged to
+    c.wandb.name = ""  # the W&B run name; empty: the workdir's name
     c.wandb.group = ""  # runs of one sweep share a group: the study's name
 
-    c.progress_bar = True
-    c.profile = False
+    # TensorBoard event files in WORKDIR/tensorboard too (`tensorboard --logdir WORKDIR`).
+    c.tensorboard = False
+    c.progress_bar = True  # a bar of train steps on the terminal
+    c.profile = False  # a jax.profiler trace of 5 train steps in WORKDIR/profile
     c.config_version = CONFIG_VERSION  # of config.json (`upgrade` reads older ones)
     return c
+
+
+def field_docs() -> dict[str, str]:
+    """{"model.z_dim": "latent dimensions", ...}: the documentation of every field `get_config`
+    sets, from its source: the comment on the assignment's lines, after the comment lines just
+    above it (contiguous, no blank line between)."""
+    source = textwrap.dedent(inspect.getsource(get_config))
+    comments: dict[int, str] = {}  # line number → comment text
+    code: set[int] = set()  # lines holding code
+    skip = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+        elif token.type not in (*skip, tokenize.ENDMARKER):
+            code.update(range(token.start[0], token.end[0] + 1))
+    docs = {}
+    for node in ast.walk(ast.parse(source)):
+        if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)):
+            continue
+        above, line = [], node.lineno - 1
+        while line in comments and line not in code:
+            above.insert(0, comments[line])
+            line -= 1
+        trailing = [comments[i] for i in range(node.lineno, node.end_lineno + 1) if i in comments]
+        docs[_dotted(node.targets[0])] = " ".join(above + trailing)
+    return docs
+
+
+def _dotted(target: ast.Attribute) -> str:
+    """`c.model.z_dim` → "model.z_dim"."""
+    names = []
+    while isinstance(target, ast.Attribute):
+        names.insert(0, target.attr)
+        target = target.value
+    return ".".join(names)
+
+
+def describe(config: ml_collections.ConfigDict, width: int = 100) -> str:
+    """Every field of `config` as `field = value  # documentation` (from `field_docs`), one
+    field per line (long documentation wrapped below it), in the config's order."""
+    docs = field_docs()
+    rows = [(name, f"{name} = {value!r}") for name, value in _leaves(config)]
+    column = min(44, max(len(text) for _, text in rows)) + 2
+    lines = []
+    for name, text in rows:
+        doc = docs.get(name, "")
+        wrapped = textwrap.wrap(doc, max(30, width - column - 2)) or [""]
+        first = f"{text:<{column}}# {wrapped[0]}" if doc else text
+        if len(text) >= column and doc:  # a long value: the documentation below it
+            lines.append(text)
+            first = " " * column + f"# {wrapped[0]}"
+        lines.append(first)
+        lines += [" " * column + f"# {more}" for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted name, value) of every non-ConfigDict field, depth first, in the config's order."""
+    out = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
 
 
 def recommended_config() -> ml_collections.ConfigDict:
@@ -159,7 +236,7 @@ def original_experiment(seed: int, num_epochs: int) -> ml_collections.ConfigDict
     c.loss.mse_weight = 0.0
     c.loss.beta = 1.0
     c.loss.kl_warmup_steps = 0
-    c.plateau.factor = 0.5
+    c.plateau.factor = 0.5  # the lr is multiplied by this after `patience` bad validations
     c.plateau.patience = 10
     c.early_stop_patience = 25
     c.data.num_train = 1706  # as many images as the original's cat-face set

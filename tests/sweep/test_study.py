@@ -502,5 +502,7 @@ def test_each_trial_is_a_wandb_run_in_the_studys_group(tmp_path, monkeypatch):
     sweep = spec.load(write_sweep(tmp_path / "sweep_wb.py", grid={"data.seed": [3]}))
     config = spec.trial_config(sweep, {"data.seed": 3}, "my_study", 7)
     config.wandb.mode = "offline"
-    TrainingLog(tmp_path, config).close()
+    log = TrainingLog(tmp_path, config)
+    log.write(1, 1, {"train_loss": 1.0})  # the W&B run opens with the first line
+    log.close()
     assert calls[0]["group"] == "my_study" and calls[0]["name"] == "my_study-7"
