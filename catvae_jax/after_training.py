@@ -1,5 +1,6 @@
 """A whole training run: `train_and_evaluate` = the loop, then `finish`, the end-of-training job
-(the learned prior of `best` and `latest`, then samples.png and reconstructions.png).
+(the learned prior of `best` and `latest`, then samples.png and reconstructions.png; what is
+already there for the final step, as after a re-run of a finished run, is kept).
 `fit_checkpoints` fits the learned prior of existing checkpoints (the fit_prior command).
 
 For each checkpoint a reader picks by default (`best`, and `latest` when it differs) the flow
@@ -22,8 +23,11 @@ from catvae_jax import images, inference
 from catvae_jax.errors import UserError
 from catvae_jax.priors import flow, gmm
 from catvae_jax.train import loop
+from catvae_jax.train.hooks import say
 
 DEFAULT_STEPS = ("best", "latest")
+PICTURES = ("samples.png", "reconstructions.png")
+STEP_KEY = "catvae_jax step"  # the PNG text entry naming the step a picture shows
 
 
 def fit_checkpoints(
@@ -32,16 +36,37 @@ def fit_checkpoints(
     max_images: int = gmm.DEFAULT_MAX_IMAGES,
 ) -> list[tuple[int, flow.Flow, float]]:
     """Fits and stores the flow of each checkpoint in `steps` ("best", "latest" or numbers;
-    a step named twice is fitted once). Returns (step, flow, seconds) per fitted checkpoint."""
+    a step named twice is fitted once), saying when each fit starts and ends. Returns (step,
+    flow, seconds) per fitted checkpoint."""
     done: list[tuple[int, flow.Flow, float]] = []
     for name in steps:
         model = inference.load(workdir, name)
         if model.step in [step for step, _, _ in done]:
             continue
-        start = time.perf_counter()
-        fitted = model.fit_flow(max_images)
-        done.append((int(model.step), fitted, time.perf_counter() - start))
+        fitted, seconds = fit_prior(model, max_images)
+        done.append((int(model.step), fitted, seconds))
     return done
+
+
+def fit_prior(
+    model: inference.VaeModel, max_images: int = gmm.DEFAULT_MAX_IMAGES
+) -> tuple[flow.Flow, float]:
+    """Fits `model`'s learned prior (`VaeModel.fit_flow`: encoding up to `max_images` training
+    images, then the flow), with a line when it starts and one when it ends. Returns (the
+    flow, seconds taken)."""
+    say(
+        f"checkpoint {model.step}: fitting the learned prior to the latents of up to "
+        f"{max_images} training images ..."
+    )
+    start = time.perf_counter()
+    fitted = model.fit_flow(max_images)
+    seconds = time.perf_counter() - start
+    where = f", wrote {flow.cache_path(model.workdir, model.step)}" if model.workdir else ""
+    say(
+        f"checkpoint {model.step}: learned prior fitted to {fitted.num_images} latents in "
+        f"{seconds:.1f} s (held-out NLL {fitted.heldout_nll:.2f} nats){where}"
+    )
+    return fitted, seconds
 
 
 def train_and_evaluate(
@@ -54,42 +79,47 @@ def train_and_evaluate(
     return loop.train_and_evaluate(config, workdir, on_validation, on_finish=finish)
 
 
-def finish(run: loop.Finished) -> np.ndarray:
+def finish(run: loop.Finished) -> np.ndarray | None:
     """The end of a run (process 0): the learned prior of `best` and `latest` unless
     `config.flow_prior` is off (the final model's one attached, so samples.png uses it), then
     samples.png (8×8, the default sampler, fixed seed) and reconstructions.png (inputs above
-    outputs). Returns the samples grid (uint8 HWC) for the run's log."""
+    outputs), each tagged with the step. A prior or pictures already there for their step
+    (a re-run of a finished run) are kept, and said so. Returns the samples grid (uint8 HWC)
+    for the run's log, or None when the pictures were kept."""
     vae = inference.VaeModel(
         run.graphdef, run.params, run.config, step=run.step, workdir=run.workdir
     )
     if run.config.flow_prior:
         _fit_priors(run, vae)
+    if all(images.png_text(run.workdir / name).get(STEP_KEY) == str(run.step) for name in PICTURES):
+        say(f"{' and '.join(PICTURES)} of step {run.step} are already in {run.workdir}: kept")
+        return None
+    tag = {STEP_KEY: str(run.step)}
     samples = images.grid(vae.generate(64, seed=run.config.seed), ncols=8)
-    images.save_png(run.workdir / "samples.png", samples)
+    images.save_png(run.workdir / "samples.png", samples, text=tag)
     x = run.originals.astype(np.float32) / 255.0
     both = np.concatenate([x, vae.reconstruct(x)])
-    images.save_png(run.workdir / "reconstructions.png", images.grid(both, ncols=len(x)))
+    images.save_png(run.workdir / "reconstructions.png", images.grid(both, ncols=len(x)), text=tag)
     return samples
 
 
 def _fit_priors(run: loop.Finished, vae: inference.VaeModel) -> None:
-    """Fits the flow of `best` and `latest` once their checkpoints are written; the one of
-    `vae`'s step is attached to `vae`."""
+    """Fits the flow of `best` and `latest` once their checkpoints are written, unless a
+    readable one is stored for that step; the one of `vae`'s step is attached to `vae`."""
     ckpts = run.ckpts
     ckpts.wait()
     steps = sorted({s for s in (ckpts.resolve("best"), ckpts.resolve("latest")) if s is not None})
     for step in steps:
-        start = time.perf_counter()
-        if step == vae.step:
-            fitted = vae.fit_flow()
+        stored = inference.read_flow(run.workdir, step)
+        if stored is not None:
+            where = flow.cache_path(run.workdir, step)
+            say(f"checkpoint {step}: learned prior already in {where}: kept")
+            if step == vae.step:
+                vae.flow = stored
+        elif step == vae.step:
+            fit_prior(vae)
         else:
             try:
-                fitted = inference.load(run.workdir, step).fit_flow()
+                fit_prior(inference.load(run.workdir, step))
             except UserError as e:  # e.g. a best checkpoint the manager has not kept
-                print(f"warning: no learned prior for checkpoint {step}: {e}", flush=True)
-                continue
-        print(
-            f"learned prior for checkpoint {step}: fitted to {fitted.num_images} latents in "
-            f"{time.perf_counter() - start:.1f} s, held-out NLL {fitted.heldout_nll:.2f} nats",
-            flush=True,
-        )
+                say(f"warning: no learned prior for checkpoint {step}: {e}")

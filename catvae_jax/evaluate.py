@@ -13,8 +13,10 @@ importance-weighted part. The same seed gives the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 
 from absl import flags
 from etils import epath
@@ -54,23 +56,35 @@ def main(argv: list[str]) -> None:
         start = time.perf_counter()
         result = {"split": FLAGS.split, "checkpoint_step": model.step}
         if FLAGS.likelihood:
-            result = likelihood.evaluate(
-                model,
-                FLAGS.split,
-                iw_samples=FLAGS.iw_samples,
-                seed=FLAGS.seed,
-                batch_size=FLAGS.batch_size,
-                max_examples=max_examples,
+            doing = (
+                f"the {FLAGS.split} split, {FLAGS.iw_samples} importance samples per image "
+                f"(the decoder's σ fitted to up to {likelihood.SIGMA_FIT_IMAGES} training "
+                "images first)"
             )
+            with _said("likelihood", doing):
+                result = likelihood.evaluate(
+                    model,
+                    FLAGS.split,
+                    iw_samples=FLAGS.iw_samples,
+                    seed=FLAGS.seed,
+                    batch_size=FLAGS.batch_size,
+                    max_examples=max_examples,
+                )
         if FLAGS.num_samples:
-            result |= sample_quality.evaluate(
-                model,
-                FLAGS.split,
-                num_samples=FLAGS.num_samples,
-                sampler=FLAGS.sampler,
-                seed=FLAGS.seed,
-                vgg=FLAGS.vgg,
+            n, nets = FLAGS.num_samples, "AlexNet and VGG16" if FLAGS.vgg else "AlexNet"
+            doing = (
+                f"{nets} features of up to {n} training images, {n} samples (sampler "
+                f"{FLAGS.sampler}) and up to {n} {FLAGS.split} images and their reconstructions"
             )
+            with _said("sample quality", doing):
+                result |= sample_quality.evaluate(
+                    model,
+                    FLAGS.split,
+                    num_samples=FLAGS.num_samples,
+                    sampler=FLAGS.sampler,
+                    seed=FLAGS.seed,
+                    vgg=FLAGS.vgg,
+                )
         seconds = time.perf_counter() - start
         path = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / "eval.json")
         try:
@@ -83,6 +97,15 @@ def main(argv: list[str]) -> None:
     if FLAGS.num_samples:
         print(sample_quality.format_table(result))
     print(f"wrote {path} ({seconds:.1f} s)", flush=True)
+
+
+@contextlib.contextmanager
+def _said(what: str, doing: str) -> Iterator[None]:
+    """Prints 'WHAT: DOING ...' before the block and 'WHAT: done in N s' after it."""
+    print(f"{what}: {doing} ...", flush=True)
+    start = time.perf_counter()
+    yield
+    print(f"{what}: done in {time.perf_counter() - start:.1f} s", flush=True)
 
 
 def run() -> None:

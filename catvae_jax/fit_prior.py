@@ -27,16 +27,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    with cli.user_errors():
+    with cli.user_errors():  # each fit says when it starts and ends, and where it wrote
         steps = [FLAGS.step] if FLAGS.step else list(after_training.DEFAULT_STEPS)
-        fitted = after_training.fit_checkpoints(FLAGS.workdir, steps, FLAGS.max_images)
-    for step, flow, seconds in fitted:
-        print(
-            f"checkpoint {step}: learned prior fitted to {flow.num_images} latents in "
-            f"{seconds:.1f} s (held-out NLL {flow.heldout_nll:.2f} nats), "
-            f"wrote {FLAGS.workdir}/flow_{step}.npz",
-            flush=True,
-        )
+        after_training.fit_checkpoints(FLAGS.workdir, steps, FLAGS.max_images)
 
 
 def run() -> None:

@@ -9,6 +9,7 @@ them, fits them and caches the fits beside its checkpoint.
 from __future__ import annotations
 
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ from catvae_jax.model import networks
 from catvae_jax.priors import flow, gmm
 from catvae_jax.train import state as state_lib
 from catvae_jax.train.checkpoint import Checkpoints, LayoutMismatch
+from catvae_jax.train.hooks import say
 
 
 class VaeModel:
@@ -181,10 +183,19 @@ class VaeModel:
         path = gmm.cache_path(self.workdir, self.step) if self.workdir else None
         mixture = gmm.read_cached(path, n_components, max_images) if path else None
         if mixture is None:
+            say(
+                f"checkpoint {self.step}: fitting a {n_components}-component Gaussian mixture "
+                f"to the latents of up to {max_images} training images (the gmm sampler) ..."
+            )
+            start = time.perf_counter()
             latents = self.training_means(max_images)
             mixture = gmm.fit(latents, n_components, self.config.seed, max_images)
-            if path is not None:
-                gmm.save_cached(mixture, path)
+            cached = path is not None and gmm.save_cached(mixture, path)
+            say(
+                f"checkpoint {self.step}: gmm fitted to {len(latents)} latents in "
+                f"{time.perf_counter() - start:.1f} s"
+                + (f", cached in {path}" if cached else " (not cached)")
+            )
         self.gmm = mixture
         return mixture
 

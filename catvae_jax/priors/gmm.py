@@ -129,9 +129,12 @@ def read_cached(path: epath.Path, n_components: int, max_images: int) -> Gaussia
     return cached if cached.max_images == max_images and same_k else None
 
 
-def save_cached(gmm: GaussianMixture, path: epath.Path) -> None:
-    """Writes the cache; a failure (read-only workdir, disk full) is a warning, not an error."""
+def save_cached(gmm: GaussianMixture, path: epath.Path) -> bool:
+    """Writes the cache; a failure (read-only workdir, disk full) is a warning, not an error.
+    Returns whether it was written."""
     try:
         gmm.save(path)
     except OSError as e:
         print(f"warning: could not cache the gmm in {path}: {e}", file=sys.stderr)
+        return False
+    return True

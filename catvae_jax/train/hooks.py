@@ -1,5 +1,5 @@
-"""What the training loop consults besides its steps: a Ctrl-C/SIGTERM notice, the profiler
-and the progress bar."""
+"""What the training loop consults besides its steps: a Ctrl-C/SIGTERM notice, the profiler,
+the progress bar and `say`, which prints a line above it."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class Profiler:
         if self.active:
             jax.profiler.stop_trace()
             self.active = False
-            print(f"profile trace written to {self.logdir}", flush=True)
+            say(f"profile trace written to {self.logdir}")
 
 
 def progress_bar(config, total: int, initial: int, enabled: bool):
@@ -101,3 +101,11 @@ def progress_bar(config, total: int, initial: int, enabled: bool):
         dynamic_ncols=True,
         disable=not (enabled and config.progress_bar),
     )
+
+
+def say(message: str, file: Any = None) -> None:
+    """Prints `message` (to stdout, or `file`) on a line of its own above the progress bar,
+    if one is showing, and flushes: no line of a training run lands on the bar's line."""
+    out = file or sys.stdout
+    tqdm.write(message, file=out)
+    out.flush()

@@ -27,12 +27,12 @@ from catvae_jax import config as config_lib
 from catvae_jax import data
 from catvae_jax.errors import NonFiniteError, Preempted, UserError, storage_error
 from catvae_jax.model import networks
+from catvae_jax.train import report, steps
 from catvae_jax.train import state as state_lib
-from catvae_jax.train import steps
 from catvae_jax.train import workdir as workdir_lib
 from catvae_jax.train.checkpoint import Checkpoints, abstract_like
-from catvae_jax.train.hooks import PreemptionNotice, Profiler, progress_bar
-from catvae_jax.train.log import TrainingLog
+from catvae_jax.train.hooks import PreemptionNotice, Profiler, progress_bar, say
+from catvae_jax.train.log import TrainingLog, check_wandb_login
 from catvae_jax.train.workdir import Progress
 
 __all__ = ["NonFiniteError", "Preempted", "Progress", "train_and_evaluate"]
@@ -71,6 +71,7 @@ def train_and_evaluate(
     pruner there); an exception it raises ends the run cleanly, that checkpoint complete.
     """
     config_lib.validate(config)
+    check_wandb_login(config)  # before the workdir exists
     workdir = workdir_lib.create(workdir)
     lock = workdir_lib.lock(workdir, "training")
     preemption = PreemptionNotice()  # from here on Ctrl-C and SIGTERM stop at a checkpoint
@@ -170,6 +171,10 @@ class _Run:
         self.writer = TrainingLog(
             workdir, config, resumed=resumed, resumed_step=int(self.state.step)
         )
+        self.report = report.Report(
+            workdir, config, self.cadence, self.graphdef, self.val_split, self.writer,
+            int(self.state.step), enabled=self.is_main,
+        )  # fmt: skip
 
     def _init_state(self) -> tuple[nnx.GraphDef, state_lib.TrainState]:
         """(graphdef, step-0 TrainState replicated over the mesh)."""
@@ -228,10 +233,9 @@ class _Run:
                     if stop:
                         raise Preempted(step, preemption.signum)
                     if self.progress.bad_evals >= self.config.early_stop_patience:
-                        print(
+                        say(
                             f"early stopping at step {step}: no better validation loss in "
-                            f"{self.progress.bad_evals} validations",
-                            flush=True,
+                            f"{self.progress.bad_evals} validations"
                         )
                         break
             profiler.stop()  # a run shorter than the traced steps: the trace ends with the loop
@@ -268,10 +272,12 @@ class _Run:
             self._count_validation(metrics["val_loss"])
         multiplier = steps.lr_multiplier(self.config, step, self.cadence.total_steps)
         lr = self.config.learning_rate * float(self.state.plateau.scale * multiplier)
-        self.writer.write(step, self.cadence.epoch(step), {**metrics, "learning_rate": lr})
+        logged = {**metrics, "learning_rate": lr}
+        self.writer.write(step, self.cadence.epoch(step), logged)
         workdir_lib.save(
             self.ckpts, step, self.state, self.progress, self.config_dict, metrics["val_loss"]
         )
+        self.report.validation(step, logged, self.state)  # its line, pictures and metrics.png
         if self.on_validation is not None:
             self.on_validation(step, metrics)
         return metrics

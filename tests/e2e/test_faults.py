@@ -67,7 +67,7 @@ def test_profile_writes_a_trace(tmp_path):
     traces = list((workdir / "profile").rglob("*.xplane.pb"))
     assert traces and traces[0].stat().st_size > 0
     # 4 steps, fewer than the 5 traced: the trace ends with the loop, before the learned prior
-    assert out.index("profile trace written") < out.index("learned prior for checkpoint")
+    assert out.index("profile trace written") < out.index("fitting the learned prior")
 
 
 def test_nonfinite_cli_exits_1_naming_the_step(tmp_path):

@@ -239,6 +239,10 @@ def test_generate_cli_individual_gmm(workdir_copy, tmp_path):
         "--gmm_components", "4", "--individual", "--out", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()  # the first gmm fit says what it fits, its time and cache
+    assert "fitting a 4-component Gaussian mixture to the latents of up to 10000" in lines[0]
+    assert " gmm fitted to 96 latents in " in lines[1] and "cached in " in lines[1]
+    assert lines[2].startswith("wrote 5 samples")
     files = sorted(out.iterdir())
     assert [f.name for f in files] == [f"sample_{i:04d}.png" for i in range(5)]
     assert all(Image.open(f).size == (16, 16) for f in files)
@@ -311,7 +315,7 @@ def test_reconstruct_cli_folder_with_bad_files_and_resize(trained_workdir, model
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "skipped: " in proc.stderr and "broken.png" in proc.stderr
     assert "bomb.png (too large: 900000000 pixels is over the limit" in proc.stderr
-    assert "skipped 2 unreadable file(s)" in proc.stdout
+    assert "skipped 2 unreadable files" in proc.stdout
     assert "warning: " in proc.stderr and "z_big.png is 30×40" in proc.stderr
     assert "wrote 5 reconstructions" in proc.stdout
     got = np.asarray(Image.open(out))

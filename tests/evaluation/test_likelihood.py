@@ -37,6 +37,12 @@ def test_evaluate_cli_writes_eval_json(trained_workdir, tmp_path):
     proc = run_cli("catvae_jax.evaluate", *args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "bits/dim" in proc.stdout and "MS-SSIM (1 scales)" in proc.stdout
+    # each long part says what it does when it starts, and its time when it ends
+    said = [line for line in proc.stdout.splitlines() if line.endswith((" ...", " s"))]
+    assert said[0].startswith("likelihood: the test split, 4 importance samples per image")
+    assert said[1].startswith("likelihood: done in ")
+    assert said[2].startswith("sample quality: AlexNet features of up to 16 training images")
+    assert said[3].startswith("sample quality: done in ") and len(said) == 4
     result = json.loads((workdir / "eval.json").read_text())
     assert list(result) == [*likelihood.KEYS, *sample_quality.KEYS]  # the 14 keys stay first
     result = {k: result[k] for k in likelihood.KEYS}

@@ -60,7 +60,10 @@ def test_fit_prior_cli_is_deterministic_and_atomic(workdir_copy):
     path.unlink()
     proc = run_cli("catvae_jax.fit_prior", "--workdir", str(workdir_copy), "--step", str(step))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"checkpoint {step}: learned prior fitted to 96 latents" in proc.stdout
+    started, done = proc.stdout.splitlines()[-2:]  # a line when the fit starts, one when it ends
+    assert started.startswith(f"checkpoint {step}: fitting the learned prior")
+    assert done.startswith(f"checkpoint {step}: learned prior fitted to 96 latents in ")
+    assert done.endswith(f"wrote {path}")
     after = flow.Flow.read(path)
     for name, value in before.weights.items():
         np.testing.assert_array_equal(after.weights[name], value)
