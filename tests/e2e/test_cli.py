@@ -1,5 +1,7 @@
 """The training CLI: config errors are one line with exit code 2; a real tiny run succeeds."""
 
+import pathlib
+
 import pytest
 from conftest import run_cli_cases, subprocess_env
 
@@ -28,6 +30,11 @@ CONFIG_ERRORS = [
     ("--config.seed=-1", "seed"),
     ("--config.data.seed=4294967296", "data.seed"),
 ]
+# A mistyped field names the field it is close to, on one line.
+SUGGESTIONS = {
+    "--config.batchsize=3": "unknown config field 'batchsize' (did you mean 'batch_size'?)",
+    "--config.model.zdim=3": "unknown config field 'model.zdim' (did you mean 'model.z_dim'?)",
+}
 DEFAULT_CONFIG = [("main", ["--workdir", "w"]), ("bench", [])]
 OTHER_BAD_INPUTS = [
     (("catvae_jax.serve", "--workdir", "w", "--port", "70000"), {}, ("0-65535",)),
@@ -53,6 +60,13 @@ def errors(tmp_path_factory) -> dict:
         override: ("catvae_jax.main", *quickstart, "--workdir", tmp / f"w{i}", override)
         for i, (override, _) in enumerate(CONFIG_ERRORS)
     }
+    for i, override in enumerate(SUGGESTIONS):
+        cases[override] = ("catvae_jax.main", *quickstart, "--workdir", tmp / f"s{i}", override)
+    no_login = {"WANDB_MODE": "", "WANDB_API_KEY": "", "NETRC": str(tmp / "no_netrc")}
+    online = [*quickstart, "--workdir", tmp / "online", "--config.wandb.mode=online"]
+    cases["online"] = ("catvae_jax.main", online, no_login)
+    cases["show"] = ("catvae_jax.main", *quickstart, "--show_config", "--config.batch_size=8")
+    cases["no workdir"] = ("catvae_jax.main", *quickstart)
     for command, flags in DEFAULT_CONFIG:
         cases[command] = (f"catvae_jax.{command}", *flags, "--config.nonexistent=1")
     four_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
@@ -76,6 +90,39 @@ def test_config_errors_are_one_line_with_exit_2(errors, override, named):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and named in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.xdist_group("cli_errors")
+@pytest.mark.parametrize("override", SUGGESTIONS)
+def test_a_mistyped_field_names_the_close_one(errors, override):
+    proc = errors[override]
+    assert proc.returncode == 2 and proc.stderr == f"error: {SUGGESTIONS[override]}\n"
+
+
+@pytest.mark.xdist_group("cli_errors")
+def test_wandb_online_without_a_key_is_one_line_before_anything_is_created(errors, tmp_path):
+    proc = errors["online"]
+    _one_line_error(proc, "no W&B API key", "wandb login", "wandb.mode=offline")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (pathlib.Path(proc.args[proc.args.index("--workdir") + 1])).exists()
+
+
+@pytest.mark.xdist_group("cli_errors")
+def test_show_config_prints_every_field_with_its_documentation(errors):
+    """--show_config needs no workdir: each field of the config (with the overrides given) is
+    one line `field = value  # documentation`; without it, --workdir is required."""
+    from catvae_jax.config import field_docs, flatten, recommended_config
+
+    proc = errors["show"]
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith(" ")]
+    fields = {line.split(" = ")[0]: line for line in lines}
+    assert set(fields) == set(flatten(recommended_config().to_dict()))
+    assert fields["batch_size"].startswith("batch_size = 8 ")  # the override shown
+    assert "# latent dimensions" in fields["model.z_dim"]
+    docs = field_docs()
+    assert all(docs[name] for name in fields), [name for name in fields if not docs[name]]
+    _one_line_error(errors["no workdir"], "--workdir must have a value (or use --show_config)")
 
 
 @pytest.mark.xdist_group("cli_errors")

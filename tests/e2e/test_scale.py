@@ -60,7 +60,7 @@ def test_two_processes_train_identical_parameters_and_checkpoint(tmp_path):
         assert p.returncode == 0, err[-3000:]
     digests = [out.split("params sha256 ")[1].split()[0] for out, _ in outs]
     assert digests[0] == digests[1]
-    assert "devices: 2 × cpu (2 process(es))" in outs[0][0]
+    assert "devices: 2 × cpu (2 processes)" in outs[0][0]
     assert "done: step 16" in outs[0][0] and "done:" not in outs[1][0]  # only process 0 reports
     step, _ = _params(workdir)
     assert step == 16
