@@ -74,7 +74,7 @@ def list_folder(path: str | os.PathLike) -> FolderListing:
         if unusable:
             name, why = min(unusable)
             raise UserError(
-                f"no valid image in folder '{path}' ({len(unusable)} files skipped; "
+                f"no valid image in folder '{path}' ({plural(len(unusable), 'file')} skipped; "
                 f"first: {printable(name)}: {why})"
             )
         raise UserError(

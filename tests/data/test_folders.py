@@ -463,7 +463,7 @@ def read_only(path, *args, **kwargs):
 os.makedirs = read_only
 sys.argv = ["catvae_jax.data", "prepare", "--source", "synthetic", "--data_dir", {str(data_dir)!r},
             "--image_size", "16", "--num_train", "4", "--num_validation", "2", "--num_test", "2",
-            "--no_progress"]
+            "--noprogress"]
 runpy.run_module("catvae_jax.data", run_name="__main__", alter_sys=True)
 """
     proc = run_python(code)

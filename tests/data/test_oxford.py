@@ -282,7 +282,7 @@ def offline(url, *args, **kwargs):
     raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
 urllib.request.urlopen = offline
 sys.argv = ["catvae_jax.data", "prepare", "--source", "oxford_cat_faces",
-            "--data_dir", {str(tmp_path)!r}, "--image_size", "16", "--no_progress"]
+            "--data_dir", {str(tmp_path)!r}, "--image_size", "16", "--noprogress"]
 runpy.run_module("catvae_jax.data", run_name="__main__", alter_sys=True)
 """
     proc = run_python(code)
