@@ -14,7 +14,8 @@ Layouts (PyTorch → flax.nnx):
   transpose(2, 3, 1, 0).
 - Linear weight ``(out, in)`` → nnx.Linear kernel ``(in, out)``: transpose.
 - ConvTranspose2d weight ``(in, out, kh, kw)`` → layers.ConvTranspose kernel ``(kh, kw, in, out)``:
-  transpose(2, 3, 0, 1), no spatial flip (checked against PyTorch in tests/e2e/test_import_torch.py).
+  transpose(2, 3, 0, 1), no spatial flip (checked against PyTorch in
+  tests/e2e/test_import_torch.py).
 """
 
 from __future__ import annotations
