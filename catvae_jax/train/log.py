@@ -87,12 +87,11 @@ class TrainingLog:
         self,
         workdir: str | epath.Path,
         config: ml_collections.ConfigDict,
-        resumed: bool = False,
         resumed_step: int = 0,
     ):
         """`resumed_step`: the step training continues from (0 for a fresh run); lines of later
-        steps, left by an attempt that stopped after its last checkpoint, are dropped.
-        `resumed` is kept for callers; the W&B run id in the workdir decides what W&B resumes."""
+        steps, left by an attempt that stopped after its last checkpoint, are dropped. What W&B
+        resumes is decided by the run id in the workdir (`wandb_run_id`)."""
         self.active = jax.process_index() == 0
         self.workdir, self.config = epath.Path(workdir), config
         self.path = self.workdir / "metrics.jsonl"

@@ -166,11 +166,9 @@ class _Run:
         self.graphdef, self.state = self._init_state()
         self.config_dict = workdir_lib.bootstrap(workdir, config)
         self.ckpts = Checkpoints(workdir)
-        self.progress, resumed = self._resume()
+        self.progress, _ = self._resume()
         self._make_steps()
-        self.writer = TrainingLog(
-            workdir, config, resumed=resumed, resumed_step=int(self.state.step)
-        )
+        self.writer = TrainingLog(workdir, config, resumed_step=int(self.state.step))
         self.report = report.Report(
             workdir, config, self.cadence, self.graphdef, self.val_split, self.writer,
             int(self.state.step), enabled=self.is_main,

@@ -149,7 +149,8 @@ class Report:
         if step >= total:
             say(f"nothing to train: step {step} of {total} is reached")
             return
-        say(length_line(config, cadence.steps_per_epoch, total))
+        resuming = f"; from step {step}" if step else ""
+        say(length_line(config, cadence.steps_per_epoch, total) + resuming)
         say(
             f"at each validation: {workdir / PROGRESS_DIR}/samples.png (N(0, I) latents; the "
             f"learned prior is fitted when training ends), reconstructions.png, and "

@@ -139,6 +139,7 @@ def test_a_run_shows_each_validation_and_keeps_one_wandb_run_across_resumes(
     config.num_epochs = 2  # resume: 12 more steps in the same W&B run
     train_and_evaluate(config, str(workdir))
     out = capsys.readouterr().out
+    assert "training 24 steps of batch 8 (2 epochs of 12 steps); from step 12" in out
     assert "step 24/24 (epoch 2/2): val loss" in out
     offline = sorted(p.name for p in (workdir / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(name.endswith(f"-{run_id}") for name in offline), offline
