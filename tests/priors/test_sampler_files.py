@@ -168,7 +168,7 @@ def test_reader_commands_ignore_damaged_sampler_files(good, tmp_path):
         ("catvae_jax.interpolate", ["--pairs", "1", "--steps", "2"], "pickled", None),
         (
             "catvae_jax.evaluate",
-            ["--nolikelihood", "--num_samples", "8", "--split", "validation"],
+            ["--nolikelihood", "--novgg", "--num_samples", "8", "--split", "validation"],
             "non_finite",
             "missing_key",
         ),
