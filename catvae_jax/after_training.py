@@ -21,7 +21,7 @@ from etils import epath
 
 from catvae_jax import images, inference
 from catvae_jax.errors import UserError
-from catvae_jax.priors import flow, gmm
+from catvae_jax.priors import flow, gmm, stored
 from catvae_jax.train import loop
 from catvae_jax.train.hooks import say
 
@@ -80,15 +80,19 @@ def train_and_evaluate(
 
 
 def finish(run: loop.Finished) -> np.ndarray | None:
-    """The end of a run (process 0): the learned prior of `best` and `latest` unless
-    `config.flow_prior` is off (the final model's one attached, so samples.png uses it), then
-    samples.png (8×8, the default sampler, fixed seed) and reconstructions.png (inputs above
-    outputs), each tagged with the step. A prior or pictures already there for their step
-    (a re-run of a finished run) are kept, and said so. Returns the samples grid (uint8 HWC)
-    for the run's log, or None when the pictures were kept."""
+    """The end of a run (process 0): deletes the sampler files of checkpoints rotated away, fits
+    the learned prior of `best` and `latest` unless `config.flow_prior` is off (the final
+    model's one attached, so samples.png uses it), then samples.png (8×8, the default sampler,
+    fixed seed) and reconstructions.png (inputs above outputs), each tagged with the step. A
+    prior or pictures already there for their step (a re-run of a finished run) are kept, and
+    said so. Returns the samples grid (uint8 HWC) for the run's log, or None when the pictures
+    were kept."""
     vae = inference.VaeModel(
         run.graphdef, run.params, run.config, step=run.step, workdir=run.workdir
     )
+    if run.ckpts is not None:  # the sampler files of checkpoints rotated away go with them
+        run.ckpts.wait()
+        stored.remove_stale(run.workdir, run.ckpts.steps())
     if run.config.flow_prior:
         _fit_priors(run, vae)
     if all(images.png_text(run.workdir / name).get(STEP_KEY) == str(run.step) for name in PICTURES):
@@ -105,21 +109,20 @@ def finish(run: loop.Finished) -> np.ndarray | None:
 
 def _fit_priors(run: loop.Finished, vae: inference.VaeModel) -> None:
     """Fits the flow of `best` and `latest` once their checkpoints are written, unless a
-    readable one is stored for that step; the one of `vae`'s step is attached to `vae`."""
+    usable one (fitted on that checkpoint's parameters) is stored for that step; the one of
+    `vae`'s step is attached to `vae`."""
     ckpts = run.ckpts
     ckpts.wait()
     steps = sorted({s for s in (ckpts.resolve("best"), ckpts.resolve("latest")) if s is not None})
+    vae.flow = inference.read_flow(vae)
     for step in steps:
-        stored = inference.read_flow(run.workdir, step)
-        if stored is not None:
+        try:  # load() reads the stored flow of that step, if usable
+            model = vae if step == vae.step else inference.load(run.workdir, step)
+        except UserError as e:  # e.g. a best checkpoint the manager has not kept
+            say(f"warning: no learned prior for checkpoint {step}: {e}")
+            continue
+        if model.flow is not None:
             where = flow.cache_path(run.workdir, step)
             say(f"checkpoint {step}: learned prior already in {where}: kept")
-            if step == vae.step:
-                vae.flow = stored
-        elif step == vae.step:
-            fit_prior(vae)
         else:
-            try:
-                fit_prior(inference.load(run.workdir, step))
-            except UserError as e:  # e.g. a best checkpoint the manager has not kept
-                say(f"warning: no learned prior for checkpoint {step}: {e}")
+            fit_prior(model)

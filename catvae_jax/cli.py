@@ -208,6 +208,7 @@ def init_distributed(
     Flags win over the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
     JAX_PROCESS_ID. Nothing happens for a single-process run. On CPU the collectives use gloo.
     """
+    named = "--coordinator" if coordinator else "JAX_COORDINATOR_ADDRESS"
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     env_n, env_id = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
     num_processes = num_processes or _env_int("JAX_NUM_PROCESSES", env_n)
@@ -218,8 +219,17 @@ def init_distributed(
         fail("a multi-process run needs --coordinator, --num_processes and --process_id")
     if not 0 <= process_id < num_processes:
         fail(f"--process_id must be in [0, {num_processes}), got {process_id}")
+    check_coordinator(coordinator, named)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def check_coordinator(address: str, named: str = "--coordinator") -> None:
+    """One line, exit 2, unless `address` (given as `named`) is HOST:PORT with a port in
+    1–65535: jax.distributed fails on anything else with an IndexError, or a segfault."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        fail(f"{named} must be HOST:PORT with a port in 1-65535, got '{address}'")
 
 
 def _env_int(name: str, value: str | None) -> int | None:

@@ -349,13 +349,34 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             _fail(field, f"must be a finite number, got {value}")
     for check in CHECKS:
-        if not check.applies(config):
-            continue
-        value = _get(config, check.field)
-        if not check.ok(value, config):
-            size = config.loss.lpips_size or config.image_size
-            n = len(config.model.widths)
-            _fail(check.field, check.why.format(v=value, c=config, factor=2**n, n=n, size=size))
+        try:
+            if not check.applies(config):
+                continue
+            value = _get(config, check.field)
+            ok = check.ok(value, config)
+        except (TypeError, KeyError, AttributeError, ValueError):  # e.g. null, "8", a list
+            _fail(check.field, _wrong_type(config, check.field))
+        if not ok:
+            _fail(check.field, _why(check, value, config))
+
+
+def _why(check: Check, value: Any, config: ml_collections.ConfigDict) -> str:
+    """The reason of a failed `check`, with its placeholders filled in."""
+    try:
+        size = config.loss.lpips_size or config.image_size
+        n = len(config.model.widths)
+    except (TypeError, KeyError, AttributeError):  # a config of the wrong structure
+        size = n = "?"
+    factor = 2**n if isinstance(n, int) else "?"
+    return check.why.format(v=value, c=config, factor=factor, n=n, size=size)
+
+
+def _wrong_type(config: ml_collections.ConfigDict, field: str) -> str:
+    """Why `field` cannot be checked: it is missing, or its value has the wrong type."""
+    try:
+        return f"has a value of the wrong type: {_get(config, field)!r}"
+    except (TypeError, KeyError, AttributeError):
+        return "is missing"
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:
@@ -379,16 +400,22 @@ ADDED_FIELDS = {
 
 
 def read_json(path: epath.Path) -> ml_collections.ConfigDict:
-    """A workdir's config.json, upgraded to today's ConfigDict (`upgrade`); UserError when it is
-    unreadable, not JSON, or not a config."""
+    """A workdir's config.json, upgraded to today's ConfigDict (`upgrade`) and validated;
+    UserError when it is unreadable, not JSON, not a config (a field of the wrong type, at any
+    depth) or holds a value `validate` refuses (e.g. an unknown model.name)."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path} is not a readable config.json: {e}") from e
     try:
-        return upgrade(saved)
+        config = upgrade(saved)
     except (TypeError, ValueError, AttributeError, KeyError) as e:
-        raise UserError(f"{path} is not a catvae_jax config.json: {_one_line(e)}") from e
+        raise UserError(f"{path} is not a catvae_jax config.json: {_one_line(e)[:200]}") from e
+    try:  # the right structure with an impossible value (an unknown model, z_dim -3, ...)
+        validate(config)
+    except UserError as e:
+        raise UserError(f"{path} is not a usable config.json: {e}") from e
+    return config
 
 
 def upgrade(saved: dict) -> ml_collections.ConfigDict:

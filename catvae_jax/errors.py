@@ -86,3 +86,16 @@ def storage_error(e: BaseException, where: str = "the workdir") -> StorageError 
             return StorageError(f"cannot write {path[1] if path else where}: {what}")
         e, seen = e.__cause__ or e.__context__, seen + 1
     return None
+
+
+def failed_write(e: BaseException, path: object) -> EnvironmentFailure | UserError:
+    """What a failed write of `path` (an output file, a workdir) is for the user: an
+    EnvironmentFailure (exit 1) when the file system refused it (full, read-only, no
+    permission, quota), else a UserError (exit 2: a file where a folder should be, a name too
+    long, ...). Both name `path`; raise the result `from e`."""
+    if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+        return EnvironmentFailure(f"cannot write {path}: {_STORAGE_ERRNOS[e.errno]}")
+    failed = storage_error(e, where=str(path))  # wrapped, e.g. by an object-store client
+    if failed is not None:
+        return EnvironmentFailure(str(failed))
+    return UserError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}")

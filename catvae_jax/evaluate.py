@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from absl import flags
 from etils import epath
 
-from catvae_jax import atomic, cli
+from catvae_jax import atomic, cli, data
+from catvae_jax.errors import failed_write
 from catvae_jax.evaluation import likelihood, sample_quality
 from catvae_jax.inference import load
 from catvae_jax.priors.gmm import SAMPLERS
@@ -52,7 +53,12 @@ def main(argv: list[str]) -> None:
         likelihood.check_args(FLAGS.iw_samples, FLAGS.batch_size, max_examples)  # before the load
         if not (FLAGS.likelihood or FLAGS.num_samples):
             cli.fail("nothing to evaluate: --nolikelihood and --num_samples 0")
+        if FLAGS.num_samples:
+            sample_quality.check_args(FLAGS.num_samples)
         model = load(FLAGS.workdir, FLAGS.step)
+        if FLAGS.num_samples and FLAGS.likelihood:  # before the likelihood pass, not after it
+            size = len(data.load_split(model.config, FLAGS.split))
+            sample_quality.check_args(FLAGS.num_samples, FLAGS.split, size)
         start = time.perf_counter()
         result = {"split": FLAGS.split, "checkpoint_step": model.step}
         if FLAGS.likelihood:
@@ -90,8 +96,8 @@ def main(argv: list[str]) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_json(path, result)
-        except OSError as e:
-            cli.fail(f"cannot write eval.json: {e.strerror or e}")
+        except OSError as e:  # a full or read-only disk: exit 1; e.g. a folder in the way: 2
+            raise failed_write(e, path) from e
     if FLAGS.likelihood:
         print(likelihood.format_table(result))
     if FLAGS.num_samples:

@@ -17,7 +17,7 @@ from etils import epath
 
 from catvae_jax import cli, pictures
 from catvae_jax.cli import plural
-from catvae_jax.inference import check_generate_args, load
+from catvae_jax.inference import check_generate_args, load, read_config
 from catvae_jax.priors.gmm import SAMPLERS
 
 FLAGS = flags.FLAGS
@@ -50,6 +50,8 @@ def main(argv: list[str]) -> None:
         default = "generated" if FLAGS.individual else "generated.png"
         out = FLAGS.out or str(epath.Path(FLAGS.workdir) / default)
         pictures.check_out(out, folder=FLAGS.individual)
+        if not FLAGS.individual:  # a grid too large for its format: refused before the work
+            pictures.check_grid(out, FLAGS.n, read_config(FLAGS.workdir).image_size)
         model = load(FLAGS.workdir, FLAGS.step)
         sampler = model.resolve_sampler(FLAGS.sampler)
         if sampler == "gmm":

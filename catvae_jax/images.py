@@ -39,13 +39,23 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+# The largest side, in pixels, each output format can encode (libjpeg: 65500; libwebp: 16383).
+MAX_SIDE = {"PNG": 2**31 - 1, "JPEG": 65_500, "WEBP": 16_383}
+
+
+def grid_shape(n: int, h: int, w: int, ncols: int | None = None, pad: int = 2) -> tuple[int, int]:
+    """(height, width) in pixels of `grid` of n images h×w: known before any image is made."""
+    ncols = ncols or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    return nrows * (h + pad) + pad, ncols * (w + pad) + pad
+
+
 def grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> np.ndarray:
     """[N, H, W, 3] → one uint8 image of ⌈N / ncols⌉ rows (default ncols = ⌈√N⌉), padded white."""
     images = to_uint8(images)
     n, h, w, c = images.shape
     ncols = ncols or math.ceil(math.sqrt(n))
-    nrows = math.ceil(n / ncols)
-    out = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
+    out = np.full((*grid_shape(n, h, w, ncols, pad), c), 255, np.uint8)
     for i in range(n):
         r, col = divmod(i, ncols)
         y, x = pad + r * (h + pad), pad + col * (w + pad)

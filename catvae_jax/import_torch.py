@@ -61,11 +61,15 @@ def _load_error(e: Exception) -> str:
     return first[:160]
 
 
+MAX_STEP = 2**31 - 1  # a checkpoint's step is an int32
+
+
 def read_state_dict(path: str | epath.Path) -> tuple[dict[str, np.ndarray], int]:
     """(state_dict as float32 numpy arrays, the checkpoint's global_step or 0) of a torch file.
 
     Raises UserError when the file is missing, is not a weights-only torch file (e.g. it would
-    run pickled code), or holds no state_dict.
+    run pickled code), holds no state_dict, a tensor with NaN or inf, or a global_step outside
+    [0, 2**31 - 1].
     """
     path = epath.Path(path)
     if path.is_dir():
@@ -92,6 +96,11 @@ def read_state_dict(path: str | epath.Path) -> tuple[dict[str, np.ndarray], int]
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         step = obj.get("global_step", 0)
         state_dict, step = obj["state_dict"], step if isinstance(step, int) else 0
+        if not 0 <= step <= MAX_STEP:
+            raise UserError(
+                f"{path} has global_step {step}; a step must be in [0, {MAX_STEP}] "
+                "(save the checkpoint with a valid global_step, or its state_dict alone)"
+            )
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         state_dict, step = obj, 0
     else:
@@ -101,6 +110,8 @@ def read_state_dict(path: str | epath.Path) -> tuple[dict[str, np.ndarray], int]
         if not isinstance(value, torch.Tensor):
             raise UserError(f"state_dict entry '{key}' in {path} is not a tensor")
         arrays[key] = value.detach().to(torch.float32).numpy()
+        if not np.isfinite(arrays[key]).all():
+            raise UserError(f"state_dict entry '{key}' in {path} holds NaN or inf values")
     return arrays, step
 
 

@@ -8,6 +8,8 @@ them, fits them and caches the fits beside its checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import sys
 import time
 
@@ -20,9 +22,9 @@ from flax import nnx
 
 from catvae_jax import config as config_lib
 from catvae_jax import data
-from catvae_jax.errors import UserError
+from catvae_jax.errors import UserError, failed_write
 from catvae_jax.model import networks
-from catvae_jax.priors import flow, gmm
+from catvae_jax.priors import flow, gmm, stored
 from catvae_jax.train import state as state_lib
 from catvae_jax.train.checkpoint import Checkpoints, LayoutMismatch
 from catvae_jax.train.hooks import say
@@ -79,6 +81,12 @@ class VaeModel:
         """The model parameters (an nnx.State); `nnx.merge(self.graphdef, self.params)` is the
         module."""
         return self._params
+
+    @functools.cached_property
+    def params_sha256(self) -> str:
+        """The parameters' digest (`state.params_digest`): a sampler file stored for this
+        checkpoint is used only if it records the same one."""
+        return state_lib.params_digest(self._params)
 
     def _check_images(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
@@ -176,12 +184,16 @@ class VaeModel:
         max_images: int = gmm.DEFAULT_MAX_IMAGES,
     ) -> gmm.GaussianMixture:
         """The latent mixture the gmm sampler uses: read from WORKDIR/gmm_<step>.npz when that
-        file was fitted with the same K and image cap, else fitted to `training_means` and
-        cached there (when the model has a workdir)."""
+        file was fitted to these parameters with the same K and image cap, else fitted to
+        `training_means` and cached there (when the model has a workdir; a damaged file, or one
+        of other parameters, is replaced with a one-line warning)."""
         if n_components <= 0:
             raise UserError(f"gmm components must be positive, got {n_components}")
         path = gmm.cache_path(self.workdir, self.step) if self.workdir else None
-        mixture = gmm.read_cached(path, n_components, max_images) if path else None
+        mixture = None
+        if path is not None:
+            args = (n_components, max_images, self.z_dim, self.params_sha256)
+            mixture = gmm.read_cached(path, *args)
         if mixture is None:
             say(
                 f"checkpoint {self.step}: fitting a {n_components}-component Gaussian mixture "
@@ -190,6 +202,7 @@ class VaeModel:
             start = time.perf_counter()
             latents = self.training_means(max_images)
             mixture = gmm.fit(latents, n_components, self.config.seed, max_images)
+            mixture = dataclasses.replace(mixture, params_sha256=self.params_sha256)
             cached = path is not None and gmm.save_cached(mixture, path)
             say(
                 f"checkpoint {self.step}: gmm fitted to {len(latents)} latents in "
@@ -201,14 +214,16 @@ class VaeModel:
 
     def fit_flow(self, max_images: int = gmm.DEFAULT_MAX_IMAGES) -> flow.Flow:
         """Fits the learned prior to `training_means` and, with a workdir, writes it to
-        WORKDIR/flow_<step>.npz (atomically), where `load` finds it."""
+        WORKDIR/flow_<step>.npz (atomically, over a damaged or stale one), where `load` finds
+        it. A failed write is an EnvironmentFailure (full or read-only disk) or a UserError."""
         fitted = flow.fit(self.training_means(max_images), self.config.seed, max_images)
+        fitted = dataclasses.replace(fitted, params_sha256=self.params_sha256)
         if self.workdir is not None:
             path = flow.cache_path(self.workdir, self.step)
             try:
                 fitted.save(path)
             except OSError as e:
-                raise UserError(f"cannot write the learned prior {path}: {e.strerror or e}") from e
+                raise failed_write(e, path) from e
         self.flow = fitted
         return fitted
 
@@ -292,17 +307,17 @@ def load(workdir: str | epath.Path, step: str | int = "best", ema: bool = True) 
     # The workdir's cached samplers belong to the default (EMA) parameters: raw ones use none.
     cache = None if raw_but_has_ema else workdir
     model = VaeModel(graphdef, state_lib.eval_params(state), config, step=number, workdir=cache)
-    model.flow = read_flow(workdir, number) if cache is not None else None
+    model.flow = read_flow(model) if cache is not None else None
     return model
 
 
-def read_flow(workdir: str | epath.Path, step: int) -> flow.Flow | None:
-    """The learned prior stored for checkpoint `step`, or None (none, or unreadable: warned)."""
-    path = flow.cache_path(workdir, step)
-    if not path.exists():
-        return None
-    try:
-        return flow.Flow.read(path)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"warning: ignoring unreadable learned prior {path}: {e}", file=sys.stderr)
-        return None
+def read_flow(model: VaeModel) -> flow.Flow | None:
+    """The learned prior stored for `model`'s checkpoint, or None: none stored, or one that is
+    unusable (damaged, of other parameters, of another z_dim: a one-line warning)."""
+    path = flow.cache_path(model.workdir, model.step)
+
+    def read(p: epath.Path) -> flow.Flow:
+        return flow.Flow.read(p, model.z_dim, model.params_sha256)
+
+    refit = f"refit it with python -m catvae_jax.fit_prior --workdir {model.workdir}"
+    return stored.read_or_none(path, "the learned prior", read, refit)

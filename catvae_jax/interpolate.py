@@ -14,7 +14,7 @@ from absl import flags
 from etils import epath
 
 from catvae_jax import cli, images, pictures
-from catvae_jax.inference import load
+from catvae_jax.inference import load, read_config
 
 FLAGS = flags.FLAGS
 
@@ -36,6 +36,10 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     with cli.user_errors():
         out = pictures.check_out(FLAGS.out or epath.Path(FLAGS.workdir) / "interpolations.png")
+        pictures.check_interpolation_args(FLAGS.pairs, FLAGS.steps)
+        columns = FLAGS.steps + 2  # image A, the path, image B
+        size = read_config(FLAGS.workdir).image_size
+        pictures.check_grid(out, FLAGS.pairs * columns, size, ncols=columns)
         model = load(FLAGS.workdir, FLAGS.step)
         rows = pictures.interpolation_rows(model, FLAGS.pairs, FLAGS.steps, FLAGS.seed, FLAGS.split)
         grid = images.grid(rows.reshape(-1, *rows.shape[2:]), ncols=rows.shape[1])

@@ -8,6 +8,7 @@ and turns a failed write into a one-line UserError.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 
@@ -16,7 +17,7 @@ from etils import epath
 
 from catvae_jax import atomic, data, images
 from catvae_jax.data import decode
-from catvae_jax.errors import UserError
+from catvae_jax.errors import EnvironmentFailure, UserError, failed_write
 from catvae_jax.inference import VaeModel
 
 MAX_PAIRS = 64
@@ -89,6 +90,15 @@ def read_upload(data: bytes, size: int) -> tuple[np.ndarray, str | None]:
     return images.to_unit(image)[None], resized
 
 
+def check_comparison(path: str | epath.Path, n: int, size: int, ncols: int) -> None:
+    """A UserError, before the work, unless `comparison_grid` of n images size×size in `ncols`
+    columns can be written to `path` (ncols positive, the picture within its format's limit)."""
+    if ncols <= 0:
+        raise UserError(f"ncols must be positive, got {ncols}")
+    ncols = min(ncols, n)
+    check_grid(path, 2 * math.ceil(n / ncols) * ncols, size, ncols)
+
+
 def comparison_grid(originals: np.ndarray, recons: np.ndarray, ncols: int = 8) -> np.ndarray:
     """uint8 grid: rows of up to `ncols` originals, each row followed by their reconstructions."""
     if ncols <= 0:
@@ -103,15 +113,20 @@ def comparison_grid(originals: np.ndarray, recons: np.ndarray, ncols: int = 8) -
     return images.grid(np.concatenate(rows), ncols=ncols)
 
 
+def check_interpolation_args(pairs: int, steps: int) -> None:
+    """A UserError unless 1 ≤ pairs ≤ MAX_PAIRS and 2 ≤ steps ≤ 256."""
+    if not 1 <= pairs <= MAX_PAIRS:
+        raise UserError(f"pairs must be between 1 and {MAX_PAIRS}, got {pairs}")
+    if not 2 <= steps <= 256:
+        raise UserError(f"steps must be between 2 and 256, got {steps}")
+
+
 def interpolation_rows(
     model: VaeModel, pairs: int = 4, steps: int = 8, seed: int = 0, split: str = "validation"
 ) -> np.ndarray:
     """[pairs, steps + 2, S, S, 3] float32: per row image A, the decoded path, image B; which
     images of `split` are paired is decided by `seed`."""
-    if not 1 <= pairs <= MAX_PAIRS:
-        raise UserError(f"pairs must be between 1 and {MAX_PAIRS}, got {pairs}")
-    if not 2 <= steps <= 256:
-        raise UserError(f"steps must be between 2 and 256, got {steps}")
+    check_interpolation_args(pairs, steps)
     split_images = data.load_split(model.config, split)
     n = len(split_images)
     if n < 2 * pairs:
@@ -146,16 +161,30 @@ def check_out(path: str | epath.Path, folder: bool = False) -> epath.Path:
     return path
 
 
+def check_grid(path: str | epath.Path, n: int, size: int, ncols: int | None = None) -> None:
+    """A UserError, before the work, when a grid of n size×size images in `ncols` columns
+    (default ⌈√n⌉; `images.grid`) is larger than the format `path` names can encode."""
+    path = epath.Path(path)
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower(), "PNG")
+    height, width = images.grid_shape(n, size, size, ncols)
+    if max(height, width) > images.MAX_SIDE[fmt]:
+        raise UserError(
+            f"cannot write {path}: the picture would be {width}×{height} pixels, over the "
+            f"{fmt} limit of {images.MAX_SIDE[fmt]} a side; write a .png, or fewer images a row"
+        )
+
+
 def write_image(path: str | epath.Path, image: np.ndarray) -> epath.Path:
     """Writes one image [H, W, 3] (a grid) to `path` atomically, making its folder, in the
-    format its suffix names (OUTPUT_FORMATS); a failed write is a UserError naming the path."""
+    format its suffix names (OUTPUT_FORMATS). A failed write names the path: an
+    EnvironmentFailure when the disk is full or read-only, else a UserError."""
     path = check_out(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fmt = OUTPUT_FORMATS.get(path.suffix.lower(), "PNG")
         atomic.write_atomic(path, images.encode(image, fmt))
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
+        raise failed_write(e, path) from e
     return path
 
 
@@ -163,8 +192,21 @@ def write_samples(
     samples: np.ndarray, out: str | epath.Path, individual: bool = False
 ) -> list[epath.Path]:
     """Writes images [N, S, S, 3] in [0, 1] as one grid (⌈√N⌉ columns) at `out`, or as
-    `out`/sample_0000.png … when `individual`. Returns the paths written."""
+    `out`/sample_0000.png … when `individual`. Returns the paths written. When one of the
+    individual files fails (a full disk), those already written are removed: all or none."""
     out = check_out(out, folder=individual)
     if not individual:
         return [write_image(out, images.grid(samples, ncols=math.ceil(math.sqrt(len(samples)))))]
-    return [write_image(out / f"sample_{i:04d}.png", image) for i, image in enumerate(samples)]
+    written: list[epath.Path] = []
+    try:
+        for i, image in enumerate(samples):
+            written.append(write_image(out / f"sample_{i:04d}.png", image))
+    except (EnvironmentFailure, UserError) as e:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise type(e)(
+            f"{e}; wrote none of the {len(samples)} samples (removed the {len(written)} "
+            "written before it)"
+        ) from e
+    return written

@@ -60,6 +60,7 @@ def main(argv: list[str]) -> None:
             print(f"skipped: {line}", file=sys.stderr)
         if not kept:
             cli.fail("none of the given files could be read as an image")
+        pictures.check_comparison(out, len(kept), size, FLAGS.ncols)
         model = load(FLAGS.workdir, FLAGS.step)
         recons = model.reconstruct(x)
         pictures.write_image(out, pictures.comparison_grid(x, recons, FLAGS.ncols))

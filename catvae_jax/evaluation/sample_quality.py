@@ -260,6 +260,20 @@ def _reconstruct(model: VaeModel, images: np.ndarray, batch_size: int = 250) -> 
     return np.concatenate(parts)
 
 
+def check_args(num_samples: int, split: str = "", split_size: int | None = None) -> None:
+    """A UserError unless 8 ≤ num_samples ≤ MAX_SAMPLES and (when given) the evaluated split
+    holds the 2 images the floor needs at least: callers check before their slow work."""
+    if not 2 * (PR_K + 1) <= num_samples <= MAX_SAMPLES:
+        raise UserError(
+            f"num_samples must be between {2 * (PR_K + 1)} and {MAX_SAMPLES}, got {num_samples}"
+        )
+    if split_size is not None and split_size < 2:
+        raise UserError(
+            f"the sample metrics compare samples with the {split} split, which has {split_size} "
+            "image(s); they need at least 2 (or pass --num_samples 0)"
+        )
+
+
 def evaluate(
     model: VaeModel,
     split: str = "test",
@@ -278,8 +292,7 @@ def evaluate(
     fd_floor / kid_floor: up to `num_samples` images of `split` against the reference;
     fd_recon: their reconstructions decode(mu(x)) against the reference.
     """
-    if not 2 * (PR_K + 1) <= num_samples <= MAX_SAMPLES:
-        raise UserError(f"num_samples must be between {2 * (PR_K + 1)} and {MAX_SAMPLES}")
+    check_args(num_samples)
     net = net or FeatureNet()
     rng = np.random.default_rng(seed)
     train = data.load_split(model.config, "train")

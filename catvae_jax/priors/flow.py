@@ -11,7 +11,9 @@ included (so a tiny data set gets at worst a diagonal Gaussian, not an overfitte
 Sampling runs the layers backwards from N(0, temperature² I).
 
 Everything is a pure function of latents [N, z] (float32). The model stores a fit beside the
-checkpoint it belongs to, WORKDIR/flow_<step>.npz (`cache_path`), and loads it with the model.
+checkpoint it belongs to, WORKDIR/flow_<step>.npz (`cache_path`), with the digest of that
+checkpoint's parameters, and loads it with the model; a file of other parameters, another
+z_dim, or damaged in any way is ignored with a warning (catvae_jax/priors/stored.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from etils import epath
 
 from catvae_jax import atomic
 from catvae_jax.errors import UserError
+from catvae_jax.priors import stored
 
 NUM_LAYERS = 8
 HIDDEN = 128
@@ -51,6 +54,7 @@ class Flow:
     num_images: int  # latents it was fitted to (held-out part included)
     max_images: int  # the image cap it was fitted with
     heldout_nll: float  # mean −log p(z) in nats on the held-out latents (nan without one)
+    params_sha256: str = ""  # digest of the checkpoint parameters whose latents it was fitted to
 
     @property
     def num_layers(self) -> int:
@@ -74,27 +78,63 @@ class Flow:
             num_images=self.num_images,
             max_images=self.max_images,
             heldout_nll=self.heldout_nll,
+            **{stored.DIGEST_KEY: np.array(self.params_sha256)},
             **self.weights,
         )
 
     @classmethod
-    def read(cls, path: str | epath.Path) -> Flow:
-        """Reads a file written by `save` (raises OSError, ValueError or KeyError if damaged)."""
-        with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as d:
-            fixed = ("loc", "scale", "perms", "num_images", "max_images", "heldout_nll")
-            weights = {k: d[k] for k in d.files if k not in fixed}
-            flow = cls(
-                loc=d["loc"],
-                scale=d["scale"],
-                weights=weights,
-                perms=d["perms"],
-                num_images=int(d["num_images"]),
-                max_images=int(d["max_images"]),
-                heldout_nll=float(d["heldout_nll"]),
-            )
-        if len(weights) != 6 * flow.num_layers:
-            raise KeyError(f"{path}: {len(weights)} weight arrays for {flow.num_layers} layers")
-        return flow
+    def read(
+        cls, path: str | epath.Path, z_dim: int | None = None, params_sha256: str | None = None
+    ) -> Flow:
+        """Reads a file written by `save`; stored.Unusable if it is damaged, has latents of
+        another size than `z_dim`, or another digest than `params_sha256` (None: not checked)."""
+        d, digest = stored.read_fitted(path, params_sha256)
+        loc = stored.array(d, "loc", (z_dim,))
+        z = len(loc)
+        scale = stored.array(d, "scale", (z,))
+        perms = stored.array(d, "perms", (None, z), "iu")
+        if z < 1 or len(perms) < 1 or (scale <= 0).any():
+            raise stored.Unusable(f"it has {z} dimensions, {len(perms)} layers or a scale ≤ 0")
+        if not (np.sort(perms, axis=1) == np.arange(z)).all():
+            raise stored.Unusable("'perms' are not permutations")
+        fixed = ("loc", "scale", "perms", "num_images", "max_images", "heldout_nll")
+        weights = _weights(d, len(perms), z, set(d) - {*fixed, stored.DIGEST_KEY})
+        return cls(
+            loc=loc.astype(np.float32),
+            scale=scale.astype(np.float32),
+            weights=weights,
+            perms=perms.astype(np.int32),
+            num_images=stored.count(d, "num_images", 2),
+            max_images=stored.count(d, "max_images", 0),
+            heldout_nll=_stored_nll(d),
+            params_sha256=digest,
+        )
+
+
+def _stored_nll(d: dict[str, np.ndarray]) -> float:
+    """The stored held-out NLL (nan allowed: fitted without a held-out part)."""
+    value = d.get("heldout_nll")
+    if value is None or value.shape != () or value.dtype.kind != "f":
+        raise stored.Unusable("it has no scalar 'heldout_nll'")
+    return float(value)
+
+
+def _weights(d: dict[str, np.ndarray], num_layers: int, z: int, names: set[str]) -> dict:
+    """The coupling weights w/b{layer}_{k}, each of the shape a flow of latents [N, z] has."""
+    want = {f"{p}{i}_{k}" for i in range(num_layers) for k in range(3) for p in "wb"}
+    if names != want:
+        extra = sorted(names ^ want)
+        raise stored.Unusable(f"its coupling weights do not match {num_layers} layers ({extra[0]})")
+    hidden = d["b0_0"].shape[0] if d["b0_0"].ndim == 1 else None
+    d1, d2 = z // 2, z - z // 2
+    shapes = {0: ((d1, hidden), (hidden,)), 1: ((hidden, hidden), (hidden,))}
+    shapes[2] = ((hidden, 2 * d2), (2 * d2,))
+    weights = {}
+    for i in range(num_layers):
+        for k, (w_shape, b_shape) in shapes.items():
+            for name, shape in ((f"w{i}_{k}", w_shape), (f"b{i}_{k}", b_shape)):
+                weights[name] = stored.array(d, name, shape).astype(np.float32)
+    return weights
 
 
 def cache_path(workdir: str | epath.Path, step: int | None) -> epath.Path:

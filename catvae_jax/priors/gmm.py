@@ -7,8 +7,10 @@ mixture, else N(0, I) (the model resolves it: `VaeModel.resolve_sampler`).
 Ex-post density estimation (Ghosh et al. 2020; pythae's `GaussianMixtureSampler`): encode the
 training images, fit a K-component full-covariance Gaussian mixture to their posterior means
 mu(x), and decode draws from it instead of from N(0, I). The model caches the fit per
-checkpoint in WORKDIR/gmm_<step>.npz, so it runs once. Everything here is a pure function of
-latents; reading images and encoding them is the model's job (catvae_jax/inference.py).
+checkpoint in WORKDIR/gmm_<step>.npz, so it runs once; the file records the digest of the
+parameters it was fitted on, and a file of other parameters, another z_dim, or damaged in any
+way is refitted (catvae_jax/priors/stored.py). Everything here is a pure function of latents;
+reading images and encoding them is the model's job (catvae_jax/inference.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from etils import epath
 
 from catvae_jax import atomic
 from catvae_jax.errors import UserError
+from catvae_jax.priors import stored
 
 SAMPLERS = ("auto", "prior", "gmm", "flow")
 DEFAULT_COMPONENTS = 10
@@ -38,6 +41,7 @@ class GaussianMixture:
     covariances: np.ndarray
     num_images: int  # how many latent means it was fitted to
     max_images: int  # the cap it was fitted with
+    params_sha256: str = ""  # digest of the checkpoint parameters whose latents it was fitted to
 
     @property
     def n_components(self) -> int:
@@ -57,18 +61,37 @@ class GaussianMixture:
             covariances=self.covariances,
             num_images=self.num_images,
             max_images=self.max_images,
+            **{stored.DIGEST_KEY: np.array(self.params_sha256)},
         )
 
     @classmethod
-    def read(cls, path: str | epath.Path) -> GaussianMixture:
-        with epath.Path(path).open("rb") as f, np.load(f) as d:
-            return cls(
-                weights=d["weights"],
-                means=d["means"],
-                covariances=d["covariances"],
-                num_images=int(d["num_images"]),
-                max_images=int(d["max_images"]),
-            )
+    def read(
+        cls, path: str | epath.Path, z_dim: int | None = None, params_sha256: str | None = None
+    ) -> GaussianMixture:
+        """Reads a file written by `save`; stored.Unusable if it is damaged, has latents of
+        another size than `z_dim`, or another digest than `params_sha256` (None: not checked)."""
+        d, digest = stored.read_fitted(path, params_sha256)
+        weights = stored.array(d, "weights", (None,))
+        k = len(weights)
+        means = stored.array(d, "means", (k, z_dim))
+        z = means.shape[1]
+        covariances = stored.array(d, "covariances", (k, z, z))
+        if k < 1 or z < 1:
+            raise stored.Unusable(f"it has {k} components of {z} dimensions")
+        if (weights <= 0).any() or abs(float(weights.sum()) - 1.0) > 1e-3:
+            raise stored.Unusable("its weights are not positive with sum 1")
+        try:
+            np.linalg.cholesky(covariances.astype(np.float64))
+        except np.linalg.LinAlgError as e:
+            raise stored.Unusable("a covariance is not positive definite") from e
+        return cls(
+            weights=weights.astype(np.float32),
+            means=means.astype(np.float32),
+            covariances=covariances.astype(np.float32),
+            num_images=stored.count(d, "num_images", 1),
+            max_images=stored.count(d, "max_images", 0),
+            params_sha256=digest,
+        )
 
 
 def sample_latents(
@@ -116,14 +139,19 @@ def cache_path(workdir: str | epath.Path, step: int | None) -> epath.Path:
     return epath.Path(workdir) / f"gmm_{step if step is not None else 'none'}.npz"
 
 
-def read_cached(path: epath.Path, n_components: int, max_images: int) -> GaussianMixture | None:
-    """The mixture cached at `path` if it was fitted with the same K and image cap, else None
-    (also when the file is missing, partial or unreadable: the caller refits)."""
-    if not path.exists():
-        return None
-    try:
-        cached = GaussianMixture.read(path)
-    except (OSError, ValueError, KeyError):
+def read_cached(
+    path: epath.Path, n_components: int, max_images: int, z_dim: int, params_sha256: str
+) -> GaussianMixture | None:
+    """The mixture cached at `path` if it was fitted to the latents [N, z_dim] of the parameters
+    with digest `params_sha256`, with the same K and image cap; else None, the caller refits
+    (silently when there is no file or it was fitted with another K or cap; with a one-line
+    warning when it is unusable: damaged, of other parameters, of another z_dim)."""
+
+    def read(p: epath.Path) -> GaussianMixture:
+        return GaussianMixture.read(p, z_dim, params_sha256)
+
+    cached = stored.read_or_none(path, "the cached gmm", read, "refitting it")
+    if cached is None:
         return None
     same_k = cached.n_components == min(n_components, cached.num_images)
     return cached if cached.max_images == max_images and same_k else None

@@ -77,6 +77,7 @@ class Checkpoints:
     """A CheckpointManager for one workdir. `read_only` managers never write or delete."""
 
     def __init__(self, workdir: str | epath.Path, *, read_only: bool = False):
+        self.workdir = epath.Path(workdir)
         if not read_only:
             logging.getLogger("absl").addFilter(_DROP_ORBAX_ERRORS)
         policy = ocp.checkpoint_managers

@@ -14,6 +14,8 @@ import jax
 from etils import epath
 from tqdm.auto import tqdm
 
+from catvae_jax.errors import Preempted
+
 
 class PreemptionNotice:
     """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the loop checks between steps, so the step
@@ -45,6 +47,20 @@ class PreemptionNotice:
 
             return multihost_utils.reached_preemption_sync_point(step)
         return self.flag
+
+    def stop_at_once(self, step: int) -> None:
+        """From now on (every checkpoint complete, e.g. in the end-of-training prior fit) a
+        signal raises Preempted(step) at once, wherever the main thread is; one that arrived
+        before raises it here. Single-process runs only (multi-process: nothing changes)."""
+        if self.flag:
+            raise Preempted(step, self.signum)
+
+        def handle(signum, frame) -> None:
+            self.flag, self.signum = True, signum
+            raise Preempted(step, signum)
+
+        for signum in self.previous:
+            signal.signal(signum, handle)
 
     def restore(self) -> None:
         for signum, previous in self.previous.items():

@@ -29,7 +29,7 @@ from typing import Any
 
 from etils import epath
 
-from catvae_jax.errors import UserError
+from catvae_jax.errors import UserError, failed_write
 
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0
@@ -83,16 +83,20 @@ class WorkdirLock:
     def _acquire_local(self) -> None:
         try:
             fd = os.open(os.fspath(self.path), os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:  # a read-only or unwritable workdir, found at start: the user's
-            raise UserError(f"workdir {self.path.parent}: cannot write ({e.strerror})") from e
+        except OSError as e:  # a read-only or full workdir, found at start: exit 1
+            raise failed_write(e, self.path) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _parse(os.read(fd, 4096))
             os.close(fd)
             self._refuse(holder)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(self.info) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(self.info) + "\n").encode(), 0)
+        except OSError as e:  # a full disk
+            os.close(fd)
+            raise failed_write(e, self.path) from e
         self._fd = fd
 
     def _acquire_remote(self) -> None:

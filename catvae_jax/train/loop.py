@@ -9,7 +9,6 @@ the same code runs on 1 CPU, N GPUs or a TPU slice.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 import time
 from collections.abc import Callable
@@ -238,11 +237,12 @@ class _Run:
                         break
             profiler.stop()  # a run shorter than the traced steps: the trace ends with the loop
             final = final or self._validate()  # resumed at the end: nothing trained
-            self._write_final_outputs(step)
+            self._write_final_outputs(step, preemption)
         finally:  # also when the run stops early (non-finite loss, preemption, a user error)
             closers = (profiler.stop, bar.close, self.ckpts.close, self.writer.close)
             _close_all(*closers, self.train_data.close)
-        digest = params_digest((self.state.params, self.state.ema))  # ema None: params alone
+        # ema None: the params alone
+        digest = state_lib.params_digest((self.state.params, self.state.ema))
         return {**final, "step": step, "params_sha256": digest}
 
     def _log_train(self, step: int, meter: _Throughput, bar) -> None:
@@ -288,10 +288,14 @@ class _Run:
         else:
             self.progress.bad_evals += 1
 
-    def _write_final_outputs(self, step: int) -> None:
-        """Process 0: hands the final parameters to `on_finish` and logs the image it returns."""
+    def _write_final_outputs(self, step: int, preemption: PreemptionNotice) -> None:
+        """Process 0: hands the final parameters to `on_finish` and logs the image it returns.
+        It runs once every checkpoint is complete, so SIGTERM or Ctrl-C stops it at once
+        (Preempted: exit 143 or 130), as one that came during the last steps does."""
         if not self.is_main or self.on_finish is None:
             return
+        self.ckpts.wait()
+        preemption.stop_at_once(step)
         params = jax.device_get(state_lib.eval_params(self.state))
         originals = self.val_split[: self.config.num_eval_images]
         finished = Finished(
@@ -340,11 +344,3 @@ def _close_all(*closers: Callable[[], None]) -> None:
             first = first or e
     if first is not None and not propagating:
         raise first
-
-
-def params_digest(params: Any) -> str:
-    """sha256 of this process's copy of the parameters: equal digests = bit-identical params."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        digest.update(np.asarray(leaf.addressable_data(0)).tobytes())
-    return digest.hexdigest()

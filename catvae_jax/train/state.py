@@ -5,12 +5,14 @@ imports neither the losses nor the data pipeline.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx, struct
 
@@ -83,3 +85,13 @@ def abstract_state(
     graphdef, params = nnx.split(nnx.eval_shape(model_fn))
     params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params)
     return graphdef, jax.eval_shape(lambda p: _state_at_step_0(config, p), params)
+
+
+def params_digest(params: Any) -> str:
+    """sha256 of this process's copy of the parameters (device or host arrays): equal digests =
+    bit-identical parameters. Sampler files store the digest of the ones they were fitted on."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+        digest.update(np.ascontiguousarray(np.asarray(local)).tobytes())
+    return digest.hexdigest()

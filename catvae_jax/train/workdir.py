@@ -13,7 +13,8 @@ from etils import epath
 
 from catvae_jax import atomic, data
 from catvae_jax import config as config_lib
-from catvae_jax.errors import UserError
+from catvae_jax.errors import UserError, failed_write
+from catvae_jax.priors import stored
 from catvae_jax.train.checkpoint import Checkpoints
 from catvae_jax.train.lock import WorkdirLock
 
@@ -27,13 +28,15 @@ class Progress:
 
 
 def create(workdir: str | epath.Path) -> epath.Path:
-    """Makes `workdir` (and parents); a UserError when it cannot be (a file, no permission)."""
+    """Makes `workdir` (and parents): a UserError when it is a file (or another mistake), an
+    EnvironmentFailure naming it when the file system refuses (read-only, full)."""
     workdir = epath.Path(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        what = "a file, not a directory" if workdir.is_file() else (e.strerror or str(e))
-        raise UserError(f"workdir {workdir}: {what}") from e
+        if workdir.is_file():
+            raise UserError(f"workdir {workdir}: a file, not a directory") from e
+        raise failed_write(e, workdir) from e
     return workdir
 
 
@@ -78,9 +81,13 @@ def save(
     val_loss: float,
     **extra: Any,
 ) -> None:
-    """Saves checkpoint `step`: the train state, {step, progress, **extra} and the config."""
+    """Saves checkpoint `step`: the train state, {step, progress, **extra} and the config.
+    Process 0 then deletes the sampler files (flow_/gmm_<step>.npz) of `step` and of the
+    checkpoints rotated away."""
     meta = {"step": step, "progress": dataclasses.asdict(progress), **extra}
     ckpts.save(step, state, meta, config_dict, val_loss)
+    if jax.process_index() == 0:
+        stored.remove_stale(ckpts.workdir, set(ckpts.steps()) - {step})
 
 
 def _check_resume(workdir: epath.Path, config_dict: dict) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the `torch` extra; `make test` installs it
 
-from conftest import REPO, run_cli  # noqa: E402
+from conftest import REPO, run_cli, run_cli_cases  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 from torch_original import Model, lightning_checkpoint  # noqa: E402
@@ -140,3 +140,31 @@ def test_missing_and_wrong_files(tmp_path) -> None:
     c.model.name = "resvae"
     with pytest.raises(UserError, match="vae_cats_v1"):
         import_checkpoint(tmp_path / "p.ckpt", tmp_path / "w2", c)
+
+
+def test_a_bad_global_step_or_non_finite_weights_are_refused(torch_model, tmp_path) -> None:
+    """Step −5 was imported (exit 0) and left a workdir no reader could use; 2**31 overflowed
+    the int32 step; NaN weights became a model that draws grey noise."""
+    cases, workdirs = [], []
+    nan = lightning_checkpoint(torch_model)
+    nan["state_dict"]["fc.bias"] = nan["state_dict"]["fc.bias"].clone().fill_(float("nan"))
+    for name, ckpt in (
+        ("negative", lightning_checkpoint(torch_model, global_step=-5)),
+        ("too_big", lightning_checkpoint(torch_model, global_step=2**31)),
+        ("nan", nan),
+    ):
+        torch.save(ckpt, tmp_path / f"{name}.ckpt")
+        workdirs.append(tmp_path / name)
+        cases.append(
+            ("catvae_jax.import_torch", "--ckpt", tmp_path / f"{name}.ckpt",
+             "--workdir", workdirs[-1], "--config.wandb.mode=disabled")
+        )  # fmt: skip
+    negative, too_big, not_finite = run_cli_cases(cases, measured=False)
+    for proc, workdir in zip((negative, too_big, not_finite), workdirs, strict=True):
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+        assert not (workdir / "checkpoints").exists()
+    assert "has global_step -5; a step must be in [0, 2147483647]" in negative.stderr
+    assert "has global_step 2147483648" in too_big.stderr
+    assert "state_dict entry 'fc.bias'" in not_finite.stderr
+    assert "holds NaN or inf values" in not_finite.stderr

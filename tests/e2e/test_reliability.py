@@ -15,7 +15,7 @@ from conftest import REPO, main_cmd, run_cli, run_cli_cases, subprocess_env
 from test_cli import TINY
 
 import catvae_jax
-from catvae_jax.errors import StorageError, UserError, storage_error
+from catvae_jax.errors import EnvironmentFailure, StorageError, UserError, storage_error
 from catvae_jax.train.lock import WorkdirLock
 
 
@@ -167,7 +167,8 @@ def test_a_full_disk_is_one_line_exit_1_and_resumable(tmp_path):
         subprocess.run(["umount", str(disk)], check=False)
 
 
-def test_a_read_only_workdir_at_start_is_a_user_error(tmp_path):
+def test_a_read_only_workdir_at_start_is_an_environment_failure(tmp_path):
+    """Exit 1 as the README's table says (it was a UserError, exit 2), naming the lock file."""
     from conftest import tiny_config
 
     from catvae_jax.after_training import train_and_evaluate
@@ -177,7 +178,7 @@ def test_a_read_only_workdir_at_start_is_a_user_error(tmp_path):
     try:
         (disk / "w").mkdir()
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        with pytest.raises(UserError, match=r"cannot write \(Read-only file system\)"):
+        with pytest.raises(EnvironmentFailure, match=r"cannot write .*/w/\.lock: Read-only file"):
             train_and_evaluate(tiny_config(), str(disk / "w"))
     finally:
         subprocess.run(["umount", str(disk)], check=False)

@@ -94,7 +94,7 @@ def test_auto_picks_flow_then_gmm_then_prior(workdir_copy, capsys):
     # A damaged flow file is ignored with a warning, not a crash.
     (workdir_copy / f"flow_{step}.npz").write_bytes(b"not an npz")
     assert catvae_jax.load(workdir_copy).flow is None
-    assert "ignoring unreadable learned prior" in capsys.readouterr().err
+    assert "warning: ignoring the learned prior" in capsys.readouterr().err
 
 
 def test_the_end_of_training_fit_can_be_switched_off(trained_workdir, tmp_path):
