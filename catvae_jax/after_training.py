@@ -27,7 +27,8 @@ from catvae_jax.train.hooks import say
 
 DEFAULT_STEPS = ("best", "latest")
 PICTURES = ("samples.png", "reconstructions.png")
-STEP_KEY = "catvae_jax step"  # the PNG text entry naming the step a picture shows
+STEP_KEY = "catvae_jax step"  # the PNG text entries naming the step a picture shows
+PARAMS_KEY = "catvae_jax params_sha256"  # and the digest of the parameters that drew it
 
 
 def fit_checkpoints(
@@ -83,10 +84,10 @@ def finish(run: loop.Finished) -> np.ndarray | None:
     """The end of a run (process 0): deletes the sampler files of checkpoints rotated away, fits
     the learned prior of `best` and `latest` unless `config.flow_prior` is off (the final
     model's one attached, so samples.png uses it), then samples.png (8×8, the default sampler,
-    fixed seed) and reconstructions.png (inputs above outputs), each tagged with the step. A
-    prior or pictures already there for their step (a re-run of a finished run) are kept, and
-    said so. Returns the samples grid (uint8 HWC) for the run's log, or None when the pictures
-    were kept."""
+    fixed seed) and reconstructions.png (inputs above outputs), each tagged with the step and
+    the parameters' digest. A prior or pictures already there for these parameters (a re-run of
+    a finished run) are kept, and said so. Returns the samples grid (uint8 HWC) for the run's
+    log, or None when the pictures were kept."""
     vae = inference.VaeModel(
         run.graphdef, run.params, run.config, step=run.step, workdir=run.workdir
     )
@@ -95,16 +96,23 @@ def finish(run: loop.Finished) -> np.ndarray | None:
         stored.remove_stale(run.workdir, run.ckpts.steps())
     if run.config.flow_prior:
         _fit_priors(run, vae)
-    if all(images.png_text(run.workdir / name).get(STEP_KEY) == str(run.step) for name in PICTURES):
+    tag = {STEP_KEY: str(run.step), PARAMS_KEY: vae.params_sha256}
+    if all(_tagged(run.workdir / name, tag) for name in PICTURES):
         say(f"{' and '.join(PICTURES)} of step {run.step} are already in {run.workdir}: kept")
         return None
-    tag = {STEP_KEY: str(run.step)}
     samples = images.grid(vae.generate(64, seed=run.config.seed), ncols=8)
     images.save_png(run.workdir / "samples.png", samples, text=tag)
     x = run.originals.astype(np.float32) / 255.0
     both = np.concatenate([x, vae.reconstruct(x)])
     images.save_png(run.workdir / "reconstructions.png", images.grid(both, ncols=len(x)), text=tag)
     return samples
+
+
+def _tagged(path: epath.Path, tag: dict[str, str]) -> bool:
+    """Whether the PNG at `path` carries `tag`: drawn at that step by those parameters (a
+    workdir retrained with its checkpoints deleted reaches the same step with others)."""
+    text = images.png_text(path)
+    return all(text.get(key) == value for key, value in tag.items())
 
 
 def _fit_priors(run: loop.Finished, vae: inference.VaeModel) -> None:

@@ -15,6 +15,7 @@ from conftest import tiny_config
 from PIL import Image
 from tqdm import tqdm
 
+import catvae_jax
 from catvae_jax import after_training, images
 from catvae_jax.after_training import train_and_evaluate
 from catvae_jax.cli import plural
@@ -165,7 +166,11 @@ def test_a_finished_run_run_again_keeps_its_prior_and_pictures(trained_workdir, 
     shutil.copytree(trained_workdir[0], workdir)
     step = trained_workdir[1]["step"]
     kept = ["samples.png", "reconstructions.png", f"flow_{step}.npz"]
-    assert all(images.png_text(workdir / p)[after_training.STEP_KEY] == str(step) for p in kept[:2])
+    digest = catvae_jax.load(workdir, "latest").params_sha256
+    for picture in kept[:2]:
+        text = images.png_text(workdir / picture)
+        assert text[after_training.STEP_KEY] == str(step)
+        assert text[after_training.PARAMS_KEY] == digest
     before = {name: os.stat(workdir / name).st_mtime_ns for name in kept}
     train_and_evaluate(tiny_config(), str(workdir))
     out = capsys.readouterr().out
