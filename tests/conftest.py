@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -59,6 +60,20 @@ def tiny_config():
 @pytest.fixture
 def config():
     return tiny_config()
+
+
+@pytest.fixture
+def disk_fills_up(monkeypatch):
+    """From here on every etils.epath `write_bytes` writes half its data, then fails as a full
+    disk does (an OSError with errno ENOSPC that names no file)."""
+    from etils import epath
+
+    def write_bytes(self, data: bytes) -> int:
+        with self.open("wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(epath.Path("/")), "write_bytes", write_bytes)
 
 
 @pytest.fixture(scope="session")

@@ -99,7 +99,8 @@ def _check_resume(workdir: epath.Path, config_dict: dict) -> None:
     shaped = config_lib.shape_changes(old, config_dict)
     if shaped:
         flat_old, flat_new = config_lib.flatten(old), config_lib.flatten(config_dict)
-        k = shaped[0]
+        # The field the user changed, rather than the `dataset` record derived from it.
+        k = min(shaped, key=lambda k: k.startswith("dataset."))
         raise UserError(
             f"cannot resume {workdir} with a changed '{k}' (was {flat_old.get(k)!r},"
             f" now {flat_new.get(k)!r}); use a new workdir"

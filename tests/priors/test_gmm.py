@@ -1,0 +1,90 @@
+"""The Gaussian mixture prior's pure functions (catvae_jax/priors/gmm.py) on latents drawn from
+a known mixture: the fit recovers it, and draws follow it. (Its cache files, gmm_<step>.npz,
+are tested with the model.)"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from catvae_jax.errors import UserError
+from catvae_jax.priors import gmm
+
+WEIGHTS = np.array([0.5, 0.3, 0.2])
+MEANS = np.array([[-6.0, 0.0, 1.0], [6.0, 0.0, -1.0], [0.0, 8.0, 0.0]])
+COVS = np.stack(
+    [np.diag([1.0, 0.5, 0.2]), [[1.0, 0.8, 0.0], [0.8, 1.0, 0.0], [0.0, 0.0, 0.3]], np.eye(3) * 0.5]
+)
+sample_latents = jax.jit(gmm.sample_latents, static_argnums=4)
+
+
+def _mixture_draws(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(latents [n, 3], component of each) from the mixture above."""
+    rng = np.random.default_rng(seed)
+    comp = rng.choice(3, size=n, p=WEIGHTS)
+    z = np.stack([rng.multivariate_normal(MEANS[k], COVS[k]) for k in comp])
+    return z.astype(np.float32), comp
+
+
+def _by_mean(mixture: gmm.GaussianMixture) -> list[int]:
+    """The fitted components in the order of MEANS (each matched to the nearest true mean)."""
+    return [int(np.argmin(np.linalg.norm(mixture.means - m, axis=1))) for m in MEANS]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return gmm.fit(_mixture_draws(3000, seed=0)[0], n_components=3, seed=0, max_images=5000)
+
+
+def test_the_fit_recovers_the_mixture(fitted):
+    order = _by_mean(fitted)
+    assert sorted(order) == [0, 1, 2]
+    np.testing.assert_allclose(fitted.weights[order], WEIGHTS, atol=0.03)
+    np.testing.assert_allclose(fitted.means[order], MEANS, atol=0.1)
+    np.testing.assert_allclose(fitted.covariances[order], COVS, atol=0.12)
+    assert fitted.weights.dtype == fitted.means.dtype == np.float32
+    assert (fitted.n_components, fitted.num_images, fitted.max_images) == (3, 3000, 5000)
+
+
+def test_arrays_are_log_weights_and_cholesky_factors(fitted):
+    log_weights, means, chol = fitted.arrays()
+    np.testing.assert_allclose(np.exp(log_weights), fitted.weights, rtol=1e-6)
+    np.testing.assert_array_equal(means, fitted.means)
+    np.testing.assert_allclose(chol @ chol.transpose(0, 2, 1), fitted.covariances, atol=1e-5)
+    assert np.all(np.triu(chol, 1) == 0)  # lower triangular
+
+
+def test_draws_follow_the_mixture_and_the_temperature(fitted):
+    arrays = tuple(jnp.asarray(a) for a in fitted.arrays())
+    key = jax.random.key(0)
+    draws = np.asarray(sample_latents(key, *arrays, 30_000, jnp.float32(1.0)))
+    order = _by_mean(fitted)
+    nearest = np.argmin(((draws[:, None] - fitted.means[order][None]) ** 2).sum(-1), axis=1)
+    np.testing.assert_allclose(np.bincount(nearest, minlength=3) / len(draws), WEIGHTS, atol=0.02)
+    for k in range(3):  # each component's draws have its covariance
+        np.testing.assert_allclose(np.cov(draws[nearest == k], rowvar=False), COVS[k], atol=0.1)
+    cold = np.asarray(sample_latents(key, *arrays, 30_000, jnp.float32(0.5)))
+    # The same key: the same components, each draw pulled halfway to its component's mean.
+    means = fitted.means[order][nearest]
+    np.testing.assert_allclose(cold - means, 0.5 * (draws - means), atol=1e-4)
+    again = np.asarray(sample_latents(key, *arrays, 30_000, jnp.float32(1.0)))
+    np.testing.assert_array_equal(again, draws)
+
+
+def test_components_are_capped_by_the_latents_and_the_fit_is_seeded():
+    z, _ = _mixture_draws(40, seed=1)
+    assert gmm.fit(z[:2], n_components=10).n_components == 2
+    a, b = gmm.fit(z, 3, seed=4), gmm.fit(z, 3, seed=4)
+    np.testing.assert_array_equal(a.means, b.means)
+    np.testing.assert_array_equal(a.covariances, b.covariances)
+
+
+@pytest.mark.parametrize(("components", "max_images"), [(0, 0), (-1, 0), (3, -1)])
+def test_bad_settings_are_one_line(components, max_images):
+    with pytest.raises(UserError) as refused:
+        gmm.fit(np.zeros((5, 2)), components, max_images=max_images)
+    assert str(refused.value) == (
+        f"gmm components must be positive and max_images >= 0, got {components}, {max_images}"
+    )
