@@ -13,6 +13,7 @@ import pytest
 from conftest import run_cli_cases, tiny_config
 
 import catvae_jax
+from catvae_jax import after_training, images
 from catvae_jax.priors import gmm, stored
 
 KINDS = (
@@ -221,8 +222,9 @@ def _train(workdir, seed: int) -> None:
 
 
 def test_a_workdir_retrained_with_another_seed_does_not_reuse_the_old_gmm(tmp_path, capsys):
-    """Retrained in place (checkpoints deleted, another seed), then the old run's gmm_4.npz put
-    back (as a server of the old model would write it): the new model refits its own."""
+    """Retrained in place (checkpoints deleted, another seed): the new run fits its own gmm and
+    draws its own pictures (they were the old run's: same step); then the old run's gmm_4.npz
+    put back (as a server of the old model would write it): the new model refits its own."""
     workdir = tmp_path / "w"
     _train(workdir, seed=0)  # samples.png draws from the gmm: gmm_4.npz is cached
     path = workdir / "gmm_4.npz"
@@ -231,6 +233,8 @@ def test_a_workdir_retrained_with_another_seed_does_not_reuse_the_old_gmm(tmp_pa
     shutil.rmtree(workdir / "checkpoints")
     _train(workdir, seed=1)
     model = catvae_jax.load(workdir)
+    for picture in after_training.PICTURES:  # drawn again, not the old run's of step 4
+        assert images.png_text(workdir / picture)[after_training.PARAMS_KEY] == model.params_sha256
     new = gmm.GaussianMixture.read(path, model.z_dim, model.params_sha256)
     assert new.params_sha256 != old.params_sha256
     assert not np.allclose(new.means, old.means)
