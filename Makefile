@@ -9,7 +9,8 @@ WORKDIR ?= runs/quickstart
 # ("Editable installation. Please be careful with folders ...") stays off the terminal.
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -c constraints.txt
 
-.PHONY: install install-dev run test lint docs clean browser postgres docker docker-test
+.PHONY: install install-dev run test lint docs clean browser postgres docker docker-test \
+	accelerator-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +77,12 @@ docker:
 # venv; installs podman with apt-get when missing (as root), and caches a local Debian base.
 docker-test:
 	docker/test.sh
+
+# The accelerator check (benchmarks/README.md, "Accelerator check"): at most 8 minutes on a GPU or
+# TPU machine, with the venv's python or else python3 (an accelerator image's own stack);
+# ACCEL_ARGS=--quick runs it on CPU with tiny settings.
+accelerator-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/accelerator.py $(ACCEL_ARGS)
 
 clean:
 	rm -rf runs site .pytest_cache .coverage

@@ -22,7 +22,7 @@ from etils import epath
 from catvae_jax import images, inference
 from catvae_jax.errors import UserError
 from catvae_jax.priors import flow, gmm, stored
-from catvae_jax.train import loop
+from catvae_jax.train import loop, timing
 from catvae_jax.train.hooks import say
 
 DEFAULT_STEPS = ("best", "latest")
@@ -87,24 +87,31 @@ def finish(run: loop.Finished) -> np.ndarray | None:
     fixed seed) and reconstructions.png (inputs above outputs), each tagged with the step and
     the parameters' digest. A prior or pictures already there for these parameters (a re-run of
     a finished run) are kept, and said so. Returns the samples grid (uint8 HWC) for the run's
-    log, or None when the pictures were kept."""
+    log, or None when the pictures were kept. Timed as `prior_fit` (the flow, or the gmm the
+    default sampler falls back to) and `pictures` in the run's breakdown."""
     vae = inference.VaeModel(
         run.graphdef, run.params, run.config, step=run.step, workdir=run.workdir
     )
     if run.ckpts is not None:  # the sampler files of checkpoints rotated away go with them
-        run.ckpts.wait()
+        with timing.part(run.timing, "checkpoint"):
+            run.ckpts.wait()
         stored.remove_stale(run.workdir, run.ckpts.steps())
     if run.config.flow_prior:
-        _fit_priors(run, vae)
+        with timing.part(run.timing, "prior_fit"):
+            _fit_priors(run, vae)
     tag = {STEP_KEY: str(run.step), PARAMS_KEY: vae.params_sha256}
     if all(_tagged(run.workdir / name, tag) for name in PICTURES):
         say(f"{' and '.join(PICTURES)} of step {run.step} are already in {run.workdir}: kept")
         return None
-    samples = images.grid(vae.generate(64, seed=run.config.seed), ncols=8)
-    images.save_png(run.workdir / "samples.png", samples, text=tag)
-    x = run.originals.astype(np.float32) / 255.0
-    both = np.concatenate([x, vae.reconstruct(x)])
-    images.save_png(run.workdir / "reconstructions.png", images.grid(both, ncols=len(x)), text=tag)
+    with timing.part(run.timing, "prior_fit"):
+        vae.resolve_sampler()  # without a flow: the mixture of the training latents, fitted
+    with timing.part(run.timing, "pictures"):
+        samples = images.grid(vae.generate(64, seed=run.config.seed), ncols=8)
+        images.save_png(run.workdir / "samples.png", samples, text=tag)
+        x = run.originals.astype(np.float32) / 255.0
+        both = np.concatenate([x, vae.reconstruct(x)])
+        grid = images.grid(both, ncols=len(x))
+        images.save_png(run.workdir / "reconstructions.png", grid, text=tag)
     return samples
 
 
@@ -120,7 +127,8 @@ def _fit_priors(run: loop.Finished, vae: inference.VaeModel) -> None:
     usable one (fitted on that checkpoint's parameters) is stored for that step; the one of
     `vae`'s step is attached to `vae`."""
     ckpts = run.ckpts
-    ckpts.wait()
+    with timing.part(run.timing, "checkpoint"):
+        ckpts.wait()
     steps = sorted({s for s in (ckpts.resolve("best"), ckpts.resolve("latest")) if s is not None})
     vae.flow = inference.read_flow(vae)
     for step in steps:

@@ -12,7 +12,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from catvae_jax import config_files
+from catvae_jax import compile_cache, config_files
 from catvae_jax.errors import (
     EnvironmentFailure,
     NonFiniteError,
@@ -48,8 +48,9 @@ def run_app(
     positional: bool = False,
 ) -> None:
     """Runs an absl command: defines its flags, parses them (errors: one line, exit 2), keeps
-    INFO logs quiet and calls `main(argv)`. Positional arguments are an error unless
-    `positional`."""
+    INFO logs quiet, turns on JAX's persistent compilation cache (`compile_cache`; off with a
+    --config whose `compilation_cache` is False) and calls `main(argv)`. Positional arguments
+    are an error unless `positional`."""
     if define_flags is not None:
         define_flags()
 
@@ -57,6 +58,8 @@ def run_app(
         if len(argv) > 1 and not positional:
             fail(f"unexpected arguments: {' '.join(argv[1:])}")
         quiet_logs()
+        config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+        compile_cache.enable(bool(getattr(config, "get", {}.get)("compilation_cache", True)))
         main(argv)
 
     app.run(run, flags_parser=parse_flags)

@@ -125,6 +125,22 @@ def get_config() -> ml_collections.ConfigDict:
     c.wandb.name = ""  # the W&B run name; empty: the workdir's name
     c.wandb.group = ""  # runs of one sweep share a group: the study's name
 
+    # Train steps per compiled call: a loop of up to this many steps runs on the device between
+    # two returns to Python (1: one step per call). Log, validation and checkpoint steps end a
+    # call, so a run's steps, batches and outputs do not depend on it. 8–32 on a GPU or TPU;
+    # keep 1 on CPU (XLA:CPU runs a loop's steps 3–5× slower: benchmarks/README.md).
+    c.steps_per_call = 1
+    # auto | cpu | plain: the CPU-tuned kernels (banded-matmul SSIM blur, sub-pixel transposed
+    # and upsampling convolutions, im2col convolutions, glibc malloc reuse) or the plain ones
+    # (dm-pix's SSIM filter, XLA's convolutions); auto: cpu on the CPU backend, else plain.
+    c.kernels = "auto"
+    # float32 | bfloat16: the activations and convolutions of the model and of the LPIPS term;
+    # parameters, optimizer state and the loss's reductions stay float32. bfloat16 is for GPUs
+    # and TPUs (slower on CPU).
+    c.dtype = "float32"
+    # JAX's persistent compilation cache in ~/.cache/catvae_jax/jax (catvae_jax/compile_cache.py).
+    c.compilation_cache = True
+
     # TensorBoard event files in WORKDIR/tensorboard too (`tensorboard --logdir WORKDIR`).
     c.tensorboard = False
     c.progress_bar = True  # a bar of train steps on the terminal
@@ -282,6 +298,8 @@ def _is_v1(c: ml_collections.ConfigDict) -> bool:
 
 
 SOURCES = ("synthetic", "folder", "oxford_cat_faces", "cats_vs_dogs", "oxford_iiit_pet")
+KERNELS = ("auto", "cpu", "plain")
+DTYPES = ("float32", "bfloat16")
 
 # In order: the first failing check is the one reported.
 CHECKS = (
@@ -337,6 +355,11 @@ CHECKS = (
           "must be offline, online or disabled, got '{v}'"),
     Check("log_every_steps", lambda v, c: v > 0, "must be positive, got {v}"),
     Check("train_ssim_images", lambda v, c: v >= 0, "must be >= 0 (0 = all), got {v}"),
+    Check("steps_per_call", lambda v, c: not isinstance(v, bool) and isinstance(v, int) and v >= 1,
+          "must be a positive integer, got {v!r}"),
+    Check("kernels", lambda v, c: v in KERNELS,
+          f"must be one of {', '.join(KERNELS)}, got '{{v}}'"),
+    Check("dtype", lambda v, c: v in DTYPES, f"must be one of {', '.join(DTYPES)}, got '{{v}}'"),
     Check("num_eval_images", lambda v, c: v >= 1, "must be at least 1, got {v}"),
 )  # fmt: skip
 

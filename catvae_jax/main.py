@@ -15,7 +15,7 @@ from absl import flags
 from catvae_jax import cli
 from catvae_jax import config as config_lib
 from catvae_jax.after_training import train_and_evaluate
-from catvae_jax.train import malloc
+from catvae_jax.train import malloc, timing
 
 _CONFIG = cli.define_config_file("default.py", "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and outputs.")
@@ -33,11 +33,14 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-
 
 
 def main(argv: list[str]) -> None:
+    timing.mark_process_start()  # the run's time breakdown starts with the imports before here
+    config = _CONFIG.value
     if _SHOW_CONFIG.value:
-        cli.print_or_quiet(config_lib.describe(_CONFIG.value))
+        cli.print_or_quiet(config_lib.describe(config))
         return
     with cli.user_errors():
-        malloc.configure()  # reuse freed memory: far fewer page faults per XLA:CPU step
+        # reuse freed memory: far fewer page faults per XLA:CPU step (CPU kernels only)
+        malloc.configure(kernels=config.get("kernels", "auto"))
     cli.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     print(
         f"devices: {jax.device_count()} × {jax.devices()[0].platform} "
@@ -45,7 +48,7 @@ def main(argv: list[str]) -> None:
         flush=True,
     )
     with cli.user_errors():
-        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        result = train_and_evaluate(config, _WORKDIR.value)
     print(f"process {jax.process_index()}: params sha256 {result['params_sha256']}", flush=True)
     if jax.process_index() == 0:
         print(

@@ -68,15 +68,24 @@ class DeviceData:
         self.batch_sharding = NamedSharding(mesh, P("data"))
         self.steps_per_epoch = len(images) // batch_size
         self.seed = seed
-        self._draw = jax.jit(
-            functools.partial(_draw, batch_size=batch_size, flip=flip),
-            out_shardings=self.batch_sharding,
+        draw = functools.partial(_draw, batch_size=batch_size, flip=flip)
+        self._draw = jax.jit(draw, out_shardings=self.batch_sharding)
+        self._draw_many = jax.jit(
+            jax.vmap(draw, in_axes=(None, None, 0, 0)),
+            out_shardings=NamedSharding(mesh, P(None, "data")),
         )
 
     def batch(self, step: int) -> jax.Array:
         """The uint8 batch [B, S, S, 3] of global train step `step`, sharded over `data`."""
         epoch, pos = divmod(step, self.steps_per_epoch)
         return self._draw(self.images, np.int32(self.seed), np.int32(epoch), np.int32(pos))
+
+    def batches(self, step: int, n: int, k: int) -> jax.Array:
+        """The batches of steps `step` … `step + k - 1` stacked, uint8 [k, B, S, S, 3], each
+        sharded over `data` (k are drawn however many, `n`, the caller uses: one program)."""
+        epochs, pos = np.divmod(step + np.arange(k), self.steps_per_epoch)
+        draw = self._draw_many
+        return draw(self.images, np.int32(self.seed), epochs.astype(np.int32), pos.astype(np.int32))
 
     def close(self) -> None:
         """Nothing to stop (the streaming pipeline's close stops its threads)."""

@@ -123,12 +123,28 @@ class StreamingData:
 
     def batch(self, step: int) -> jax.Array:
         """The uint8 batch [B, S, S, 3] of global train step `step`, sharded over `data`."""
+        local = self._local(step)
+        return jax.make_array_from_process_local_data(self.batch_sharding, local, self.global_shape)
+
+    def batches(self, step: int, n: int, k: int) -> jax.Array:
+        """The batches of steps `step` … `step + n - 1` stacked, uint8 [k, B, S, S, 3] sharded
+        over `data` on axis 1; the k - n unused slots repeat the last batch (nothing is read
+        beyond step + n - 1)."""
+        local = [self._local(step + i) for i in range(n)]
+        local += [local[-1]] * (k - n)
+        sharding = NamedSharding(self.batch_sharding.mesh, P(None, "data"))
+        return jax.make_array_from_process_local_data(
+            sharding, np.stack(local), (k, *self.global_shape)
+        )
+
+    def _local(self, step: int) -> np.ndarray:
+        """This process's rows of the batch of `step` [b, S, S, 3], read in order."""
         if self._iterator is None or step != self._next_step:
             self.close()
             self._iterator = iter(self.stream(step))
         local = next(self._iterator)
         self._next_step = step + 1
-        return jax.make_array_from_process_local_data(self.batch_sharding, local, self.global_shape)
+        return local
 
     def close(self) -> None:
         """Stops the reading threads."""

@@ -32,37 +32,43 @@ def reconstruction(
     x_hat: jax.Array,
     loss_cfg: ml_collections.ConfigDict,
     metric_images: int = 0,
+    kernels: str = "cpu",
+    dtype: jnp.dtype | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Per-image reconstruction term [B] (see module docstring) and per-image SSIM [B].
 
     Without an SSIM term in the loss, SSIM is only a metric: it gets no backward pass, and with
     `metric_images` > 0 it is measured on the first `metric_images` images only ([k] SSIMs).
+    `kernels` picks the SSIM blur (`ssim`), `dtype` the LPIPS network's activations; the
+    reductions are float32.
     """
     per_image = lambda v: jnp.sum(v.reshape(v.shape[0], -1), axis=-1)
     if loss_cfg.ssim_weight:
-        s = ssim(x, x_hat)
+        s = ssim(x, x_hat, kernels=kernels)
         total = loss_cfg.ssim_weight * (1.0 - s) * x[0].size
     else:
         k = metric_images or x.shape[0]
-        s = ssim(x[:k], jax.lax.stop_gradient(x_hat[:k]))
+        s = ssim(x[:k], jax.lax.stop_gradient(x_hat[:k]), kernels=kernels)
         total = jnp.zeros(x.shape[:1], x.dtype)
     if loss_cfg.mse_weight:
         total = total + loss_cfg.mse_weight * per_image((x - x_hat) ** 2)
     if loss_cfg.l1_weight:
         total = total + loss_cfg.l1_weight * per_image(jnp.abs(x - x_hat))
     if loss_cfg.lpips_weight:
-        d = lpips_distance(x, x_hat, loss_cfg.lpips_size)
+        d = lpips_distance(x, x_hat, loss_cfg.lpips_size, dtype)
         total = total + loss_cfg.lpips_weight * d * x[0].size
     return total, s
 
 
-def lpips_distance(x: jax.Array, x_hat: jax.Array, size: int = 0) -> jax.Array:
+def lpips_distance(
+    x: jax.Array, x_hat: jax.Array, size: int = 0, dtype: jnp.dtype | None = None
+) -> jax.Array:
     """LPIPS-AlexNet [B] between images [B, H, W, 3] in [0, 1], on bilinear size² resizes
-    (0: as they are); the target's features get no gradient."""
+    (0: as they are); the target's features get no gradient. `dtype`: AlexNet's activations."""
     if size and size != x.shape[1]:
         x, x_hat = perceptual.resize(x, size), perceptual.resize(x_hat, size)
     weights = perceptual.shipped_weights()
-    return perceptual.lpips(weights, jax.lax.stop_gradient(x), x_hat)
+    return perceptual.lpips(weights, jax.lax.stop_gradient(x), x_hat, dtype=dtype)
 
 
 def warmed_up_beta(step: jax.Array, beta: float, warmup_steps: jax.Array) -> jax.Array:
@@ -80,17 +86,20 @@ def vae_loss(
     beta: jax.Array,
     loss_cfg: ml_collections.ConfigDict,
     metric_images: int = 0,
+    kernels: str = "cpu",
+    dtype: jnp.dtype | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """One ELBO-style loss evaluation of `model` on a batch x [B, H, W, 3] in [0, 1].
 
     Returns (mean loss, per-image metrics dict with `loss`, `recon`, `kl`, `ssim` each [B]; `ssim`
-    is [metric_images] when `metric_images` > 0 and SSIM is not in the loss).
+    is [metric_images] when `metric_images` > 0 and SSIM is not in the loss). `kernels` and
+    `dtype`: as for `reconstruction` (the model carries its own).
     """
     mu, logvar = model.encode(x)
     eps = jax.random.normal(key, mu.shape, mu.dtype)
     z = mu + jnp.exp(0.5 * logvar) * eps
     x_hat = model.decode(z)
-    recon, s = reconstruction(x, x_hat, loss_cfg, metric_images)
+    recon, s = reconstruction(x, x_hat, loss_cfg, metric_images, kernels, dtype)
     kl = kl_divergence(mu, logvar)
     loss = recon + beta * kl
     return jnp.mean(loss), {"loss": loss, "recon": recon, "kl": kl, "ssim": s}

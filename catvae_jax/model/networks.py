@@ -16,7 +16,7 @@ import ml_collections
 from flax import nnx
 
 from catvae_jax.config import MODEL_NAMES
-from catvae_jax.model import layers
+from catvae_jax.model import backend, layers
 from catvae_jax.model.layers import ConvTranspose
 
 
@@ -27,50 +27,74 @@ class VaeCatsV1(nnx.Module):
     in PyTorch's channel-major order to h_dim = 1024, then `FC_mean` / `FC_var` heads. Decoder: `fc`
     (z_dim → h_dim), then five VALID transposed convolutions 1→5→13→30→64→128 and a sigmoid.
     Parameter names follow the PyTorch state_dict so checkpoints map one to one.
+
+    `kernels` ("cpu" or "plain", `backend.kernels`) picks im2col encoder convolutions and
+    sub-pixel transposed convolutions, or XLA's own; `dtype` (`backend.compute_dtype`) the
+    activations' dtype. Inputs, latents and outputs are float32 either way.
     """
 
-    def __init__(self, z_dim: int = 32, h_dim: int = 1024, *, rngs: nnx.Rngs):
-        conv = lambda i, o, s: nnx.Conv(i, o, (4, 4), strides=(s, s), padding="VALID", rngs=rngs)
+    def __init__(
+        self,
+        z_dim: int = 32,
+        h_dim: int = 1024,
+        *,
+        rngs: nnx.Rngs,
+        kernels: str = "cpu",
+        dtype: jnp.dtype | None = None,
+    ):
+        conv = lambda i, o, s: nnx.Conv(
+            i, o, (4, 4), strides=(s, s), padding="VALID", dtype=dtype, rngs=rngs
+        )
         self.encode_layers = nnx.List(
             [conv(3, 32, 2), conv(32, 64, 2), conv(64, 128, 2), conv(128, 256, 8)]
         )
-        self.FC_mean = nnx.Linear(h_dim, z_dim, rngs=rngs)
-        self.FC_var = nnx.Linear(h_dim, z_dim, rngs=rngs)
-        self.fc = nnx.Linear(z_dim, h_dim, rngs=rngs)
+        self.FC_mean = nnx.Linear(h_dim, z_dim, dtype=dtype, rngs=rngs)
+        self.FC_var = nnx.Linear(h_dim, z_dim, dtype=dtype, rngs=rngs)
+        self.fc = nnx.Linear(z_dim, h_dim, dtype=dtype, rngs=rngs)
         spec = [(h_dim, 128, 5), (128, 64, 5), (64, 32, 6), (32, 16, 6), (16, 3, 2)]
-        self.decode_layers = nnx.List([ConvTranspose(i, o, k, 2, rngs=rngs) for i, o, k in spec])
-        self.h_dim = h_dim
+        fast = kernels == "cpu"
+        self.decode_layers = nnx.List(
+            [ConvTranspose(i, o, k, 2, rngs=rngs, use_fast=fast) for i, o, k in spec]
+        )
+        self.h_dim, self.kernels, self.dtype = h_dim, kernels, dtype
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x: [B, 128, 128, 3] in [0, 1] → (mu, logvar), each [B, z_dim]."""
-        h = x
+        """x: [B, 128, 128, 3] in [0, 1] → (mu, logvar), each [B, z_dim] float32."""
+        h = backend.cast(x, self.dtype)
         for layer in self.encode_layers:
-            if jax.default_backend() == "cpu":  # same function as layer(h), faster on XLA:CPU
-                h = layers.conv(h, layer.kernel[...], layer.strides) + layer.bias[...]
+            if self.kernels == "cpu":  # same function as layer(h), faster on XLA:CPU
+                h = layers.conv(h, layer.kernel[...], layer.strides) + layer.bias[...].astype(
+                    h.dtype
+                )
             else:
                 h = layer(h)
             h = jax.nn.relu(h)
         h = h.transpose(0, 3, 1, 2).reshape(h.shape[0], -1)  # PyTorch's NCHW flatten order
-        return self.FC_mean(h), self.FC_var(h)
+        return _f32(self.FC_mean(h)), _f32(self.FC_var(h))
 
     def decode(self, z: jax.Array) -> jax.Array:
-        """z: [B, z_dim] → images [B, 128, 128, 3] in [0, 1]."""
-        h = self.fc(z).reshape(z.shape[0], 1, 1, self.h_dim)
+        """z: [B, z_dim] → images [B, 128, 128, 3] in [0, 1], float32."""
+        h = self.fc(backend.cast(z, self.dtype)).reshape(z.shape[0], 1, 1, self.h_dim)
         for i, layer in enumerate(self.decode_layers):
             h = layer(h)
-            h = jax.nn.sigmoid(h) if i == len(self.decode_layers) - 1 else jax.nn.relu(h)
+            h = jax.nn.sigmoid(_f32(h)) if i == len(self.decode_layers) - 1 else jax.nn.relu(h)
         return h
+
+
+def _f32(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.float32)
 
 
 class ResBlock(nnx.Module):
     """GroupNorm → SiLU → 3×3 conv, twice, plus the identity. Shape-preserving (NHWC)."""
 
-    def __init__(self, ch: int, *, rngs: nnx.Rngs):
+    def __init__(self, ch: int, *, rngs: nnx.Rngs, dtype: jnp.dtype | None = None):
         groups = min(8, ch)
-        self.norm1 = nnx.GroupNorm(ch, num_groups=groups, rngs=rngs)
-        self.conv1 = nnx.Conv(ch, ch, (3, 3), rngs=rngs)
-        self.norm2 = nnx.GroupNorm(ch, num_groups=groups, rngs=rngs)
-        self.conv2 = nnx.Conv(ch, ch, (3, 3), rngs=rngs, kernel_init=nnx.initializers.zeros)
+        self.norm1 = nnx.GroupNorm(ch, num_groups=groups, dtype=dtype, rngs=rngs)
+        self.conv1 = nnx.Conv(ch, ch, (3, 3), dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.GroupNorm(ch, num_groups=groups, dtype=dtype, rngs=rngs)
+        zeros = nnx.initializers.zeros
+        self.conv2 = nnx.Conv(ch, ch, (3, 3), dtype=dtype, rngs=rngs, kernel_init=zeros)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.conv1(jax.nn.silu(self.norm1(x)))
@@ -82,6 +106,9 @@ class ResVae(nnx.Module):
     per entry of `widths` (four by default: down to 1/16 of the image size), and as many
     nearest-resize + 3×3 convolutions back up (no transposed convolutions, so no checkerboard
     artefacts). Any image size that is a multiple of 2^len(widths).
+
+    `kernels` "cpu" runs each upsampling convolution on the small grid (sub-pixel phases),
+    "plain" as a convolution of the upsampled image; `dtype` is the activations' dtype.
     """
 
     def __init__(
@@ -92,61 +119,79 @@ class ResVae(nnx.Module):
         blocks_per_stage: int = 1,
         *,
         rngs: nnx.Rngs,
+        kernels: str = "cpu",
+        dtype: jnp.dtype | None = None,
     ):
         widths = tuple(widths)
         self.bottom = image_size // 2 ** len(widths)
-        self.widths = widths
-        blocks = lambda ch: nnx.List([ResBlock(ch, rngs=rngs) for _ in range(blocks_per_stage)])
+        self.widths, self.kernels, self.dtype = widths, kernels, dtype
+        blocks = lambda ch: nnx.List(
+            [ResBlock(ch, rngs=rngs, dtype=dtype) for _ in range(blocks_per_stage)]
+        )
+        norm = lambda ch: nnx.GroupNorm(ch, num_groups=min(8, ch), dtype=dtype, rngs=rngs)
         down, enc_blocks, ch = [], [], 3
         for w in widths:
-            down.append(nnx.Conv(ch, w, (3, 3), strides=(2, 2), rngs=rngs))
+            down.append(nnx.Conv(ch, w, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs))
             enc_blocks.append(blocks(w))
             ch = w
         self.down, self.enc_blocks = nnx.List(down), nnx.List(enc_blocks)
         flat = self.bottom * self.bottom * widths[-1]
-        self.enc_norm = nnx.GroupNorm(widths[-1], num_groups=min(8, widths[-1]), rngs=rngs)
-        self.to_stats = nnx.Linear(flat, 2 * z_dim, rngs=rngs)
-        self.from_z = nnx.Linear(z_dim, flat, rngs=rngs)
+        self.enc_norm = norm(widths[-1])
+        self.to_stats = nnx.Linear(flat, 2 * z_dim, dtype=dtype, rngs=rngs)
+        self.from_z = nnx.Linear(z_dim, flat, dtype=dtype, rngs=rngs)
         up, dec_blocks = [], []
         outs = (*widths[-2::-1], 3)  # channels after each upsampling
         for w_in, w_out in zip(widths[::-1], outs, strict=True):
             dec_blocks.append(blocks(w_in))
-            up.append(nnx.Conv(w_in, w_out, (3, 3), rngs=rngs))
+            up.append(nnx.Conv(w_in, w_out, (3, 3), dtype=dtype, rngs=rngs))
         self.dec_blocks, self.up = nnx.List(dec_blocks), nnx.List(up)
-        self.out_norm = nnx.GroupNorm(widths[0], num_groups=min(8, widths[0]), rngs=rngs)
+        self.out_norm = norm(widths[0])
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x: [B, S, S, 3] in [0, 1] → (mu, logvar), each [B, z_dim]."""
-        h = 2.0 * x - 1.0
+        """x: [B, S, S, 3] in [0, 1] → (mu, logvar), each [B, z_dim] float32."""
+        h = backend.cast(2.0 * x - 1.0, self.dtype)
         for conv, stage in zip(self.down, self.enc_blocks, strict=True):
             h = conv(h)
             for block in stage:
                 h = block(h)
         h = jax.nn.silu(self.enc_norm(h)).reshape(h.shape[0], -1)
-        mu, logvar = jnp.split(self.to_stats(h), 2, axis=-1)
+        mu, logvar = jnp.split(_f32(self.to_stats(h)), 2, axis=-1)
         return mu, logvar
 
     def decode(self, z: jax.Array) -> jax.Array:
-        """z: [B, z_dim] → images [B, S, S, 3] in [0, 1]."""
-        h = self.from_z(z).reshape(z.shape[0], self.bottom, self.bottom, self.widths[-1])
+        """z: [B, z_dim] → images [B, S, S, 3] in [0, 1], float32."""
+        h = self.from_z(backend.cast(z, self.dtype))
+        h = h.reshape(z.shape[0], self.bottom, self.bottom, self.widths[-1])
         last = len(self.up) - 1
         for i, (stage, conv) in enumerate(zip(self.dec_blocks, self.up, strict=True)):
             for block in stage:
                 h = block(h)
             if i == last:
                 h = jax.nn.silu(self.out_norm(h))
-            # = conv(layers.upsample2(h)), computed on the small grid (tests/model/test_layers.py)
-            h = layers.upsample2_conv(h, conv.kernel[...]) + conv.bias[...]
-        return jax.nn.sigmoid(h)
+            if self.kernels == "cpu":  # = conv(upsample2(h)) on the small grid (test_layers.py)
+                h = layers.upsample2_conv(h, conv.kernel[...]) + conv.bias[...].astype(h.dtype)
+            else:
+                h = conv(layers.upsample2(h))
+        return jax.nn.sigmoid(_f32(h))
+
+
+def _options(config: ml_collections.ConfigDict) -> dict:
+    """The model's `kernels` and `dtype` (config.kernels and config.dtype, resolved)."""
+    return {
+        "kernels": backend.kernels(config.get("kernels", "auto")),
+        "dtype": backend.compute_dtype(config.get("dtype", "float32")),
+    }
 
 
 def _vae_cats_v1(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
-    return VaeCatsV1(config.model.z_dim, config.model.h_dim, rngs=rngs)
+    return VaeCatsV1(config.model.z_dim, config.model.h_dim, rngs=rngs, **_options(config))
 
 
 def _resvae(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     m = config.model
-    return ResVae(config.image_size, m.z_dim, m.widths, m.blocks_per_stage, rngs=rngs)
+    return ResVae(
+        config.image_size, m.z_dim, m.widths, m.blocks_per_stage, rngs=rngs, **_options(config)
+    )
 
 
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] = {

@@ -89,14 +89,20 @@ def network_input(x: jax.Array) -> jax.Array:
     return (2.0 * x - 1.0 - _SHIFT) / _SCALE
 
 
-def alexnet_layers(weights: dict, x: jax.Array) -> list[jax.Array]:
-    """The five ReLU maps of AlexNet's convolutions for images x [B, H, W, 3] in [0, 1]."""
+def alexnet_layers(weights: dict, x: jax.Array, dtype: jnp.dtype | None = None) -> list[jax.Array]:
+    """The five ReLU maps of AlexNet's convolutions for images x [B, H, W, 3] in [0, 1],
+    computed in `dtype` (None: float32)."""
     x = network_input(x)
+    if dtype is not None:
+        x = x.astype(dtype)
     outs = []
     for i, (stride, pad) in enumerate(_CONVS):
         if i in (1, 2):  # max pool 3×3 / 2 after relu1 and relu2
             x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
         kernel = weights[f"AlexNet_0/Conv_{i}/kernel"]
+        bias = weights[f"AlexNet_0/Conv_{i}/bias"]
+        if dtype is not None:
+            kernel, bias = jnp.asarray(kernel, dtype), jnp.asarray(bias, dtype)
         x = jax.lax.conv_general_dilated(
             x,
             kernel,
@@ -104,7 +110,7 @@ def alexnet_layers(weights: dict, x: jax.Array) -> list[jax.Array]:
             [(pad, pad)] * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        x = jax.nn.relu(x + weights[f"AlexNet_0/Conv_{i}/bias"])
+        x = jax.nn.relu(x + bias)
         outs.append(x)
     return outs
 
@@ -147,10 +153,12 @@ def shipped_weights() -> dict[str, np.ndarray]:
     return read_weights()
 
 
-def lpips(weights: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+def lpips(weights: dict, x: jax.Array, y: jax.Array, dtype: jnp.dtype | None = None) -> jax.Array:
     """LPIPS-AlexNet distance [B] of image pairs x[i], y[i] ([B, H, W, 3] in [0, 1], H, W ≥ 32
-    so that conv5 has a map): Σ_layers mean_hw Σ_c w_c (f̂x − f̂y)², f̂ unit-normalised over c."""
-    fx, fy = alexnet_layers(weights, x), alexnet_layers(weights, y)
+    so that conv5 has a map): Σ_layers mean_hw Σ_c w_c (f̂x − f̂y)², f̂ unit-normalised over c.
+    AlexNet runs in `dtype` (None: float32); the normalisation and the sums are float32."""
+    f32 = lambda fs: [f.astype(jnp.float32) for f in fs]
+    fx, fy = f32(alexnet_layers(weights, x, dtype)), f32(alexnet_layers(weights, y, dtype))
     parts = [
         jnp.mean(jnp.sum((normalize(a) - normalize(b)) ** 2 * w, axis=-1), axis=(1, 2))
         for a, b, w in zip(fx, fy, heads(weights), strict=True)

@@ -1,4 +1,4 @@
-"""SSIM with the Gaussian window applied as two banded matmuls (fast on XLA:CPU).
+"""SSIM with the Gaussian window applied as two banded matmuls (fast on XLA:CPU), or dm-pix's own.
 
 ``dm_pix.ssim`` blurs with a vmapped 1-D ``jnp.convolve`` along each axis; XLA:CPU runs that
 (and its gradient) slowly. Here the same separable, VALID, 11-tap Gaussian is a pair of banded
@@ -66,6 +66,7 @@ def ssim(
     k2: float = 0.03,
     return_map: bool = False,
     precision: jax.lax.PrecisionLike = jax.lax.Precision.HIGHEST,
+    kernels: str = "cpu",
 ) -> jax.Array:
     """Structural similarity of image pairs, same definition and defaults as ``dm_pix.ssim``.
 
@@ -77,6 +78,8 @@ def ssim(
       k1, k2: SSIM stabilising constants.
       return_map: return the per-pixel map ``(n, h - f + 1, w - f + 1, c)`` instead of the mean.
       precision: matmul precision of the blur (HIGHEST keeps fp32 on GPU/TPU too).
+      kernels: "cpu": the blur as two banded matmuls (fast on XLA:CPU); "plain": dm-pix's own
+        separable convolution (`config.kernels`, resolved by `catvae_jax.model.backend`).
 
     Returns:
       Per-image mean SSIM ``(n,)`` (a scalar for HWC input), or the SSIM map.
@@ -97,7 +100,10 @@ def ssim(
         k1=k1,
         k2=k2,
         return_map=return_map,
-        filter_fn=gaussian_filter_fn(filter_size, filter_sigma, precision),
+        precision=precision,
+        filter_fn=gaussian_filter_fn(filter_size, filter_sigma, precision)
+        if kernels == "cpu"
+        else None,
     )
 
 

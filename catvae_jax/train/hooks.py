@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -69,34 +68,21 @@ class PreemptionNotice:
 
 
 class Profiler:
-    """With config.profile, writes a jax.profiler trace of 5 train steps into WORKDIR/profile."""
+    """With config.profile, writes a jax.profiler trace of the train steps from `start` on (at
+    least `num_steps`, whole calls) into WORKDIR/profile."""
 
     def __init__(self, logdir: epath.Path, start: int, enabled: bool, num_steps: int = 5):
         self.logdir, self.start, self.stop_at = logdir, start, start + num_steps
-        self.enabled, self.active = enabled, False
-
-    def wrap(self, train_step: Callable, first_step: int) -> Callable:
-        """`train_step`, tracing the configured steps when profiling is on (else unchanged)."""
-        if not self.enabled:
-            return train_step
-        step = first_step
-
-        def profiled(state: Any, *inputs: Any) -> tuple[Any, dict]:
-            nonlocal step
-            self.before(step)
-            state, metrics = train_step(state, *inputs)
-            step += 1
-            self.after(step, metrics)
-            return state, metrics
-
-        return profiled
+        self.enabled, self.active, self.done = enabled, False, False
 
     def before(self, step: int) -> None:
-        if self.enabled and step == self.start:
+        """Before the call that runs steps `step` …: starts tracing once `start` is reached."""
+        if self.enabled and not (self.active or self.done) and step >= self.start:
             jax.profiler.start_trace(str(self.logdir))
             self.active = True
 
     def after(self, step: int, metrics: dict) -> None:
+        """After a call, `step` steps done: stops tracing (once they finish) when enough ran."""
         if self.active and step >= self.stop_at:
             jax.block_until_ready(metrics)
             self.stop()
@@ -104,7 +90,7 @@ class Profiler:
     def stop(self) -> None:
         if self.active:
             jax.profiler.stop_trace()
-            self.active = False
+            self.active, self.done = False, True
             say(f"profile trace written to {self.logdir}")
 
 

@@ -17,7 +17,7 @@ import optax
 from flax import nnx, struct
 
 from catvae_jax import images
-from catvae_jax.model import losses
+from catvae_jax.model import backend, losses
 from catvae_jax.train.state import TrainState, ema_decay, make_optimizer
 
 
@@ -78,12 +78,22 @@ def loss_and_grads(
     The `ssim` metric covers `config.train_ssim_images` images when SSIM is not in the loss.
     """
     metric_images = config.train_ssim_images
+    options = loss_options(config)
 
     def loss_fn(p):
         model = nnx.merge(graphdef, p)
-        return losses.vae_loss(model, images.to_unit(batch), key, beta, config.loss, metric_images)
+        x = images.to_unit(batch)
+        return losses.vae_loss(model, x, key, beta, config.loss, metric_images, **options)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def loss_options(config: ml_collections.ConfigDict) -> dict:
+    """The loss's `kernels` and `dtype` (config.kernels, config.dtype), resolved."""
+    return {
+        "kernels": backend.kernels(config.get("kernels", "auto")),
+        "dtype": backend.compute_dtype(config.get("dtype", "float32")),
+    }
 
 
 def make_train_step(
@@ -139,12 +149,37 @@ def make_eval_step(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict) ->
     The validation loss uses the full β (no warm-up), so it measures the same objective all run.
     """
 
+    options = loss_options(config)
+
     def eval_step(params, batch: jax.Array, mask: jax.Array, key: jax.Array) -> dict:
         model = nnx.merge(graphdef, params)
         beta = jnp.asarray(config.loss.beta, jnp.float32)
-        _, per_image = losses.vae_loss(model, images.to_unit(batch), key, beta, config.loss)
+        x = images.to_unit(batch)
+        _, per_image = losses.vae_loss(model, x, key, beta, config.loss, **options)
         sums = {k: jnp.sum(v * mask) for k, v in per_image.items()}
         sums["count"] = jnp.sum(mask)
         return sums
 
     return eval_step
+
+
+def make_multi_step(train_step: Callable, k: int) -> Callable:
+    """Returns multi_step(state, batches [k, B, ...], n, schedule) -> (state, metrics): the first
+    n (1 ≤ n ≤ k, an int32 argument) of k train steps in one compiled loop, each exactly
+    `train_step`; metrics are stacked [k] (entries from n on are zeros). One program serves
+    every n, so a call cut short by a log, validation or checkpoint step compiles nothing."""
+    step = jax.jit(train_step)  # traced once: eval_shape below and the loop body share it
+
+    def multi_step(state: TrainState, batches: jax.Array, n: jax.Array, schedule: Schedule):
+        shapes = jax.eval_shape(step, state, batches[0], schedule)[1]
+        stacked = jax.tree.map(lambda s: jnp.zeros((k, *s.shape), s.dtype), shapes)
+
+        def body(i, carry):
+            state, stacked = carry
+            state, metrics = step(state, batches[i], schedule)
+            stacked = jax.tree.map(lambda a, v: a.at[i].set(v), stacked, metrics)
+            return state, stacked
+
+        return jax.lax.fori_loop(0, n, body, (state, stacked))
+
+    return multi_step
