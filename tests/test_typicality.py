@@ -113,7 +113,7 @@ def test_the_service_says_when_an_upload_is_far(trained_workdir, tmp_path):
     from fastapi.testclient import TestClient
 
     from catvae_jax import sharing
-    from catvae_jax.serve import create_app
+    from catvae_jax.serve.app import create_app
 
     path = tmp_path / "m.catvae"
     sharing.export(trained_workdir[0], path)

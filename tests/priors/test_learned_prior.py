@@ -98,9 +98,9 @@ def test_auto_picks_flow_then_gmm_then_prior(workdir_copy, capsys):
 
 
 def test_the_end_of_training_fit_can_be_switched_off(trained_workdir, tmp_path):
-    """config.flow_prior = False: the end of training fits no flow (the checkpoints are not
-    even waited for: ckpts=None) and samples.png comes from the gmm, fitted for it and cached
-    in the workdir."""
+    """config.flow_prior = False: the end of training fits no flow (ckpts=None: the range is
+    measured for the final parameters alone) and samples.png comes from the gmm, fitted for it
+    and cached in the workdir."""
     model = catvae_jax.load(trained_workdir[0])
     config = model.config.copy_and_resolve_references()
     config.flow_prior = False
@@ -110,4 +110,5 @@ def test_the_end_of_training_fit_can_be_switched_off(trained_workdir, tmp_path):
     grid = after_training.finish(run)
     assert grid.dtype == np.uint8 and grid.ndim == 3
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [f"gmm_{step}.npz", "reconstructions.png", "samples.png"]
+    # and the bits/dim range of the final parameters (no checkpoints: of those alone)
+    assert names == [f"bpd_{step}.json", f"gmm_{step}.npz", "reconstructions.png", "samples.png"]
