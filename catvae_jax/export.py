@@ -6,7 +6,8 @@ a zip archive when --out ends in .catvae, else a new folder in the Hugging Face 
 model card with 64 samples in samples.png, and checksums.sha256). Every command that takes
 --workdir takes the file too, and so does `catvae_jax.load`. --dtype float16 halves the file.
 With --ship it also writes OUT's name with .json instead of .catvae: what a model shipped as
-`pretrained:<name>` carries beside it (sha256, size, the training command, metrics, an FD check).
+`pretrained:<name>` carries beside it (sha256, size, the training commands, metrics, an FD
+check of the file as loaded).
 
 To share a model folder on the Hugging Face hub (needs a network and an account):
 `huggingface-cli upload USER/NAME FOLDER .`; a clone of that repository is again a model folder.
@@ -32,7 +33,6 @@ def define_flags() -> None:
     flags.DEFINE_string("out", None, "Model file to write: NAME.catvae (a zip) or a new folder.")
     flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Storage type of the parameters.")
     flags.DEFINE_bool("ship", False, "Also write NAME.json for catvae_jax/pretrained/.")
-    flags.DEFINE_string("command", "", "With --ship: the command that trained the model.")
     flags.DEFINE_integer("fd_check_n", sharing.FD_CHECK_N, "With --ship: samples of the FD check.")
     flags.mark_flag_as_required("workdir")
     flags.mark_flag_as_required("out")
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
     )
     if FLAGS.ship:
         with cli.user_errors():
-            described = sharing.ship(done.path, FLAGS.command, FLAGS.fd_check_n)
+            described = sharing.ship(done.path, done.commands, FLAGS.fd_check_n)
             path = epath.Path(FLAGS.out[: -len(SUFFIX)] + ".json")
             atomic.write_json(path, described)
         check = described["fd_check"]

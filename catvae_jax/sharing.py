@@ -58,6 +58,7 @@ class Exported:
     dtype: str
     members: tuple[str, ...]
     sampler: str
+    commands: tuple[str, ...]  # that trained the run (WORKDIR/command.txt), oldest first
 
 
 def export(
@@ -95,19 +96,14 @@ def export(
     sampler = shared.resolve_sampler("auto")
     samples = shared.generate(NUM_SAMPLES, seed=int(shared.config.seed), sampler=sampler)
     files["samples.png"] = images.png_bytes(images.grid(samples, ncols=8))
-    files["README.md"] = model_card(
-        shared,
-        epath.Path(out).name,
-        dtype,
-        stored,
-        metrics,
-        workdir_lib.read_commands(workdir),
-        sampler,
-    ).encode()
+    commands = tuple(workdir_lib.read_commands(workdir))
+    card = model_card(shared, epath.Path(out).name, dtype, stored, metrics, commands, sampler)
+    files["README.md"] = card.encode()
     path = model_file.write(out, files)
     size = sum(f.stat().length for f in path.iterdir()) if path.is_dir() else path.stat().length
     members = (*sorted(files), model_file.MANIFEST)
-    return Exported(path, int(shared.step), size, _count(stored), dtype, members, sampler)
+    count = _count(stored)
+    return Exported(path, int(shared.step), size, count, dtype, members, sampler, commands)
 
 
 def _as_stored(model: inference.VaeModel, stored: dict[str, np.ndarray]) -> inference.VaeModel:
@@ -181,7 +177,7 @@ def model_card(
     dtype: str,
     stored: dict[str, np.ndarray],
     metrics: dict | None,
-    commands: list[str],
+    commands: tuple[str, ...],
     sampler: str,
 ) -> str:
     """The README.md of a model file: front matter for model hubs, then what the model is, how
@@ -202,7 +198,7 @@ def model_card(
         "",
         f"# {name}",
         "",
-        f"A [catvae_jax](https://pypi.org/project/catvae-jax/) variational autoencoder ({arch}) "
+        f"A catvae_jax variational autoencoder ({arch}) "
         f"that draws {c.image_size}×{c.image_size} cat images, trained on **{data_name}** "
         f"({dataset.get('config', '')}, version {dataset.get('version', '?')}); checkpoint "
         f"step {model.step}, {_count(stored):,} parameters stored as {dtype} "
@@ -213,7 +209,7 @@ def model_card(
         "## Use",
         "",
         "```sh",
-        "pip install catvae_jax",
+        "pip install catvae_jax    # or, in a checkout of its repository: pip install .",
         f"python -m catvae_jax.generate --workdir {name} --n 64 --out cats.png",
         f"python -m catvae_jax.reconstruct --workdir {name} --images my_cat.jpg --resize",
         f"python -m catvae_jax.serve --workdir {name}",
@@ -288,9 +284,11 @@ def _range_lines(model: inference.VaeModel) -> list[str]:
     ]
 
 
-def ship(path: str | os.PathLike, command: str, n: int = FD_CHECK_N, seed: int = 0) -> dict:
+def ship(
+    path: str | os.PathLike, commands: tuple[str, ...], n: int = FD_CHECK_N, seed: int = 0
+) -> dict:
     """The description of model file `path` that `pretrained:<name>` verifies and the tests
-    check: its sha256 and size, the command that trained it, its metrics and the FD of `n`
+    check: its sha256 and size, the commands that trained it, its metrics and the FD of `n`
     samples of the file as loaded (`sample_quality.sample_fd`, seed `seed`)."""
     path = epath.Path(path)
     contents = model_file.read(path)
@@ -301,7 +299,7 @@ def ship(path: str | os.PathLike, command: str, n: int = FD_CHECK_N, seed: int =
         "bytes": path.stat().length,
         "step": contents.step,
         "dtype": contents.info.get("dtype"),
-        "command": command,
+        "commands": list(commands),
         "evaluate": contents.json(model_file.METRICS),
         "fd_check": {
             "n": n,
