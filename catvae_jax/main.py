@@ -46,10 +46,9 @@ def main(argv: list[str]) -> None:
         flush=True,
     )
     with cli.user_errors():
-        config_lib.validate(_CONFIG.value)
-        if jax.process_index() == 0:  # for the model card of an export
-            workdir_lib.record_command(_WORKDIR.value, sys.argv)
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        if jax.process_index() == 0:  # a finished run's command, for the model card of an export
+            workdir_lib.record_command(_WORKDIR.value, sys.argv)
     print(f"process {jax.process_index()}: params sha256 {result['params_sha256']}", flush=True)
     if jax.process_index() == 0:
         print(

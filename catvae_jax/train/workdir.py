@@ -41,14 +41,14 @@ def create(workdir: str | epath.Path) -> epath.Path:
     return workdir
 
 
-COMMANDS = "command.txt"  # one line per training command run on the workdir, oldest first
+COMMANDS = "command.txt"  # one line per finished training command in the workdir, oldest first
 
 
 def record_command(workdir: str | epath.Path, argv: list[str]) -> None:
     """Appends `python -m catvae_jax.main ARGS` (ARGS = argv[1:], shell-quoted) to
-    WORKDIR/command.txt, creating the workdir: what the model card of an export shows."""
-    workdir = create(workdir)
-    path = workdir / COMMANDS
+    WORKDIR/command.txt: the commands whose runs finished there, which an export's model card
+    shows."""
+    path = epath.Path(workdir) / COMMANDS
     line = shlex.join(["python", "-m", "catvae_jax.main", *argv[1:]])
     try:
         before = path.read_text() if path.exists() else ""
