@@ -60,7 +60,10 @@ def test_fit_prior_cli_is_deterministic_and_atomic(workdir_copy):
     path.unlink()
     proc = run_cli("catvae_jax.fit_prior", "--workdir", str(workdir_copy), "--step", str(step))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    started, done = proc.stdout.splitlines()[-2:]  # a line when the fit starts, one when it ends
+    # a line when the fit starts, one when it ends; then the same for the bits/dim range
+    started, done, measuring, measured = proc.stdout.splitlines()[-4:]
+    assert measuring.startswith(f"checkpoint {step}: measuring the bits/dim")
+    assert measured.endswith(f"wrote {workdir_copy / f'bpd_{step}.json'}")
     assert started.startswith(f"checkpoint {step}: fitting the learned prior")
     assert done.startswith(f"checkpoint {step}: learned prior fitted to 96 latents in ")
     assert done.endswith(f"wrote {path}")
