@@ -10,7 +10,7 @@ WORKDIR ?= runs/quickstart
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -c constraints.txt
 
 .PHONY: install install-dev run test lint docs clean browser postgres docker docker-test \
-	accelerator-check
+	accelerator-check pretrained
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ run: install
 	@echo "  $(PY) -m catvae_jax.generate --workdir $(WORKDIR) --n 64 --seed 1 --out cats.png"
 	@echo "  $(PY) -m catvae_jax.serve --workdir $(WORKDIR)    # then open http://127.0.0.1:8000"
 	@echo "More: README.md, and docs/ (make docs builds the site)."
+
+# The model shipped in the package as pretrained:quickstart (catvae_jax/pretrained/README.md):
+# trained, evaluated and exported (float16, with quickstart.json beside it) by these commands.
+PRETRAINED_RUN ?= runs/pretrained_quickstart
+pretrained: install
+	$(PY) -m catvae_jax.main --config configs/quickstart.py --workdir $(PRETRAINED_RUN)
+	$(PY) -m catvae_jax.evaluate --workdir $(PRETRAINED_RUN) --nolikelihood --num_samples 1000 --novgg
+	$(PY) -m catvae_jax.export --workdir $(PRETRAINED_RUN) --dtype float16 --ship \
+	  --out catvae_jax/pretrained/quickstart.catvae
 
 lint: install-dev
 	$(PY) -m ruff check catvae_jax configs tests benchmarks tools experiments

@@ -2,7 +2,8 @@
 
 Library entry points: `catvae_jax.train.loop.train_and_evaluate(config, workdir)` trains;
 `catvae_jax.load(workdir, step="best")` returns a model with encode, decode, generate,
-reconstruct and interpolate; `catvae_jax.evaluation.likelihood.evaluate(model)` computes eval.json
+reconstruct and interpolate (`workdir` may be a model file, `cats.catvae`, or a shipped model,
+`"pretrained:quickstart"`); `catvae_jax.evaluation.likelihood.evaluate(model)` computes eval.json
 (`catvae_jax.metrics` is its old name).
 """
 

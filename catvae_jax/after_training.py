@@ -1,13 +1,14 @@
 """A whole training run: `train_and_evaluate` = the loop, then `finish`, the end-of-training job
-(the learned prior of `best` and `latest`, then samples.png and reconstructions.png; what is
-already there for the final step, as after a re-run of a finished run, is kept).
-`fit_checkpoints` fits the learned prior of existing checkpoints (the fit_prior command).
+(the learned prior and the bits/dim range of `best` and `latest`, then samples.png and
+reconstructions.png; what is already there for the final step, as after a re-run of a finished
+run, is kept). `fit_checkpoints` fits both for existing checkpoints (the fit_prior command).
 
 For each checkpoint a reader picks by default (`best`, and `latest` when it differs) the flow
 of catvae_jax/priors/flow.py is fitted to the posterior means of up to 10 000 training images and
 written, atomically, to WORKDIR/flow_<step>.npz, where `inference.load` finds it. Two
 processes fitting the same checkpoint at once both succeed (the fit is deterministic; the last
-rename wins).
+rename wins). The bits/dim range of the validation images (catvae_jax/bpd_range.py, what
+reconstruct and the service judge an input against) goes to WORKDIR/bpd_<step>.json.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from catvae_jax import images, inference
+from catvae_jax import bpd_range, images, inference, model_file
 from catvae_jax.errors import UserError
+from catvae_jax.evaluation import typicality
 from catvae_jax.priors import flow, gmm, stored
 from catvae_jax.train import loop, timing
 from catvae_jax.train.hooks import say
@@ -35,17 +37,19 @@ def fit_checkpoints(
     workdir: str | epath.Path,
     steps: Sequence[str | int] = DEFAULT_STEPS,
     max_images: int = gmm.DEFAULT_MAX_IMAGES,
-) -> list[tuple[int, flow.Flow, float]]:
-    """Fits and stores the flow of each checkpoint in `steps` ("best", "latest" or numbers;
-    a step named twice is fitted once), saying when each fit starts and ends. Returns (step,
-    flow, seconds) per fitted checkpoint."""
-    done: list[tuple[int, flow.Flow, float]] = []
+) -> list[tuple[int, flow.Flow, float, bpd_range.BpdRange]]:
+    """Fits and stores the flow and the bits/dim range of each checkpoint in `steps` ("best",
+    "latest" or numbers; a step named twice is fitted once), saying when each fit starts and
+    ends. Returns (step, flow, seconds of the flow fit, range) per fitted checkpoint."""
+    if model_file.is_model_file(workdir):
+        raise UserError(f"{workdir} is a model file: fit_prior writes into a training workdir")
+    done: list[tuple[int, flow.Flow, float, bpd_range.BpdRange]] = []
     for name in steps:
         model = inference.load(workdir, name)
-        if model.step in [step for step, _, _ in done]:
+        if model.step in [step for step, *_ in done]:
             continue
         fitted, seconds = fit_prior(model, max_images)
-        done.append((int(model.step), fitted, seconds))
+        done.append((int(model.step), fitted, seconds, fit_range(model, workdir)))
     return done
 
 
@@ -70,6 +74,21 @@ def fit_prior(
     return fitted, seconds
 
 
+def fit_range(model: inference.VaeModel, workdir: str | epath.Path) -> bpd_range.BpdRange:
+    """Measures `model`'s bits/dim range (`typicality.fit_and_save`: its validation images) and
+    writes it to WORKDIR/bpd_<step>.json, with a line when it starts and one when it ends."""
+    say(f"checkpoint {model.step}: measuring the bits/dim of its validation images ...")
+    start = time.perf_counter()
+    fitted = typicality.fit_and_save(model, workdir)
+    q = fitted.quantiles
+    say(
+        f"checkpoint {model.step}: bits/dim of {fitted.num_images} {fitted.split} images "
+        f"{q[0]:.3f}-{q[-1]:.3f} (median {q[50]:.3f}) in {time.perf_counter() - start:.1f} s, "
+        f"wrote {bpd_range.path(workdir, model.step)}"
+    )
+    return fitted
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -83,12 +102,13 @@ def train_and_evaluate(
 def finish(run: loop.Finished) -> np.ndarray | None:
     """The end of a run (process 0): deletes the sampler files of checkpoints rotated away, fits
     the learned prior of `best` and `latest` unless `config.flow_prior` is off (the final
-    model's one attached, so samples.png uses it), then samples.png (8×8, the default sampler,
-    fixed seed) and reconstructions.png (inputs above outputs), each tagged with the step and
-    the parameters' digest. A prior or pictures already there for these parameters (a re-run of
-    a finished run) are kept, and said so. Returns the samples grid (uint8 HWC) for the run's
-    log, or None when the pictures were kept. Timed as `prior_fit` (the flow, or the gmm the
-    default sampler falls back to) and `pictures` in the run's breakdown."""
+    model's one attached, so samples.png uses it) and measures their bits/dim ranges
+    (`_fit_ranges`), then samples.png (8×8, the default sampler, fixed seed) and
+    reconstructions.png (inputs above outputs), each tagged with the step and the parameters'
+    digest. A prior, range or pictures already there for these parameters (a re-run of a
+    finished run) are kept, and said so. Returns the samples grid (uint8 HWC) for the run's log,
+    or None when the pictures were kept. Timed as `prior_fit` (the flow, or the gmm the default
+    sampler falls back to) and `pictures` in the run's breakdown."""
     vae = inference.VaeModel(
         run.graphdef, run.params, run.config, step=run.step, workdir=run.workdir
     )
@@ -99,6 +119,7 @@ def finish(run: loop.Finished) -> np.ndarray | None:
     if run.config.flow_prior:
         with timing.part(run.timing, "prior_fit"):
             _fit_priors(run, vae)
+    _fit_ranges(run, vae)
     tag = {STEP_KEY: str(run.step), PARAMS_KEY: vae.params_sha256}
     if all(_tagged(run.workdir / name, tag) for name in PICTURES):
         say(f"{' and '.join(PICTURES)} of step {run.step} are already in {run.workdir}: kept")
@@ -142,3 +163,26 @@ def _fit_priors(run: loop.Finished, vae: inference.VaeModel) -> None:
             say(f"checkpoint {step}: learned prior already in {where}: kept")
         else:
             fit_prior(model)
+
+
+def _fit_ranges(run: loop.Finished, vae: inference.VaeModel) -> None:
+    """Measures the bits/dim range of `best` and `latest` once their checkpoints are written
+    (of `vae` alone when there are none: `run.ckpts` None), unless a usable one is stored for
+    that step; the one of `vae`'s step is attached to `vae`."""
+    steps = [vae.step]
+    if run.ckpts is not None:
+        run.ckpts.wait()
+        found = (run.ckpts.resolve("best"), run.ckpts.resolve("latest"))
+        steps = sorted({s for s in found if s is not None})
+    vae.bpd_range = inference.read_bpd_range(vae)
+    for step in steps:
+        try:  # load() reads the stored range of that step, if usable
+            model = vae if step == vae.step else inference.load(run.workdir, step)
+        except UserError as e:  # e.g. a best checkpoint the manager has not kept
+            say(f"warning: no bits/dim range for checkpoint {step}: {e}")
+            continue
+        if model.bpd_range is not None:
+            where = bpd_range.path(run.workdir, step)
+            say(f"checkpoint {step}: bits/dim range already in {where}: kept")
+        else:
+            fit_range(model, run.workdir)

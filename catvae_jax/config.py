@@ -116,6 +116,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Fit the learned prior (catvae_jax/priors/flow.py) of `best` and `latest` when training ends;
     # samples.png and the `auto` sampler use it. False: they use the gmm (or N(0, I)).
     c.flow_prior = True
+    # Fine-tuning: start from another model's parameters (not its optimizer state or step):
+    # "WORKDIR" or "WORKDIR:STEP" (best, latest or a number; default best), a model file
+    # (NAME.catvae) or "pretrained:NAME". Empty: random initialisation. A resumed run ignores it.
+    c.init_from = ""
 
     c.wandb = ml_collections.ConfigDict()
     # offline (WORKDIR/wandb: `wandb sync` it later) | online (needs `wandb login`) | disabled;

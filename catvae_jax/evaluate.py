@@ -25,6 +25,7 @@ from catvae_jax import atomic, cli, data
 from catvae_jax.errors import failed_write
 from catvae_jax.evaluation import likelihood, sample_quality
 from catvae_jax.inference import load
+from catvae_jax.model_file import output_path
 from catvae_jax.priors.gmm import SAMPLERS
 
 FLAGS = flags.FLAGS
@@ -32,7 +33,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the flags of this command (called by `run`, so importing the module defines none)."""
-    flags.DEFINE_string("workdir", None, "Training run directory with checkpoints.")
+    flags.DEFINE_string(
+        "workdir", None, "Training run directory, model file (.catvae) or pretrained:NAME."
+    )
     flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
     flags.DEFINE_string("split", "test", "Split to evaluate: train, validation or test.")
     flags.DEFINE_integer("iw_samples", 100, "Posterior samples per image for the IW bound.")
@@ -92,7 +95,7 @@ def main(argv: list[str]) -> None:
                     vgg=FLAGS.vgg,
                 )
         seconds = time.perf_counter() - start
-        path = epath.Path(FLAGS.out or epath.Path(FLAGS.workdir) / "eval.json")
+        path = epath.Path(FLAGS.out or output_path(FLAGS.workdir, "eval.json"))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_json(path, result)

@@ -3,8 +3,9 @@
 Without --step it fits `best` and `latest` (once when they are the same checkpoint), as
 training does at its end; with --step S only that one. Each fit is written to
 W/flow_<step>.npz, beside the checkpoint, where generate, serve, evaluate and
-`catvae_jax.load` find it (their `auto` sampler then uses it). Works for imported workdirs
-too, as long as their training split can be read.
+`catvae_jax.load` find it (their `auto` sampler then uses it), and the bits/dim range of the
+validation images to W/bpd_<step>.json (what reconstruct and the service judge inputs by).
+Works for imported workdirs too, as long as their training split can be read.
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ import sys
 import time
 
 from absl import flags
-from etils import epath
 
 from catvae_jax import cli, pictures
 from catvae_jax.cli import plural
 from catvae_jax.inference import check_generate_args, load, read_config
+from catvae_jax.model_file import output_path
 from catvae_jax.priors.gmm import SAMPLERS
 
 FLAGS = flags.FLAGS
@@ -25,7 +25,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the flags of this command (called by `run`, so importing the module defines none)."""
-    flags.DEFINE_string("workdir", None, "Training run directory with checkpoints.")
+    flags.DEFINE_string(
+        "workdir", None, "Training run directory, model file (.catvae) or pretrained:NAME."
+    )
     flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
     flags.DEFINE_integer("n", 64, "Number of images (1–4096).")
     flags.DEFINE_integer("seed", 0, "Random seed of the latents.")
@@ -37,8 +39,8 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "out",
         "",
-        "Grid picture to write, .png/.jpg/.webp (default W/generated.png); with --individual, "
-        "a folder of PNGs.",
+        "Grid picture to write, .png/.jpg/.webp (default W/generated.png, ./generated.png for a "
+        "model file); with --individual, a folder of PNGs.",
     )
     flags.DEFINE_bool("individual", False, "One PNG per image instead of a grid.")
     flags.mark_flag_as_required("workdir")
@@ -48,7 +50,7 @@ def main(argv: list[str]) -> None:
     with cli.user_errors():
         check_generate_args(FLAGS.n, FLAGS.temperature, FLAGS.sampler)  # before the slow load
         default = "generated" if FLAGS.individual else "generated.png"
-        out = FLAGS.out or str(epath.Path(FLAGS.workdir) / default)
+        out = FLAGS.out or str(output_path(FLAGS.workdir, default))
         pictures.check_out(out, folder=FLAGS.individual)
         if not FLAGS.individual:  # a grid too large for its format: refused before the work
             pictures.check_grid(out, FLAGS.n, read_config(FLAGS.workdir).image_size)

@@ -1,4 +1,5 @@
-"""A trained model as a plain object: `load(workdir, step)` → VaeModel.
+"""A trained model as a plain object: `load(workdir, step)` → VaeModel. `workdir` may also be
+a model file (`NAME.catvae`, a model folder, or `pretrained:<name>`: catvae_jax/model_file.py).
 
 VaeModel methods take and return numpy NHWC float32 images in [0, 1] and [n, z_dim] latents;
 each is jitted once per input shape. The latent samplers (catvae_jax/priors/gmm.py,
@@ -20,13 +21,12 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from catvae_jax import bpd_range, data, model_file
 from catvae_jax import config as config_lib
-from catvae_jax import data
 from catvae_jax.errors import UserError, failed_write
-from catvae_jax.model import networks
 from catvae_jax.priors import flow, gmm, stored
 from catvae_jax.train import state as state_lib
-from catvae_jax.train.checkpoint import Checkpoints, LayoutMismatch
+from catvae_jax.train.checkpoint import read_checkpoint
 from catvae_jax.train.hooks import say
 
 
@@ -45,6 +45,7 @@ class VaeModel:
         self.graphdef, self.workdir = graphdef, workdir  # workdir: where fits are cached
         self.gmm: gmm.GaussianMixture | None = None
         self.flow: flow.Flow | None = None  # the learned prior of this checkpoint, if fitted
+        self.bpd_range: bpd_range.BpdRange | None = None  # what inputs it knows, if computed
         self._auto: str | None = None  # what sampler="auto" resolved to
         self._train_means: tuple[int, np.ndarray] | None = None  # (max_images, latents)
         self.image_shape = (config.image_size, config.image_size, 3)
@@ -194,6 +195,9 @@ class VaeModel:
         if path is not None:
             args = (n_components, max_images, self.z_dim, self.params_sha256)
             mixture = gmm.read_cached(path, *args)
+        if mixture is None and self.gmm is not None:  # e.g. the one a model file holds
+            same_k = self.gmm.n_components == min(n_components, self.gmm.num_images)
+            mixture = self.gmm if same_k and self.gmm.max_images == max_images else None
         if mixture is None:
             say(
                 f"checkpoint {self.step}: fitting a {n_components}-component Gaussian mixture "
@@ -263,7 +267,9 @@ def check_generate_args(n: int, temperature: float, sampler: str = "auto") -> No
 
 
 def read_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
-    """The resolved config a run wrote to WORKDIR/config.json."""
+    """The resolved config a run wrote to WORKDIR/config.json (or the one in a model file)."""
+    if model_file.is_model_file(workdir):
+        return _upgrade(model_file.read(workdir))
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise UserError(f"{workdir} is not a catvae_jax workdir (no config.json)")
@@ -280,35 +286,29 @@ def load(workdir: str | epath.Path, step: str | int = "best", ema: bool = True) 
     For "best" and "latest" an unreadable checkpoint is skipped with a one-line warning (the
     next best by validation loss, or the next newest, is used); an unreadable numbered step is
     a UserError. Nothing in the workdir is moved or written.
+
+    A model file (see catvae_jax/model_file.py) holds one checkpoint's evaluation parameters:
+    `step` may be "best", "latest" or its number, `ema` must be True.
     """
+    if model_file.is_model_file(workdir):
+        return load_model_file(workdir, step, ema)
     if not epath.Path(workdir).is_dir():
         raise UserError(f"workdir {workdir} does not exist")
     config = read_config(workdir)
-    graphdef, abstract = state_lib.abstract_state(config, lambda: networks.init_eager(config))
-    if not ema:
-        abstract = abstract.replace(ema=None)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract
-    )
-    ckpts = Checkpoints(workdir, read_only=True)
-    try:
-        restored = ckpts.restore_for_reading(step, abstract)
-        raw_but_has_ema = restored is not None and not ema and ckpts.has_ema(restored[0])
-    except LayoutMismatch as e:
-        raise UserError(
-            f"a checkpoint in {workdir} does not match its config: {str(e).splitlines()[0][:200]}"
-        ) from e
-    finally:
-        ckpts.close()
-    if restored is None:
-        raise UserError(f"no checkpoint in {workdir}")
-    number, state, _, _ = restored
+    graphdef, abstract = state_lib.reading_target(config, ema)
+    number, state, has_ema = read_checkpoint(workdir, step, abstract)
     # The workdir's cached samplers belong to the default (EMA) parameters: raw ones use none.
-    cache = None if raw_but_has_ema else workdir
+    cache = None if has_ema and not ema else workdir
     model = VaeModel(graphdef, state_lib.eval_params(state), config, step=number, workdir=cache)
     model.flow = read_flow(model) if cache is not None else None
+    model.bpd_range = read_bpd_range(model) if cache is not None else None
     return model
+
+
+def read_bpd_range(model: VaeModel) -> bpd_range.BpdRange | None:
+    """The bits/dim range stored for `model`'s checkpoint, or None: none stored, or unusable
+    (unreadable, or measured with other parameters: a one-line warning)."""
+    return bpd_range.read(bpd_range.path(model.workdir, model.step), model.params_sha256)
 
 
 def read_flow(model: VaeModel) -> flow.Flow | None:
@@ -321,3 +321,38 @@ def read_flow(model: VaeModel) -> flow.Flow | None:
 
     refit = f"refit it with python -m catvae_jax.fit_prior --workdir {model.workdir}"
     return stored.read_or_none(path, "the learned prior", read, refit)
+
+
+def load_model_file(
+    source: str | epath.Path, step: str | int = "best", ema: bool = True
+) -> VaeModel:
+    """The model in a model file (checksums verified), on device 0; see `load`."""
+    contents = model_file.read(source)
+    if str(step) not in ("best", "latest", str(contents.step)):
+        raise UserError(f"{source} holds checkpoint {contents.step} only, not '{step}'")
+    if not ema:
+        raise UserError(
+            f"{source} holds only the evaluation parameters (EMA when trained with one)"
+        )
+    config = _upgrade(contents)
+    graphdef, abstract = state_lib.reading_target(config)
+    params = model_file.fill_params(abstract.params, contents.params(), str(source))
+    params = jax.device_put(params, jax.local_devices()[0])
+    model = VaeModel(graphdef, params, config, step=contents.step, workdir=None)
+    model.flow, model.gmm = contents.flow(), contents.mixture()
+    model.bpd_range = contents.bpd_range()
+    return model
+
+
+def _upgrade(contents: model_file.ModelFile) -> ml_collections.ConfigDict:
+    """The config of a model file, upgraded and validated as `config.read_json` reads a
+    workdir's."""
+    try:
+        config = config_lib.upgrade(contents.config)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise UserError(f"{contents.source}: config.json is not a catvae_jax config: {e}") from e
+    try:  # the right structure with an impossible value, as config.read_json refuses it
+        config_lib.validate(config)
+    except UserError as e:
+        raise UserError(f"{contents.source}: config.json is not a usable config: {e}") from e
+    return config

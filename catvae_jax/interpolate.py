@@ -11,17 +11,19 @@ from __future__ import annotations
 import sys
 
 from absl import flags
-from etils import epath
 
 from catvae_jax import cli, images, pictures
 from catvae_jax.inference import load, read_config
+from catvae_jax.model_file import output_path
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """Defines the flags of this command (called by `run`, so importing the module defines none)."""
-    flags.DEFINE_string("workdir", None, "Training run directory with checkpoints.")
+    flags.DEFINE_string(
+        "workdir", None, "Training run directory, model file (.catvae) or pretrained:NAME."
+    )
     flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
     flags.DEFINE_string(
         "out", "", "Picture to write, .png/.jpg/.webp (default W/interpolations.png)."
@@ -35,7 +37,7 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     with cli.user_errors():
-        out = pictures.check_out(FLAGS.out or epath.Path(FLAGS.workdir) / "interpolations.png")
+        out = pictures.check_out(FLAGS.out or output_path(FLAGS.workdir, "interpolations.png"))
         pictures.check_interpolation_args(FLAGS.pairs, FLAGS.steps)
         columns = FLAGS.steps + 2  # image A, the path, image B
         size = read_config(FLAGS.workdir).image_size

@@ -16,6 +16,7 @@ from catvae_jax import cli
 from catvae_jax import config as config_lib
 from catvae_jax.after_training import train_and_evaluate
 from catvae_jax.train import malloc, timing
+from catvae_jax.train import workdir as workdir_lib
 
 _CONFIG = cli.define_config_file("default.py", "Config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and outputs.")
@@ -49,6 +50,8 @@ def main(argv: list[str]) -> None:
     )
     with cli.user_errors():
         result = train_and_evaluate(config, _WORKDIR.value)
+        if jax.process_index() == 0:  # a finished run's command, for the model card of an export
+            workdir_lib.record_command(_WORKDIR.value, sys.argv)
     print(f"process {jax.process_index()}: params sha256 {result['params_sha256']}", flush=True)
     if jax.process_index() == 0:
         print(

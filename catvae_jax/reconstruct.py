@@ -10,6 +10,10 @@ size is refused (one-line error, exit code 2) unless --resize is given; then it 
 to a square and resized to S×S with a warning on stderr. Files that cannot be read as images, and
 images over the pixel limit of every reader (`data.decode.MAX_PIXELS`: decompression bombs), are
 skipped and listed on stderr.
+
+Each input's bits/dim under the model is placed in the range of the model's validation images
+(stored at the end of training: catvae_jax/bpd_range.py); one outside it gets a warning line on
+stderr: the model does not know images like it, and its reconstruction will not look like it.
 """
 
 from __future__ import annotations
@@ -17,18 +21,21 @@ from __future__ import annotations
 import sys
 
 from absl import flags
-from etils import epath
 
 from catvae_jax import cli, pictures
 from catvae_jax.cli import plural
+from catvae_jax.evaluation import typicality
 from catvae_jax.inference import load, read_config
+from catvae_jax.model_file import output_path
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """Defines the flags of this command (called by `run`, so importing the module defines none)."""
-    flags.DEFINE_string("workdir", None, "Training run directory with checkpoints.")
+    flags.DEFINE_string(
+        "workdir", None, "Training run directory, model file (.catvae) or pretrained:NAME."
+    )
     flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
     flags.DEFINE_list("images", None, "Image files and/or folders of images.")
     flags.DEFINE_string(
@@ -44,7 +51,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     paths = [*FLAGS.images, *argv[1:]]  # a shell glob after --images gives more paths
     with cli.user_errors():
-        out = FLAGS.out or epath.Path(FLAGS.workdir) / "reconstructions_cli.png"
+        out = FLAGS.out or output_path(FLAGS.workdir, "reconstructions_cli.png")
         pictures.check_out(out)
         files = pictures.image_files(paths)
         if len(files) > FLAGS.max_images:
@@ -64,11 +71,30 @@ def main(argv: list[str]) -> None:
         model = load(FLAGS.workdir, FLAGS.step)
         recons = model.reconstruct(x)
         pictures.write_image(out, pictures.comparison_grid(x, recons, FLAGS.ncols))
+        far = _check_inputs(model, x, kept)
     print(
         f"wrote {plural(len(kept), 'reconstruction')} (checkpoint {model.step}) to {out}"
-        + (f"; skipped {plural(len(skipped), 'unreadable file')}" if skipped else ""),
+        + (f"; skipped {plural(len(skipped), 'unreadable file')}" if skipped else "")
+        + (f"; {far} far from what the model knows" if far else ""),
         flush=True,
     )
+
+
+def _check_inputs(model, x, files) -> int:
+    """Warns, one line per image, of inputs whose bits/dim under the model is outside the range
+    of its validation images (catvae_jax/bpd_range.py); returns how many."""
+    verdicts = typicality.check(model, x)
+    if verdicts is None:
+        print(
+            f"note: checkpoint {model.step} has no bits/dim range, so the inputs are not "
+            "checked against what the model knows (python -m catvae_jax.fit_prior adds it)",
+            file=sys.stderr,
+        )
+        return 0
+    far = [(f, v) for f, v in zip(files, verdicts, strict=True) if v.far]
+    for f, verdict in far:
+        print(f"warning: {f}: {verdict.sentence}", file=sys.stderr)
+    return len(far)
 
 
 def run() -> None:

@@ -123,15 +123,16 @@ print("failed:", failed)
 # of a group on a lower floor, never one beside or above it.
 FLOORS = {
     "errors": 0.0, "atomic": 0.1, "images": 0.2, "config_files": 0.3, "config": 0.4,
-    "compile_cache": 0.45, "cli": 0.5,
+    "compile_cache": 0.45, "cli": 0.5, "bpd_range": 0.6,
     "data": 1, "model": 1, "priors": 1,
+    "model_file": 1.5,
     "train": 2,
     "inference": 3,
     "pictures": 4, "evaluation": 4,
-    "after_training": 5,
+    "after_training": 5, "sharing": 5,
     "serve": 6, "sweep": 6,
     "main": 7, "generate": 7, "reconstruct": 7, "interpolate": 7, "evaluate": 7,
-    "fit_prior": 7, "import_torch": 7, "bench": 7,
+    "fit_prior": 7, "import_torch": 7, "bench": 7, "export": 7,
 }  # fmt: skip
 
 

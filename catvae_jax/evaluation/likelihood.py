@@ -180,6 +180,26 @@ def check_args(iw_samples: int, batch_size: int, max_examples: int | None = None
         raise UserError(f"max_examples must be positive, got {max_examples}")
 
 
+def per_image(
+    model: VaeModel,
+    images: np.ndarray,
+    *,
+    sigma: float,
+    iw_samples: int = 100,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
+    """The per-image metrics [N, ...] of uint8 images [N, S, S, 3] that `evaluate_images`
+    averages (mu, kl_dims, neg_elbo, iw_nll, ssim, psnr, ms_ssim), plus `bits_per_dim` [N]."""
+    check_args(iw_samples, batch_size)
+    if len(images) == 0:
+        raise UserError("no images to evaluate")
+    key = jax.random.fold_in(jax.random.key(seed), 0xE7A1)
+    per = _run(model, images, key, sigma, iw_samples, min(batch_size, len(images)))
+    per["bits_per_dim"] = per["iw_nll"] / (int(np.prod(images.shape[1:])) * math.log(2.0))
+    return per
+
+
 def evaluate_images(
     model: VaeModel,
     images: np.ndarray,
@@ -191,16 +211,13 @@ def evaluate_images(
 ) -> dict:
     """Metrics (see the module docstring) of `model` on uint8 images [N, S, S, 3], without the
     `split`, `checkpoint_step` and `likelihood` entries."""
-    check_args(iw_samples, batch_size)
-    if len(images) == 0:
-        raise UserError("no images to evaluate")
-    key = jax.random.fold_in(jax.random.key(seed), 0xE7A1)
-    per = _run(model, images, key, sigma, iw_samples, min(batch_size, len(images)))
-    dims = int(np.prod(images.shape[1:]))
+    per = per_image(
+        model, images, sigma=sigma, iw_samples=iw_samples, seed=seed, batch_size=batch_size
+    )
     return {
         "num_examples": len(images),
         "neg_elbo_nats": float(np.mean(per["neg_elbo"])),
-        "bits_per_dim": float(np.mean(per["iw_nll"]) / (dims * math.log(2.0))),
+        "bits_per_dim": float(np.mean(per["bits_per_dim"])),
         "iw_nll_nats": float(np.mean(per["iw_nll"])),
         "iw_samples": int(iw_samples),
         "ssim": float(np.mean(per["ssim"])),

@@ -369,3 +369,16 @@ def _vgg_lines(result: dict) -> list[str]:
         f"precision {result['precision_vgg']:.3f}  recall {result['recall_vgg']:.3f}; "
         f"floor FD {result['fd_floor_vgg']:.2f}, reconstructions FD {result['fd_recon_vgg']:.2f}",
     ]
+
+
+def sample_fd(
+    model: VaeModel, n: int = 200, seed: int = 0, split: str = "test", net: FeatureNet | None = None
+) -> float:
+    """A cheap FD: n samples of the `auto` sampler (seed `seed`) against the first n images of
+    `split` (a shipped model's quick check: same n, seed and split, the same figure)."""
+    if not 2 <= n <= MAX_SAMPLES:
+        raise UserError(f"n must be between 2 and {MAX_SAMPLES}, got {n}")
+    net = net or FeatureNet()
+    real = net(data.load_split(model.config, split)[:n])
+    fake = net(_sample(model, len(real.pooled), model.resolve_sampler("auto"), seed))
+    return frechet_distance(fake.pooled, real.pooled)

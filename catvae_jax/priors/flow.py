@@ -89,6 +89,14 @@ class Flow:
         """Reads a file written by `save`; stored.Unusable if it is damaged, has latents of
         another size than `z_dim`, or another digest than `params_sha256` (None: not checked)."""
         d, digest = stored.read_fitted(path, params_sha256)
+        return cls.from_arrays(d, z_dim, digest)
+
+    @classmethod
+    def from_arrays(
+        cls, d: dict[str, np.ndarray], z_dim: int | None = None, params_sha256: str = ""
+    ) -> Flow:
+        """The flow of the arrays `save` writes (as `read` checks them; a model file holds
+        them too); stored.Unusable if any is missing, of another shape or not finite."""
         loc = stored.array(d, "loc", (z_dim,))
         z = len(loc)
         scale = stored.array(d, "scale", (z,))
@@ -107,7 +115,7 @@ class Flow:
             num_images=stored.count(d, "num_images", 2),
             max_images=stored.count(d, "max_images", 0),
             heldout_nll=_stored_nll(d),
-            params_sha256=digest,
+            params_sha256=params_sha256,
         )
 
 

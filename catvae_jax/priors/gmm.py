@@ -71,6 +71,14 @@ class GaussianMixture:
         """Reads a file written by `save`; stored.Unusable if it is damaged, has latents of
         another size than `z_dim`, or another digest than `params_sha256` (None: not checked)."""
         d, digest = stored.read_fitted(path, params_sha256)
+        return cls.from_arrays(d, z_dim, digest)
+
+    @classmethod
+    def from_arrays(
+        cls, d: dict[str, np.ndarray], z_dim: int | None = None, params_sha256: str = ""
+    ) -> GaussianMixture:
+        """The mixture of the arrays `save` writes (as `read` checks them; a model file holds
+        them too); stored.Unusable if any is missing, of another shape, or not a mixture."""
         weights = stored.array(d, "weights", (None,))
         k = len(weights)
         means = stored.array(d, "means", (k, z_dim))
@@ -90,7 +98,7 @@ class GaussianMixture:
             covariances=covariances.astype(np.float32),
             num_images=stored.count(d, "num_images", 1),
             max_images=stored.count(d, "max_images", 0),
-            params_sha256=digest,
+            params_sha256=params_sha256,
         )
 
 

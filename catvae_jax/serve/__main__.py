@@ -20,7 +20,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the flags of this command (called by `run`, so importing the module defines none)."""
-    flags.DEFINE_string("workdir", None, "A training run's directory.")
+    flags.DEFINE_string(
+        "workdir", None, "Training run directory, model file (.catvae) or pretrained:NAME."
+    )
     flags.DEFINE_string("step", "best", '"best", "latest" or a checkpoint number.')
     flags.DEFINE_string("host", "127.0.0.1", "Listen address (default: loopback).")
     flags.DEFINE_integer("port", 8000, "TCP port; 0 picks a free one.")

@@ -9,7 +9,11 @@ one loaded model (`serve.service.Service`), from three routers:
 - reconstruct: `POST /reconstruct` (multipart field `file`) a PNG of the input beside its
   reconstruction. The type is checked by decoding with PIL; an image of another size is
   centre-cropped to a square and resized to the model's size as training data is
-  (`data.decode`: transparency on white, Lanczos), which the `X-Resized` header reports.
+  (`data.decode`: transparency on white, Lanczos), which the `X-Resized` header reports. When
+  the model has a bits/dim range (catvae_jax/bpd_range.py), `X-Bits-Per-Dim`,
+  `X-Bits-Per-Dim-Percentile`, `X-Far-From-Training` (true/false) and `X-Input-Note` (a
+  sentence) say how the upload compares with the images the model knows; the page shows the
+  note of a far one.
 - status: `GET /healthz` 200 `{"status": "ok", "step": ...}` once warm (compiled), "degraded"
   with a "failed" sampler → reason map when a sampler failed, 503 while warming; `GET /metrics`
   Prometheus text (`serve.metrics`).
@@ -285,6 +289,8 @@ async def reconstruct(request: Request, service: ServiceDep) -> Response:
     x, resized = await run_in_threadpool(decode_upload, data, service.model.image_shape[0])
     png = await run_in_threadpool(service.reconstruct_png, x)
     headers = {"X-Resized": resized} if resized else {}
+    verdict = await run_in_threadpool(service.check_input, x)
+    headers |= verdict.headers() if verdict is not None else {}
     return Response(png, media_type="image/png", headers=headers)
 
 
@@ -313,6 +319,7 @@ async def healthz(service: ServiceDep) -> JSONResponse:
             "max_n": service.max_n,
             "samplers": list(service.samplers),
             "auto": service.auto,
+            "checks_inputs": model.bpd_range is not None,
         }
         | failed
     )

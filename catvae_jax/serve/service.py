@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 from starlette.exceptions import HTTPException
 
-from catvae_jax import images, inference
+from catvae_jax import bpd_range, images, inference
 from catvae_jax.errors import UserError
 from catvae_jax.inference import VaeModel
 from catvae_jax.serve.metrics import ServiceMetrics
@@ -73,6 +73,7 @@ class Service:
         The other samplers warm on their first request."""
         try:
             self.reconstruct_png(np.zeros((1, *self.model.image_shape), np.float32))
+            self.check_input(np.zeros((1, *self.model.image_shape), np.float32))
             self.auto = next((s for s in AUTO_ORDER if self._warms(s)), None)
         except Exception as e:  # a bug or a broken model: /healthz says so, the log has it
             self.warm_error = public_reason(e)
@@ -141,6 +142,16 @@ class Service:
         out = images.png_bytes(grid, compress_level=1)
         self.metrics.images.inc(n)
         return out
+
+    def check_input(self, x: np.ndarray) -> bpd_range.Verdict | None:
+        """x [1, S, S, 3] in [0, 1] → where its bits/dim falls in the model's range (None when
+        the model has no stored range: catvae_jax/bpd_range.py)."""
+        if self.model.bpd_range is None:
+            return None
+        # lazily: the likelihood machinery is only needed once an upload is checked
+        from catvae_jax.evaluation import typicality
+
+        return self._run("check", typicality.check, self.model, x)[0]
 
     def reconstruct_png(self, x: np.ndarray) -> bytes:
         """x [1, S, S, 3] in [0, 1] → PNG of x beside its reconstruction."""

@@ -289,6 +289,27 @@ class Checkpoints:
             logging.getLogger("absl").removeFilter(_DROP_ORBAX_ERRORS)
 
 
+def read_checkpoint(
+    workdir: str | epath.Path, step: str | int, abstract_state: Any
+) -> tuple[int, Any, bool]:
+    """(step, state, whether it holds an EMA) of checkpoint `step` of `workdir` ("best",
+    "latest" or a number; `Checkpoints.restore_for_reading`), read by a read-only manager. A
+    UserError when there is none or it does not fit `abstract_state`."""
+    ckpts = Checkpoints(workdir, read_only=True)
+    try:
+        restored = ckpts.restore_for_reading(step, abstract_state)
+        has_ema = restored is not None and ckpts.has_ema(restored[0])
+    except LayoutMismatch as e:
+        raise UserError(
+            f"a checkpoint in {workdir} does not match its config: {str(e).splitlines()[0][:200]}"
+        ) from e
+    finally:
+        ckpts.close()
+    if restored is None:
+        raise UserError(f"no checkpoint in {workdir}")
+    return restored[0], restored[1], has_ema
+
+
 _STATE_FIELDS = ("step", "params", "opt_state", "plateau")  # the `state` item, as before EMA
 
 

@@ -26,7 +26,7 @@ from catvae_jax import atomic, compile_cache, data
 from catvae_jax import config as config_lib
 from catvae_jax.errors import NonFiniteError, Preempted, UserError, storage_error
 from catvae_jax.model import networks
-from catvae_jax.train import report, steps, timing
+from catvae_jax.train import init_from, report, steps, timing
 from catvae_jax.train import state as state_lib
 from catvae_jax.train import workdir as workdir_lib
 from catvae_jax.train.checkpoint import Checkpoints, abstract_like
@@ -210,6 +210,8 @@ class _Run:
         target = abstract_like(self.state, NamedSharding(self.mesh, P()))
         restored = self.ckpts.restore_newest_readable(target)
         if restored is None:
+            if self.config.init_from:  # fine-tuning: a fresh run from another model's parameters
+                self._start_from(self.config.init_from)
             return Progress(), False
         step, state, meta, _ = restored
         print(f"resumed from step {step} in {self.workdir}", flush=True)
@@ -217,6 +219,14 @@ class _Run:
             print(f"checkpoint {step} has no EMA: it starts from its parameters", flush=True)
         self.state = state_lib.start_ema(state, self.config)
         return Progress(**meta["progress"]), True
+
+    def _start_from(self, spec: str) -> None:
+        """Replaces the step-0 parameters (and EMA) with those of the model `spec` names."""
+        params, described = init_from.start_params(spec, self.state.params)
+        replicated = NamedSharding(self.mesh, P())
+        params = jax.tree.map(lambda x: data.to_global(x, replicated), params)
+        self.state = state_lib.start_ema(self.state.replace(params=params, ema=None), self.config)
+        print(f"initialised the parameters from {described}", flush=True)
 
     def _make_steps(self) -> None:
         config, replicated = self.config, NamedSharding(self.mesh, P())

@@ -16,6 +16,8 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
+from catvae_jax.model import networks
+
 
 @struct.dataclass
 class TrainState:
@@ -95,3 +97,15 @@ def params_digest(params: Any) -> str:
         local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
         digest.update(np.ascontiguousarray(np.asarray(local)).tobytes())
     return digest.hexdigest()
+
+
+def reading_target(config: ml_collections.ConfigDict, ema: bool = True) -> tuple[Any, TrainState]:
+    """(graphdef, abstract TrainState) of the configured network with every array on local
+    device 0: what a reader restores a checkpoint into (`ema=False`: without the EMA)."""
+    graphdef, abstract = abstract_state(config, lambda: networks.init_eager(config))
+    if not ema:
+        abstract = abstract.replace(ema=None)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return graphdef, jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract
+    )

@@ -4,6 +4,7 @@ given checkpoints that carry the loop's progress. Shared by training and import_
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from typing import Any
 
 import jax
@@ -38,6 +39,30 @@ def create(workdir: str | epath.Path) -> epath.Path:
             raise UserError(f"workdir {workdir}: a file, not a directory") from e
         raise failed_write(e, workdir) from e
     return workdir
+
+
+COMMANDS = "command.txt"  # one line per finished training command in the workdir, oldest first
+
+
+def record_command(workdir: str | epath.Path, argv: list[str]) -> None:
+    """Appends `python -m catvae_jax.main ARGS` (ARGS = argv[1:], shell-quoted) to
+    WORKDIR/command.txt: the commands whose runs finished there, which an export's model card
+    shows."""
+    path = epath.Path(workdir) / COMMANDS
+    line = shlex.join(["python", "-m", "catvae_jax.main", *argv[1:]])
+    try:
+        before = path.read_text() if path.exists() else ""
+        atomic.write_atomic(path, before + line + "\n")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def read_commands(workdir: str | epath.Path) -> list[str]:
+    """The lines of WORKDIR/command.txt (none when it is missing or unreadable)."""
+    try:
+        return [x for x in (epath.Path(workdir) / COMMANDS).read_text().splitlines() if x.strip()]
+    except OSError:
+        return []
 
 
 def lock(workdir: epath.Path, what: str) -> WorkdirLock:

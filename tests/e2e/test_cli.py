@@ -1,6 +1,7 @@
 """The training CLI: config errors are one line with exit code 2; a real tiny run succeeds."""
 
 import pathlib
+import shlex
 
 import pytest
 from conftest import run_cli_cases, subprocess_env
@@ -179,3 +180,7 @@ def test_cli_trains_from_any_directory_on_the_xla_device_count(tmp_path):
     assert "done: step 4" in proc.stdout
     assert (tmp_path / "runs" / "rel" / "checkpoints" / "4").is_dir()
     assert (tmp_path / "runs" / "rel" / "samples.png").exists()
+    # the command is recorded for the model card of an export, and the range of what it knows
+    recorded = (tmp_path / "runs" / "rel" / "command.txt").read_text()
+    assert recorded == shlex.join(["python", "-m", "catvae_jax.main", *cmd[3:]]) + "\n"
+    assert (tmp_path / "runs" / "rel" / "bpd_4.json").exists()

@@ -60,7 +60,10 @@ def test_fit_prior_cli_is_deterministic_and_atomic(workdir_copy):
     path.unlink()
     proc = run_cli("catvae_jax.fit_prior", "--workdir", str(workdir_copy), "--step", str(step))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    started, done = proc.stdout.splitlines()[-2:]  # a line when the fit starts, one when it ends
+    # a line when the fit starts, one when it ends; then the same for the bits/dim range
+    started, done, measuring, measured = proc.stdout.splitlines()[-4:]
+    assert measuring.startswith(f"checkpoint {step}: measuring the bits/dim")
+    assert measured.endswith(f"wrote {workdir_copy / f'bpd_{step}.json'}")
     assert started.startswith(f"checkpoint {step}: fitting the learned prior")
     assert done.startswith(f"checkpoint {step}: learned prior fitted to 96 latents in ")
     assert done.endswith(f"wrote {path}")
@@ -98,9 +101,9 @@ def test_auto_picks_flow_then_gmm_then_prior(workdir_copy, capsys):
 
 
 def test_the_end_of_training_fit_can_be_switched_off(trained_workdir, tmp_path):
-    """config.flow_prior = False: the end of training fits no flow (the checkpoints are not
-    even waited for: ckpts=None) and samples.png comes from the gmm, fitted for it and cached
-    in the workdir."""
+    """config.flow_prior = False: the end of training fits no flow (ckpts=None: the range is
+    measured for the final parameters alone) and samples.png comes from the gmm, fitted for it
+    and cached in the workdir."""
     model = catvae_jax.load(trained_workdir[0])
     config = model.config.copy_and_resolve_references()
     config.flow_prior = False
@@ -110,4 +113,5 @@ def test_the_end_of_training_fit_can_be_switched_off(trained_workdir, tmp_path):
     grid = after_training.finish(run)
     assert grid.dtype == np.uint8 and grid.ndim == 3
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == [f"gmm_{step}.npz", "reconstructions.png", "samples.png"]
+    # and the bits/dim range of the final parameters (no checkpoints: of those alone)
+    assert names == [f"bpd_{step}.json", f"gmm_{step}.npz", "reconstructions.png", "samples.png"]

@@ -512,6 +512,7 @@ class _StandIn:
     reconstructing white is a bug, and 40% grey finds the server's data gone (a UserError)."""
 
     step, z_dim, image_shape, flow = 7, 2, (4, 4, 3), None  # flow: no learned prior
+    bpd_range = None  # no bits/dim range: uploads are not judged
     config = types.SimpleNamespace(model=types.SimpleNamespace(name="stand-in"))
 
     def __init__(self, broken: dict[str, Exception] | None = None, flow: bool = False) -> None:
