@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
         return
     with cli.user_errors():
         # reuse freed memory: far fewer page faults per XLA:CPU step (CPU kernels only)
-        malloc.configure(kernels=config.get("kernels", "auto"))
+        malloc.configure(kernels=config.kernels)
     cli.init_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     print(
         f"devices: {jax.device_count()} × {jax.devices()[0].platform} "

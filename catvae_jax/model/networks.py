@@ -178,8 +178,8 @@ class ResVae(nnx.Module):
 def _options(config: ml_collections.ConfigDict) -> dict:
     """The model's `kernels` and `dtype` (config.kernels and config.dtype, resolved)."""
     return {
-        "kernels": backend.kernels(config.get("kernels", "auto")),
-        "dtype": backend.compute_dtype(config.get("dtype", "float32")),
+        "kernels": backend.kernels(config.kernels),
+        "dtype": backend.compute_dtype(config.dtype),
     }
 
 

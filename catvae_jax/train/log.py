@@ -125,7 +125,7 @@ class TrainingLog:
     def _tensorboard(self):
         """The TensorBoard writer (WORKDIR/tensorboard), opened on first use with
         config.tensorboard; None otherwise."""
-        if self.tensorboard is None and self.active and self.config.get("tensorboard", False):
+        if self.tensorboard is None and self.active and self.config.tensorboard:
             from tensorboardX import SummaryWriter  # only with config.tensorboard
 
             self.tensorboard = SummaryWriter(str(self.workdir / TENSORBOARD_DIR))

@@ -91,8 +91,8 @@ def loss_and_grads(
 def loss_options(config: ml_collections.ConfigDict) -> dict:
     """The loss's `kernels` and `dtype` (config.kernels, config.dtype), resolved."""
     return {
-        "kernels": backend.kernels(config.get("kernels", "auto")),
-        "dtype": backend.compute_dtype(config.get("dtype", "float32")),
+        "kernels": backend.kernels(config.kernels),
+        "dtype": backend.compute_dtype(config.dtype),
     }
 
 
