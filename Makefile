@@ -17,11 +17,13 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
-	$(PIP_INSTALL) -e .
+	@echo "installing catvae_jax and its pinned dependencies into $(VENV) (the first time: a few minutes)"
+	@start=$$(date +%s); $(PIP_INSTALL) -e . && echo "installed in $$(( $$(date +%s) - start )) s"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints.txt | $(PY)
-	$(PIP_INSTALL) -e '.[dev,torch]'
+	@echo "installing catvae_jax with the test, docs and torch extras into $(VENV) (the first time: several minutes)"
+	@start=$$(date +%s); $(PIP_INSTALL) -e '.[dev,torch]' && echo "installed in $$(( $$(date +%s) - start )) s"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
