@@ -8,14 +8,14 @@ import catvae_jax
 from catvae_jax import model_file, sharing
 from catvae_jax.errors import UserError
 from catvae_jax.model import networks
-from catvae_jax.train import init_from, loop
+from catvae_jax.train import init_from, loop, timing
 from catvae_jax.train import state as state_lib
 from catvae_jax.train import workdir as workdir_lib
 
 
 def _step0_params(config, workdir):
     """The parameters a run of `config` in `workdir` starts its first step from."""
-    run = loop._Run(config, workdir_lib.create(workdir), None, None)
+    run = loop._Run(config, workdir_lib.create(workdir), None, None, timing.Breakdown())
     try:
         assert int(run.state.step) == 0
         return run.state.params, run.state.ema
