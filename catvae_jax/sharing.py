@@ -128,8 +128,8 @@ def _cached_mixture(model: inference.VaeModel) -> gmm.GaussianMixture | None:
     if model.workdir is None:
         return None
     path = gmm.cache_path(model.workdir, model.step)
-    cached = gmm.read_cached(path, gmm.DEFAULT_COMPONENTS, gmm.DEFAULT_MAX_IMAGES)
-    return cached
+    k, cap = gmm.DEFAULT_COMPONENTS, gmm.DEFAULT_MAX_IMAGES
+    return gmm.read_cached(path, k, cap, model.z_dim, model.params_sha256)
 
 
 def _metrics(workdir: str | os.PathLike, step: int) -> dict | None:
