@@ -145,9 +145,10 @@ def read(where: str | epath.Path, params_sha256: str | None = None) -> BpdRange 
         print(f"warning: ignoring unreadable bits/dim range {where}: {e}", file=sys.stderr)
         return None
     if params_sha256 is not None and found.params_sha256 != params_sha256:
+        why = "other parameters than this checkpoint's" if found.params_sha256 else "no digest"
         print(
-            f"warning: ignoring bits/dim range {where}: it was measured with other parameters "
-            "than this checkpoint's; python -m catvae_jax.fit_prior measures it again",
+            f"warning: ignoring bits/dim range {where}: it was measured with {why}; "
+            "python -m catvae_jax.fit_prior measures it again",
             file=sys.stderr,
         )
         return None

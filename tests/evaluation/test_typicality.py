@@ -141,3 +141,24 @@ def test_the_service_says_when_an_upload_is_far(trained_workdir, tmp_path):
     assert float(far.headers["X-Bits-Per-Dim"]) > model.bpd_range.quantiles[-1]
     assert ok.headers["X-Far-From-Training"] == "false"
     assert 0 <= float(ok.headers["X-Bits-Per-Dim-Percentile"]) <= 100
+
+
+def test_a_range_of_other_parameters_is_ignored_and_a_stale_one_removed(
+    trained_workdir, tmp_path, capsys
+):
+    """Like the sampler files (priors/stored.py): a range records its parameters' digest, and
+    the ranges of checkpoints rotated away are deleted with their sampler files."""
+    from catvae_jax.priors import stored
+
+    workdir = tmp_path / "w"
+    shutil.copytree(trained_workdir[0], workdir)
+    step = catvae_jax.load(workdir).step
+    path = workdir / f"bpd_{step}.json"
+    saved = json.loads(path.read_text())
+    assert saved["params_sha256"] == catvae_jax.load(workdir).params_sha256
+    path.write_text(json.dumps(dict(saved, params_sha256="0" * 64)))
+    assert catvae_jax.load(workdir).bpd_range is None
+    assert "measured with other parameters" in capsys.readouterr().err
+    (workdir / "bpd_999.json").write_text(json.dumps(saved))
+    removed = stored.remove_stale(workdir, {step})
+    assert [p.name for p in removed] == ["bpd_999.json"] and path.exists()
