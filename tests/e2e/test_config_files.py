@@ -91,6 +91,15 @@ def test_shipped_configs_resolve_from_any_directory(tmp_path, monkeypatch):
     assert config_files.resolve("configs/nope.py") == "configs/nope.py"  # then: no such file
 
 
+SHIPPED_FILES = """
+import pathlib, catvae_jax, catvae_jax.serve
+root = pathlib.Path(catvae_jax.__file__).parent
+for name in ("serve/static/index.html", "pretrained/quickstart.catvae", "pretrained/README.md"):
+    assert (root / name).is_file(), name
+print(catvae_jax.__file__)
+"""
+
+
 def test_an_installed_wheel_finds_its_configs_from_another_directory(tmp_path):
     """The wheel of this checkout, unpacked where the repository is not: the default config and
     `--config configs/exp1.py` load from an unrelated working directory (the run then stops at
@@ -113,11 +122,12 @@ def test_an_installed_wheel_finds_its_configs_from_another_directory(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("catvae_jax-*.whl")
     site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    # the package data: the service's page and the pretrained model beside the modules
     zipfile.ZipFile(wheel).extractall(site)
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}
     where = subprocess.run(
-        [sys.executable, "-c", "import catvae_jax.static, catvae_jax; print(catvae_jax.__file__)"],
+        [sys.executable, "-c", SHIPPED_FILES],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert where.stdout.startswith(str(site)), where.stdout + where.stderr
