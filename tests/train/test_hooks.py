@@ -55,13 +55,8 @@ def traces(monkeypatch):
     return calls
 
 
-def _step(state, batch):
-    return state + batch, {"loss": state}
-
-
 def test_a_disabled_profiler_is_a_no_op(tmp_path, traces):
     profiler = hooks.Profiler(tmp_path / "profile", start=0, enabled=False)
-    assert profiler.wrap(_step, first_step=0) is _step
     profiler.before(0)
     profiler.after(10, {})
     profiler.stop()
@@ -69,16 +64,25 @@ def test_a_disabled_profiler_is_a_no_op(tmp_path, traces):
     assert not (tmp_path / "profile").exists()
 
 
-def test_an_enabled_profiler_traces_its_steps_only(tmp_path, traces, capsys):
+@pytest.mark.parametrize("steps_per_call", [1, 2])
+def test_an_enabled_profiler_traces_its_steps_only(tmp_path, traces, capsys, steps_per_call):
+    """The loop's calls: before(steps done), a call of `steps_per_call` steps, after(steps
+    done). Tracing starts with the first call from step index 3 on and stops after the call
+    that makes num_steps=2 traced steps: whole calls, once."""
     logdir = tmp_path / "profile"
     profiler = hooks.Profiler(logdir, start=3, enabled=True, num_steps=2)
-    step = profiler.wrap(_step, first_step=1)
-    seen = []
-    for i in range(1, 8):  # train steps 1..7: traced while running steps 3 and 4
-        step(i, 0)
-        seen.append((i, profiler.active))
+    traced, done = [], 0
+    while done < 12:
+        profiler.before(done)
+        if profiler.active:
+            traced.extend(range(done, done + steps_per_call))
+        done += steps_per_call
+        profiler.after(done, {"loss": jax.numpy.ones(())})
     assert traces == [("start", str(logdir)), ("stop",)]
-    assert [i for i, active in seen if active] == [3]  # stops after step 4 returns
+    assert traced == ([3, 4] if steps_per_call == 1 else [4, 5])
+    assert not profiler.active and profiler.done
+    profiler.stop()  # the loop's closer stops it again: nothing more is written
+    assert traces == [("start", str(logdir)), ("stop",)]
     assert capsys.readouterr().out == f"profile trace written to {logdir}\n"
 
 
