@@ -148,6 +148,9 @@ def get_config() -> ml_collections.ConfigDict:
     # TensorBoard event files in WORKDIR/tensorboard too (`tensorboard --logdir WORKDIR`).
     c.tensorboard = False
     c.progress_bar = True  # a bar of train steps on the terminal
+    # At each validation: progress/samples.png, progress/reconstructions.png and metrics.png
+    # (False: the validation line only, e.g. for tiny runs, where drawing costs more than training).
+    c.validation_pictures = True
     c.profile = False  # a jax.profiler trace of 5 train steps in WORKDIR/profile
     c.config_version = CONFIG_VERSION  # of config.json (`upgrade` reads older ones)
     return c

@@ -54,6 +54,7 @@ def tiny_config():
     c.num_eval_images = 4
     c.wandb.mode = "disabled"
     c.progress_bar = False
+    c.validation_pictures = False  # drawn in tests/train/test_report.py; here ~2 s of each run
     return c
 
 

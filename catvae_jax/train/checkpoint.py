@@ -73,6 +73,27 @@ class _DropOrbaxErrors(logging.Filter):
 _DROP_ORBAX_ERRORS = _DropOrbaxErrors()
 
 
+def _silence_abandoned_reads() -> None:
+    """After a failed read (already reported in one line), Orbax's unfinished read coroutines
+    are garbage-collected later, at a time of the collector's choosing, and Python prints each
+    one's error with a traceback ("Exception ignored in: <coroutine ...>"). From the first
+    failure on, those (and only those: coroutines of Orbax's code) are dropped; anything else
+    still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_orbax_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and "orbax" in code.co_filename:
+            log.debug("dropped an abandoned Orbax read: %s", unraisable.exc_value)
+            return
+        previous(unraisable)
+
+    hook._drops_orbax_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 class Checkpoints:
     """A CheckpointManager for one workdir. `read_only` managers never write or delete."""
 
@@ -198,6 +219,7 @@ class Checkpoints:
             except LayoutMismatch:
                 raise
             except Exception as e:  # damaged: truncated or missing files, no metadata, ...
+                _silence_abandoned_reads()
                 where = self.manager.directory / str(number)
                 if len(order) == 1:
                     raise UserError(f"checkpoint {where} is unreadable ({_reason(e)})") from e
@@ -265,6 +287,7 @@ class Checkpoints:
                     f"{e}; use a new workdir"
                 ) from e
             except Exception as e:  # a corrupt checkpoint must not stop the resume
+                _silence_abandoned_reads()
                 log.warning("skipping unreadable checkpoint at step %d: %s", step, e)
                 print(
                     f"warning: skipping unreadable checkpoint at step {step} "

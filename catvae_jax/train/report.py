@@ -140,6 +140,7 @@ class Report:
         if not enabled:
             return
         self.workdir, self.config, self.cadence, self.writer = workdir, config, cadence, writer
+        self.draws = bool(config.validation_pictures)
         self.originals = images.to_unit(val_images[: config.num_eval_images])
         rng = np.random.default_rng(config.seed)
         self.latents = rng.standard_normal((NUM_SAMPLES, config.model.z_dim)).astype(np.float32)
@@ -151,19 +152,26 @@ class Report:
             return
         resuming = f"; from step {step}" if step else ""
         say(length_line(config, cadence.steps_per_epoch, total) + resuming)
-        say(
-            f"at each validation: {workdir / PROGRESS_DIR}/samples.png (N(0, I) latents; the "
-            f"learned prior is fitted when training ends), reconstructions.png, and "
-            f"{workdir / 'metrics.png'}"
-        )
+        if self.draws:
+            say(
+                f"at each validation: {workdir / PROGRESS_DIR}/samples.png (N(0, I) latents; the "
+                f"learned prior is fitted when training ends), reconstructions.png, and "
+                f"{workdir / 'metrics.png'}"
+            )
 
     def validation(self, step: int, metrics: dict[str, float], state: Any) -> None:
-        """Prints the validation line of `step` (metrics: its val_* and learning_rate), writes
-        the pictures of `state`'s evaluation parameters and redraws metrics.png."""
+        """Prints the validation line of `step` (metrics: its val_* and learning_rate) and, with
+        config.validation_pictures, draws the pictures of `state` and metrics.png."""
         if not self.enabled:
             return
         lines = read_metrics(self.writer.path)
         say(self._line(step, metrics, lines))
+        if self.draws:
+            self._draw(step, state, lines)
+
+    def _draw(self, step: int, state: Any, lines: list[dict[str, Any]]) -> None:
+        """Writes progress/{samples,reconstructions}.png of `state`'s evaluation parameters
+        (also to the trackers, at `step`) and redraws metrics.png from `lines`."""
         params = jax.device_get(state_lib.eval_params(state))
         samples, recons = jax.device_get(self.pictures(params, self.latents, self.originals))
         folder = self.workdir / PROGRESS_DIR

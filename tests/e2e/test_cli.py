@@ -16,6 +16,7 @@ TINY = [
     "--config.num_epochs=1",
     "--config.wandb.mode=disabled",
     "--config.progress_bar=False",
+    "--config.validation_pictures=False",  # drawn in tests/train/test_report.py
     "--config.loss.lpips_weight=0",  # AlexNet on 128² resizes of 16² images: slow, and tested apart
 ]
 

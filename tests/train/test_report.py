@@ -125,6 +125,7 @@ def test_a_run_shows_each_validation_and_keeps_one_wandb_run_across_resumes(
     workdir = tmp_path / "run"
     config = tiny_config()
     config.num_epochs, config.tensorboard, config.flow_prior = 1, True, False
+    config.validation_pictures = True
     train_and_evaluate(config, str(workdir))
     out = capsys.readouterr().out
     assert "training 12 steps of batch 8 (1 epoch of 12 steps)" in out
@@ -163,6 +164,9 @@ def test_a_run_shows_each_validation_and_keeps_one_wandb_run_across_resumes(
 
 def test_a_finished_run_run_again_keeps_its_prior_and_pictures(trained_workdir, tmp_path, capsys):
     workdir = tmp_path / "run"
+    # tiny_config() has config.validation_pictures off: its run drew no progress pictures
+    assert not (trained_workdir[0] / report.PROGRESS_DIR).exists()
+    assert not (trained_workdir[0] / "metrics.png").exists()
     shutil.copytree(trained_workdir[0], workdir)
     step = trained_workdir[1]["step"]
     kept = ["samples.png", "reconstructions.png", f"flow_{step}.npz"]
