@@ -201,3 +201,16 @@ def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
         + chunk(b"IDAT", zlib.compress(b""))
         + chunk(b"IEND", b"")
     )
+
+
+# The folders whose files take longest (trainings in subprocesses, sweeps): collected first, so
+# that with `--dist loadfile` (make test) they start first and no long file is left for the end.
+_LONG_FIRST = ("tests/sweep/", "tests/e2e/")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def rank(item) -> int:
+        path = item.nodeid
+        return next((i for i, p in enumerate(_LONG_FIRST) if path.startswith(p)), len(_LONG_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a rank is pytest's

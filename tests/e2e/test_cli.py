@@ -84,7 +84,6 @@ def errors(tmp_path_factory) -> dict:
     return dict(zip(cases, run_cli_cases(list(cases.values())), strict=True))
 
 
-@pytest.mark.xdist_group("cli_errors")
 @pytest.mark.parametrize("override,named", CONFIG_ERRORS)
 def test_config_errors_are_one_line_with_exit_2(errors, override, named):
     proc = errors[override]
@@ -94,14 +93,12 @@ def test_config_errors_are_one_line_with_exit_2(errors, override, named):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-@pytest.mark.xdist_group("cli_errors")
 @pytest.mark.parametrize("override", SUGGESTIONS)
 def test_a_mistyped_field_names_the_close_one(errors, override):
     proc = errors[override]
     assert proc.returncode == 2 and proc.stderr == f"error: {SUGGESTIONS[override]}\n"
 
 
-@pytest.mark.xdist_group("cli_errors")
 def test_wandb_online_without_a_key_is_one_line_before_anything_is_created(errors, tmp_path):
     proc = errors["online"]
     _one_line_error(proc, "no W&B API key", "wandb login", "wandb.mode=offline")
@@ -109,7 +106,6 @@ def test_wandb_online_without_a_key_is_one_line_before_anything_is_created(error
     assert not (pathlib.Path(proc.args[proc.args.index("--workdir") + 1])).exists()
 
 
-@pytest.mark.xdist_group("cli_errors")
 def test_show_config_prints_every_field_with_its_documentation(errors):
     """--show_config needs no workdir: each field of the config (with the overrides given) is
     one line `field = value  # documentation`; without it, --workdir is required."""
@@ -127,7 +123,6 @@ def test_show_config_prints_every_field_with_its_documentation(errors):
     _one_line_error(errors["no workdir"], "--workdir must have a value (or use --show_config)")
 
 
-@pytest.mark.xdist_group("cli_errors")
 @pytest.mark.parametrize("command,flags", DEFAULT_CONFIG)
 def test_an_unknown_field_of_the_default_config_is_one_line(errors, command, flags):
     """Without --config, ml_collections loads the default and types the overrides while it
@@ -135,7 +130,6 @@ def test_an_unknown_field_of_the_default_config_is_one_line(errors, command, fla
     _one_line_error(errors[command], "unknown config field 'nonexistent'")
 
 
-@pytest.mark.xdist_group("cli_errors")
 def test_batch_not_divisible_by_devices_is_a_user_error(errors):
     proc = errors["indivisible"]
     assert proc.returncode == 2
@@ -149,18 +143,15 @@ def _one_line_error(proc, *words):
     assert last.startswith("error:") and all(w in last for w in words), last
 
 
-@pytest.mark.xdist_group("cli_errors")
 def test_a_file_as_workdir_is_a_user_error(errors):
     _one_line_error(errors["file"], "a file, not a directory")
 
 
-@pytest.mark.xdist_group("cli_errors")
 def test_a_broken_config_json_is_a_user_error(errors):
     _one_line_error(errors["broken resume"], "config.json")
     _one_line_error(errors["broken generate"], "config.json")
 
 
-@pytest.mark.xdist_group("cli_errors")
 @pytest.mark.parametrize("i", range(3), ids=["serve port", "JAX_NUM_PROCESSES", "data_dir"])
 def test_other_bad_inputs_are_one_line_errors(errors, i):
     _one_line_error(errors[f"other {i}"], *OTHER_BAD_INPUTS[i][2])

@@ -380,13 +380,11 @@ def cli_errors(trained_workdir, tmp_path_factory) -> dict:
     return dict(zip(cases, run_cli_cases(list(cases.values())), strict=True)) | {"outs": outs}
 
 
-@pytest.mark.xdist_group("output_errors")
 @pytest.mark.parametrize("name,args,named", GENERATE_ERRORS, ids=[c[0] for c in GENERATE_ERRORS])
 def test_generate_cli_errors(cli_errors, name, args, named):
     assert named in _one_error_line(cli_errors[name])
 
 
-@pytest.mark.xdist_group("output_errors")
 def test_a_bad_out_is_one_line_and_writes_nothing(cli_errors):
     for name in ("gif", "bmp"):
         assert "a picture's name must end in one of .png, .jpg" in _one_error_line(cli_errors[name])
@@ -394,7 +392,6 @@ def test_a_bad_out_is_one_line_and_writes_nothing(cli_errors):
     assert list(cli_errors["outs"].iterdir()) == []  # no picture, no temporary file
 
 
-@pytest.mark.xdist_group("output_errors")
 def test_reconstruct_cli_refuses_wrong_size_and_missing_files(cli_errors):
     line = _one_error_line(cli_errors["too big"])
     assert "is 24×20 pixels but the model takes 16×16" in line and "--resize" in line
