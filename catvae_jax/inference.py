@@ -61,8 +61,8 @@ class VaeModel:
             z = gmm.sample_latents(key, *mixture, n, temperature)
             return nnx.merge(graphdef, p).decode(z)
 
-        def generate_flow(p, arrays, key, n, temperature):
-            return nnx.merge(graphdef, p).decode(flow.sample(arrays, key, n, temperature))
+        def generate_flow(p, prior, key, n, temperature):
+            return nnx.merge(graphdef, p).decode(flow.sample(prior, key, n, temperature))
 
         def interpolate(p, x_a, x_b, steps):
             model = nnx.merge(graphdef, p)
@@ -130,7 +130,7 @@ class VaeModel:
                     f"no learned prior for checkpoint {self.step}: run python -m "
                     "catvae_jax.fit_prior --workdir W, or use --sampler gmm or prior"
                 )
-            out = self._generate_flow(self._params, self.flow.arrays(), key, n, t)
+            out = self._generate_flow(self._params, self.flow.split(), key, n, t)
         elif sampler == "gmm":
             gmm = self.gmm if self.gmm is not None else self.fit_gmm()
             out = self._generate_gmm(self._params, gmm.arrays(), key, n, t)

@@ -318,14 +318,9 @@ def read_tensors(data: bytes, where: str) -> dict[str, np.ndarray]:
         raise UserError(f"{where} is not a safetensors file ({type(e).__name__}: {e})") from e
 
 
-_FLOW_SCALARS = ("num_images", "max_images", "heldout_nll")
-
-
 def flow_tensors(fitted: flow.Flow) -> bytes:
     """The learned prior as safetensors bytes (PRIOR)."""
-    arrays = {"loc": fitted.loc, "scale": fitted.scale, "perms": fitted.perms, **fitted.weights}
-    scalars = {k: np.asarray(getattr(fitted, k)) for k in _FLOW_SCALARS}
-    return tensors_bytes(arrays | scalars)
+    return tensors_bytes(fitted.tensors())
 
 
 def mixture_tensors(mixture: gmm.GaussianMixture) -> bytes:

@@ -32,14 +32,14 @@ def test_flow_fits_a_correlated_gaussian_and_inverts_exactly():
     mix = np.array([[1.0, 0.0, 0.0], [0.9, 0.3, 0.0], [0.0, 0.0, 2.0]])
     z = (rng.normal(size=(2000, 3)) @ mix.T + 5.0).astype(np.float32)
     fitted = flow.fit(z, seed=0, steps=300, hidden=32)
-    arrays = fitted.arrays()
-    s = np.asarray(flow.sample(arrays, jax.random.key(1), 20_000, jnp.float32(1.0)))
+    prior = fitted.split()
+    s = np.asarray(flow.sample(prior, jax.random.key(1), 20_000, jnp.float32(1.0)))
     np.testing.assert_allclose(np.cov(s, rowvar=False), mix @ mix.T, atol=0.15)
     np.testing.assert_allclose(s.mean(0), 5.0, atol=0.1)
     # −log p on held-out data is close to the true Gaussian entropy (3.92 + log|det| nats).
     true = 0.5 * 3 * (1 + np.log(2 * np.pi)) + np.log(abs(np.linalg.det(mix)))
     assert fitted.heldout_nll == pytest.approx(true, abs=0.15)
-    cold = np.asarray(flow.sample(arrays, jax.random.key(1), 20_000, jnp.float32(0.5)))
+    cold = np.asarray(flow.sample(prior, jax.random.key(1), 20_000, jnp.float32(0.5)))
     assert cold.std(0).mean() < 0.7 * s.std(0).mean()
 
 
@@ -68,8 +68,8 @@ def test_fit_prior_cli_is_deterministic_and_atomic(workdir_copy):
     assert done.startswith(f"checkpoint {step}: learned prior fitted to 96 latents in ")
     assert done.endswith(f"wrote {path}")
     after = flow.Flow.read(path)
-    for name, value in before.weights.items():
-        np.testing.assert_array_equal(after.weights[name], value)
+    for name, value in before.tensors().items():
+        np.testing.assert_array_equal(after.tensors()[name], value)
     assert not [p.name for p in workdir_copy.iterdir() if p.name.endswith(".tmp")]
     a, b = (catvae_jax.load(workdir_copy).generate(6, seed=2) for _ in range(2))
     np.testing.assert_array_equal(a, b)
