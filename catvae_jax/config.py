@@ -130,6 +130,12 @@ def get_config() -> ml_collections.ConfigDict:
     # "WORKDIR" or "WORKDIR:STEP" (best, latest or a number; default best), a model file
     # (NAME.catvae) or "pretrained:NAME". Empty: random initialisation. A resumed run ignores it.
     c.init_from = ""
+    # When training ends, measure each sampler (prior, gmm, flow) of those checkpoints on the
+    # validation split in AlexNet, VGG16 and pixel statistics (catvae_jax/evaluation/
+    # sampler_choice.py), and store the best for the `auto` sampler. False: auto keeps its fixed
+    # order (flow, else gmm, else N(0, I)).
+    c.choose_sampler = True
+    c.choose_sampler_n = 256  # samples per sampler, against as many validation images (or all)
 
     c.wandb = ml_collections.ConfigDict()
     # offline (WORKDIR/wandb: `wandb sync` it later) | online (needs `wandb login`) | disabled;
@@ -352,6 +358,7 @@ CHECKS = (
     Check("discriminator.width", lambda v, c: v > 0 and (v <= 8 or v % 8 == 0),
           "must be positive and at most 8 or a multiple of 8, got {v}"),
     Check("discriminator.learning_rate", lambda v, c: v > 0, "must be positive, got {v}"),
+    Check("choose_sampler_n", lambda v, c: v >= 8, "must be at least 8, got {v}"),
     Check("plateau.factor", lambda v, c: 0 < v < 1, "must be in (0, 1), got {v}"),
     Check("plateau.patience", lambda v, c: v >= 0, "must be >= 0, got {v}"),
     Check("early_stop_patience", lambda v, c: v >= 1, "must be at least 1, got {v}"),

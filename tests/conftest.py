@@ -54,6 +54,9 @@ def tiny_config():
     c.num_eval_images = 4
     c.wandb.mode = "disabled"
     c.progress_bar = False
+    # The end-of-training sampler choice (AlexNet and VGG16 on 128² resizes): tested apart, in
+    # tests/test_sampler_choice.py; `auto` keeps its fixed order in the tiny run.
+    c.choose_sampler = False
     return c
 
 

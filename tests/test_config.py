@@ -103,6 +103,7 @@ def test_experiments_reproduce_the_original(name, seed, epochs):
         ("loss.adversarial_start", -1, "loss.adversarial_start"),
         ("discriminator.width", 12, "discriminator.width"),  # GroupNorm's 8 groups
         ("discriminator.learning_rate", 0.0, "discriminator.learning_rate"),
+        ("choose_sampler_n", 4, "choose_sampler_n"),
     ],
 )
 def test_out_of_range_values_name_the_field(field, value, named):

@@ -1,5 +1,5 @@
 """Where a run's wall time goes: start-up, data, compilation, train steps, validation, checkpoints,
-the end-of-training prior fit and pictures.
+the end-of-training prior fit, sampler choice and pictures.
 
 A `Breakdown` times named parts of a run (`with breakdown.part("validation"): ...`); parts are
 exclusive (a part opened inside another pauses it), so they never overlap. JAX's own monitoring
@@ -33,6 +33,7 @@ PARTS = (
     "checkpoint",  # saving checkpoints: the time the loop waits for them
     "logging",  # metrics lines, progress bar
     "prior_fit",  # the learned prior of the final checkpoints (after_training.finish)
+    "sampler_choice",  # measuring their samplers for `auto` (config.choose_sampler)
     "pictures",  # samples.png and reconstructions.png
     "other",  # everything else (wall minus the rows above)
 )

@@ -17,6 +17,7 @@ TINY = [
     "--config.wandb.mode=disabled",
     "--config.progress_bar=False",
     "--config.loss.lpips_weight=0",  # AlexNet on 128² resizes of 16² images: slow, and tested apart
+    "--config.choose_sampler=False",  # the same, for the sampler choice (test_sampler_choice.py)
 ]
 
 
