@@ -3,7 +3,7 @@
 PatchGAN-style (Isola et al. 2017; VQGAN's, without BatchNorm so that it carries no batch
 statistics): three 4×4 stride-2 convolutions of `width`, 2·`width`, 4·`width` channels, the last
 two GroupNorm-ed, LeakyReLU(0.2) after each, then a 3×3 convolution to one logit per patch. An
-S×S image gets (S/8)×(S/8) logits, each judging a ~46-pixel receptive field: real or decoded.
+S×S image gets (S/8)×(S/8) logits, each judging a 38×38-pixel window: real or decoded.
 """
 
 from __future__ import annotations
