@@ -203,6 +203,8 @@ def _choose_samplers(run: loop.Finished, vae: inference.VaeModel) -> None:
     is attached to `vae`. The networks and the held-out features are computed once."""
     ckpts = run.ckpts
     steps = sorted({s for s in (ckpts.resolve("best"), ckpts.resolve("latest")) if s is not None})
+    if vae.flow is None:  # config.flow_prior off: a flow stored for this step still counts
+        vae.flow = inference.read_flow(vae)
     vae.choice = choice.read(run.workdir, vae.step, vae.params_sha256)
     nets = reference = None
     for step in steps:

@@ -149,6 +149,7 @@ def test_the_choose_sampler_command(workdir_copy):
     proc = run_cli(
         "catvae_jax.choose_sampler", "--workdir", str(workdir_copy), "--step", "latest",
         "--num_samples", "200", measured=False,  # conftest.subprocess_env says why
+        timeout=900,  # ~1 min on 2 idle cores (VGG16 on 4 × 16 images at 128²); 5 at load 10
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     step = catvae_jax.load(workdir_copy, "latest").step
