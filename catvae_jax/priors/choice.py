@@ -7,15 +7,15 @@ the digest of the checkpoint parameters it was measured on (`params_sha256`); al
 of its own body and of the sampler files (flow_<step>.npz, gmm_<step>.npz) it measured. A file
 that does not parse, whose digest does not match, that belongs to other parameters or another
 step, names an unknown sampler, or whose chosen sampler's file has changed since (refitted) is
-treated as absent, with a one-line warning, and `auto` falls back to its fixed order (flow,
-else gmm, else N(0, I)).
+treated as absent, with a one-line warning (`stored.read_or_none`, as for the sampler files),
+and `auto` falls back to its fixed order (flow, else gmm, else N(0, I)). It is deleted with the
+sampler files when its checkpoint rotates away (`stored.remove_stale`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from typing import Any
 
 from etils import epath
@@ -25,6 +25,7 @@ from catvae_jax.priors import flow, gmm, stored
 
 CHOOSABLE = ("prior", "gmm", "flow")
 DIGEST_KEY = "sha256"
+MAX_FILE_BYTES = 1 << 20  # far above a choice's figures (~2 kB)
 
 
 def cache_path(workdir: str | epath.Path, step: int | None) -> epath.Path:
@@ -68,20 +69,30 @@ def read(
 ) -> dict[str, Any] | None:
     """The stored choice of checkpoint `step` (the record, `choice` in CHOOSABLE), or None: no
     file (silently), or one that is damaged, stale or measured on other parameters than those
-    of digest `params_sha256` (None: not checked), with a warning on stderr."""
-    path = cache_path(workdir, step)
+    of digest `params_sha256` (None: not checked), with a one-line warning on stderr
+    (`stored.read_or_none`, as for the sampler files)."""
+
+    def parse(path: epath.Path) -> dict[str, Any]:
+        record = _parse(path)
+        why = _damage(record, workdir, step, params_sha256)
+        if why:
+            raise stored.Unusable(why)
+        return record
+
+    then = "auto uses flow, else gmm, else N(0, I)"
+    return stored.read_or_none(cache_path(workdir, step), "the sampler choice", parse, then)
+
+
+def _parse(path: epath.Path) -> Any:
+    """The JSON value of an untrusted file of at most MAX_FILE_BYTES; Unusable otherwise."""
+    with path.open("rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise stored.Unusable(f"it is larger than {MAX_FILE_BYTES} bytes")
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as e:
-        return _ignored(path, f"unreadable ({type(e).__name__})")
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        return _ignored(path, "not JSON")
-    why = _damage(record, workdir, step, params_sha256)
-    return _ignored(path, why) if why else record
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise stored.Unusable(f"not JSON ({type(e).__name__})") from e
 
 
 def _damage(record: Any, workdir: str | epath.Path, step: int, params_sha256: str | None) -> str:
@@ -94,22 +105,16 @@ def _damage(record: Any, workdir: str | epath.Path, step: int, params_sha256: st
     if record.get("step") != step:
         return f"it is the choice of step {record.get('step')}"
     if params_sha256 is not None and record.get(stored.DIGEST_KEY) != params_sha256:
-        return "it was measured on other parameters than this checkpoint's"
-    choice = record.get("choice")
-    if choice not in CHOOSABLE:
-        return f"unknown sampler {choice!r}"
-    path = sampler_files(workdir, step).get(choice)
-    recorded = (record.get("files") or {}).get(choice)
+        return (
+            "it was measured on other parameters than this checkpoint's (another run or an "
+            "older checkpoint of this step)"
+        )
+    name = record.get("choice")
+    if name not in CHOOSABLE:
+        return f"unknown sampler {name!r}"
+    path = sampler_files(workdir, step).get(name)
+    files = record.get("files")
+    recorded = files.get(name) if isinstance(files, dict) else None
     if path is not None and recorded is not None and file_digest(path) not in (None, recorded):
         return f"{path.name} has changed since it was measured"
     return ""
-
-
-def _ignored(path: epath.Path, why: str) -> None:
-    print(
-        f"warning: ignoring the sampler choice {path} ({why}); auto uses flow, else gmm, "
-        "else N(0, I)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return None

@@ -151,9 +151,10 @@ def read_or_none(
 
 
 def remove_stale(workdir: str | epath.Path, kept: Iterable[int]) -> list[epath.Path]:
-    """Deletes the sampler files (and bits/dim ranges, bpd_<step>.json) of WORKDIR whose
-    checkpoint step is not in `kept` (rotated away, or being written anew); returns them. A
-    file that cannot be deleted stays (it is ignored by its digest)."""
+    """Deletes the sampler files (and bits/dim ranges, bpd_<step>.json, and sampler choices,
+    sampler_<step>.json) of WORKDIR whose checkpoint step is not in `kept` (rotated away, or
+    being written anew); returns them. A file that cannot be deleted stays (it is ignored by
+    its digest)."""
     kept, removed = set(kept), []
     for path in epath.Path(workdir).iterdir():
         match = _FILE_NAME.fullmatch(path.name)

@@ -63,11 +63,16 @@ def test_a_damaged_or_stale_choice_file_counts_as_absent(tmp_path, capsys):
         "not JSON": "{",
         "its digest does not match": json.dumps({**record, "choice": "prior"}),
         "no digest": json.dumps({k: v for k, v in record.items() if k != "sha256"}),
+        "not JSON (RecursionError)": "[" * 100_000,  # nested past the parser's depth
+        f"it is larger than {choice.MAX_FILE_BYTES} bytes": " " * (choice.MAX_FILE_BYTES + 1),
+        "not JSON (UnicodeDecodeError)": b"\xff\xfe{",
     }
     for why, text in cases.items():
-        path.write_text(text)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
         assert choice.read(tmp_path, 7) is None
-        assert why in capsys.readouterr().err
+        err = capsys.readouterr().err  # one line, as for the sampler files (stored.read_or_none)
+        assert err.startswith(f"warning: ignoring the sampler choice {path}: {why}"), err
+        assert err.endswith("; auto uses flow, else gmm, else N(0, I)\n") and err.count("\n") == 1
     choice.write(tmp_path, 7, "abc", {"choice": "gmm"})
     assert "the choice of step 7" in _read_warning(tmp_path, 8, path)
     (tmp_path / "gmm_7.npz").write_bytes(b"refitted since")
