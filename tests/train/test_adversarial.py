@@ -17,8 +17,8 @@ from catvae_jax import images
 from catvae_jax.after_training import train_and_evaluate
 from catvae_jax.errors import UserError
 from catvae_jax.model import discriminator, losses, networks
+from catvae_jax.train import loop, steps
 from catvae_jax.train import state as state_lib
-from catvae_jax.train import steps
 
 
 def _adversarial_config(start: int = 2):
@@ -102,23 +102,40 @@ def _run(config, workdir) -> dict:
     return train_and_evaluate(config, str(workdir))
 
 
+class _StopAt12(Exception):
+    pass
+
+
+def _stop_at_12(step, metrics):
+    if step == 12:
+        raise _StopAt12
+
+
 def test_a_run_with_a_discriminator_checkpoints_it_resumes_exactly_and_loads_without_it(
     tmp_path, monkeypatch
 ):
+    """In calls of up to 4 steps (the scanned multi-step program, the state donated), with
+    EMA; the training loop alone (the end-of-training job is tested elsewhere): stopped at its
+    first validation and resumed, bit-identical to one run."""
     config = _adversarial_config(start=6)
     config.lr_schedule = "constant"  # the same lr at every step, however long the first run
-    config.num_epochs = 2
-    straight = _run(config, tmp_path / "straight")
-    assert (tmp_path / "straight" / "checkpoints" / "24" / "disc").is_dir()
+    config.num_epochs, config.steps_per_call, config.log_every_steps = 2, 4, 5
+    config.ema_decay = 0.9
+    straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
+    for item in ("disc", "ema"):
+        assert (tmp_path / "straight" / "checkpoints" / "24" / item).is_dir()
     lines = [
         json.loads(s) for s in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert any(m.get("train_disc", 0) > 0 for m in lines)
+    train = [m for m in lines if "train_disc" in m]
+    assert [m["step"] for m in train] == [5, 10, 12, 15, 20, 24]  # calls of 4, 1, 4, 1, 2, ...
+    assert train[0]["adversarial_weight"] == 0 and min(m["adversarial_weight"] for m in train[2:])
+    assert all(m["train_disc"] > 0 for m in train)
 
-    config.num_epochs = 1
-    _run(config, tmp_path / "resumed")
-    config.num_epochs = 2
-    resumed = _run(config, tmp_path / "resumed")
+    with pytest.raises(_StopAt12):
+        loop.train_and_evaluate(config, str(tmp_path / "resumed"), on_validation=_stop_at_12)
+    assert (tmp_path / "resumed" / "checkpoints" / "12" / "disc").is_dir()
+    resumed = loop.train_and_evaluate(config, str(tmp_path / "resumed"))
     assert resumed["step"] == straight["step"] == 24
     assert resumed["params_sha256"] == straight["params_sha256"]  # params and discriminator
 
