@@ -195,7 +195,7 @@ def table(summary: dict, top: int = 6) -> str:
             )
         elif name == "train_steps" and "train_steps" in summary["counts"]:
             note = f"  ({summary['counts']['train_steps']} steps)"
-        lines.append(f"  {name:<12} {seconds:8.2f} s {100 * seconds / wall:5.1f} %{note}")
+        lines.append(f"  {name:<14} {seconds:8.2f} s {100 * seconds / wall:5.1f} %{note}")
     slowest = list(summary["programs"].items())[:top]
     if slowest:
         lines.append(
