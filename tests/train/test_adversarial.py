@@ -13,11 +13,11 @@ import pytest
 from conftest import tiny_config
 
 import catvae_jax
-from catvae_jax import images
+from catvae_jax import images, model_file
 from catvae_jax.after_training import train_and_evaluate
 from catvae_jax.errors import UserError
 from catvae_jax.model import discriminator, losses, networks
-from catvae_jax.train import loop, steps
+from catvae_jax.train import init_from, loop, steps
 from catvae_jax.train import state as state_lib
 
 
@@ -147,6 +147,9 @@ def test_a_run_with_a_discriminator_checkpoints_it_resumes_exactly_and_loads_wit
     assert model.step == 24
     out = model.generate(3, seed=0, sampler="prior")
     assert out.shape == (3, 16, 16, 3) and np.isfinite(out).all()
+    # Fine-tuning's start (init_from) reads the parameters alone too; export reads load()'s.
+    params, _ = init_from.read(f"{tmp_path / 'straight'}:latest")
+    assert sorted(params) == sorted(model_file.flatten_params(model.params))
 
 
 def test_the_term_switched_on_in_a_resumed_run_starts_a_fresh_discriminator(
