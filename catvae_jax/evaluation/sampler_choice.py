@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from catvae_jax import data
+from catvae_jax import data, model_file
 from catvae_jax.errors import UserError
 from catvae_jax.evaluation import sample_quality
 from catvae_jax.inference import VaeModel, load
@@ -191,14 +191,18 @@ def choose_checkpoints(
     workdir: str, steps: Sequence[str | int], n: int, seed: int = 0
 ) -> list[tuple[int, dict]]:
     """`choose` for each checkpoint of `steps` (best, latest, numbers; each step once), the
-    networks and the reference features computed once. Returns (step, record) pairs."""
+    networks and the reference features computed once. Returns (step, record) pairs. A model
+    file is a UserError: the choice is stored in a training workdir, beside its checkpoint."""
+    if model_file.is_model_file(workdir):
+        raise UserError(f"{workdir} is a model file: choose_sampler writes into a training workdir")
     done: list[tuple[int, dict]] = []
-    nets, reference = Nets.build(), None
+    nets = reference = None
     for name in steps:
         model = load(workdir, name)
         if model.step in [step for step, _ in done]:
             continue
         if reference is None:
+            nets = Nets.build()
             reference = Reference.of(validation_images(model, n), nets)
         done.append((int(model.step), choose(model, n, seed, nets, reference)))
     return done

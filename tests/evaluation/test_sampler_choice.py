@@ -13,6 +13,7 @@ from conftest import run_cli
 
 import catvae_jax
 from catvae_jax import after_training, data
+from catvae_jax.errors import UserError
 from catvae_jax.evaluation import sampler_choice
 from catvae_jax.priors import choice, stored
 from catvae_jax.train import loop
@@ -80,6 +81,11 @@ def test_a_damaged_or_stale_choice_file_counts_as_absent(tmp_path, capsys):
     assert "gmm_7.npz has changed since it was measured" in capsys.readouterr().err
     with pytest.raises(ValueError):
         choice.write(tmp_path, 7, "abc", {"choice": "auto"})
+
+
+def test_a_model_file_gets_no_choice(tmp_path):
+    with pytest.raises(UserError, match="is a model file: choose_sampler writes into a training"):
+        sampler_choice.choose_checkpoints("pretrained:quickstart", ["best"], 16)
 
 
 def test_the_choice_of_a_checkpoint_rotated_away_goes_with_its_sampler_files(tmp_path):
