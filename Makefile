@@ -38,14 +38,16 @@ run: install
 	@echo "  $(PY) -m catvae_jax.serve --workdir $(WORKDIR)    # then open http://127.0.0.1:8000"
 	@echo "More: README.md, and docs/ (make docs builds the site)."
 
-# The model shipped in the package as pretrained:quickstart (catvae_jax/pretrained/README.md):
-# trained, evaluated and exported (float16, with quickstart.json beside it) by these commands.
-PRETRAINED_RUN ?= runs/pretrained_quickstart
+# A model shipped in the package as pretrained:NAME (catvae_jax/pretrained/README.md), NAME one of
+# quickstart | default: configs/NAME.py trained, evaluated and exported (float16, with NAME.json
+# beside it) by these commands. `make pretrained NAME=default`.
+NAME ?= quickstart
+PRETRAINED_RUN ?= runs/pretrained_$(NAME)
 pretrained: install
-	$(PY) -m catvae_jax.main --config configs/quickstart.py --workdir $(PRETRAINED_RUN)
+	$(PY) -m catvae_jax.main --config configs/$(NAME).py --workdir $(PRETRAINED_RUN)
 	$(PY) -m catvae_jax.evaluate --workdir $(PRETRAINED_RUN) --nolikelihood --num_samples 1000 --novgg
 	$(PY) -m catvae_jax.export --workdir $(PRETRAINED_RUN) --dtype float16 --ship \
-	  --out catvae_jax/pretrained/quickstart.catvae
+	  --out catvae_jax/pretrained/$(NAME).catvae
 
 lint: install-dev
 	$(PY) -m ruff check catvae_jax configs tests benchmarks tools experiments

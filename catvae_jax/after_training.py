@@ -1,14 +1,18 @@
 """A whole training run: `train_and_evaluate` = the loop, then `finish`, the end-of-training job
-(the learned prior and the bits/dim range of `best` and `latest`, then samples.png and
-reconstructions.png; what is already there for the final step, as after a re-run of a finished
-run, is kept). `fit_checkpoints` fits both for existing checkpoints (the fit_prior command).
+(the learned prior, the bits/dim range and the measured `auto` sampler of `best` and `latest`,
+then samples.png and reconstructions.png; what is already there for the final step, as after a
+re-run of a finished run, is kept). `fit_checkpoints` fits the learned prior and the range for
+existing checkpoints (the fit_prior command).
 
 For each checkpoint a reader picks by default (`best`, and `latest` when it differs) the flow
 of catvae_jax/priors/flow.py is fitted to the posterior means of up to 10 000 training images and
 written, atomically, to WORKDIR/flow_<step>.npz, where `inference.load` finds it. Two
 processes fitting the same checkpoint at once both succeed (the fit is deterministic; the last
 rename wins). The bits/dim range of the validation images (catvae_jax/bpd_range.py, what
-reconstruct and the service judge an input against) goes to WORKDIR/bpd_<step>.json.
+reconstruct and the service judge an input against) goes to WORKDIR/bpd_<step>.json. Then
+(`config.choose_sampler`) each sampler of those checkpoints is measured on the validation split
+and the best is stored as WORKDIR/sampler_<step>.json for `auto`
+(catvae_jax/evaluation/sampler_choice.py).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from etils import epath
 
 from catvae_jax import bpd_range, images, inference, model_file
 from catvae_jax.errors import UserError
-from catvae_jax.evaluation import typicality
-from catvae_jax.priors import flow, gmm, stored
+from catvae_jax.evaluation import sampler_choice, typicality
+from catvae_jax.priors import choice, flow, gmm, stored
 from catvae_jax.train import loop, timing
 from catvae_jax.train.hooks import say
 
@@ -102,13 +106,15 @@ def train_and_evaluate(
 def finish(run: loop.Finished) -> np.ndarray | None:
     """The end of a run (process 0): deletes the sampler files of checkpoints rotated away, fits
     the learned prior of `best` and `latest` unless `config.flow_prior` is off (the final
-    model's one attached, so samples.png uses it) and measures their bits/dim ranges
-    (`_fit_ranges`), then samples.png (8×8, the default sampler, fixed seed) and
-    reconstructions.png (inputs above outputs), each tagged with the step and the parameters'
-    digest. A prior, range or pictures already there for these parameters (a re-run of a
-    finished run) are kept, and said so. Returns the samples grid (uint8 HWC) for the run's log,
-    or None when the pictures were kept. Timed as `prior_fit` (the flow, or the gmm the default
-    sampler falls back to) and `pictures` in the run's breakdown."""
+    model's one attached, so samples.png uses it), measures their bits/dim ranges
+    (`_fit_ranges`) and which sampler `auto` uses for them unless `config.choose_sampler` is
+    off (`_choose_samplers`; the final model's choice attached), then samples.png (8×8, the
+    `auto` sampler, fixed seed) and reconstructions.png (inputs above outputs), each tagged
+    with the step and the parameters' digest. A prior, range, choice or pictures already there
+    for these parameters (a re-run of a finished run) are kept, and said so. Returns the
+    samples grid (uint8 HWC) for the run's log, or None when the pictures were kept. Timed as
+    `prior_fit` (the flow, or the gmm the default sampler falls back to), `sampler_choice` and
+    `pictures` in the run's breakdown."""
     vae = inference.VaeModel(
         run.graphdef, run.params, run.config, step=run.step, workdir=run.workdir
     )
@@ -120,6 +126,9 @@ def finish(run: loop.Finished) -> np.ndarray | None:
         with timing.part(run.timing, "prior_fit"):
             _fit_priors(run, vae)
     _fit_ranges(run, vae)
+    if run.config.choose_sampler and run.ckpts is not None:
+        with timing.part(run.timing, "sampler_choice"):
+            _choose_samplers(run, vae)
     tag = {STEP_KEY: str(run.step), PARAMS_KEY: vae.params_sha256}
     if all(_tagged(run.workdir / name, tag) for name in PICTURES):
         say(f"{' and '.join(PICTURES)} of step {run.step} are already in {run.workdir}: kept")
@@ -186,3 +195,32 @@ def _fit_ranges(run: loop.Finished, vae: inference.VaeModel) -> None:
             say(f"checkpoint {step}: bits/dim range already in {where}: kept")
         else:
             fit_range(model, run.workdir)
+
+
+def _choose_samplers(run: loop.Finished, vae: inference.VaeModel) -> None:
+    """Measures and stores the `auto` sampler of `best` and `latest`, unless a usable choice
+    (measured on that checkpoint's parameters) is stored for that step; the one of `vae`'s step
+    is attached to `vae`. The networks and the held-out features are computed once."""
+    ckpts = run.ckpts
+    steps = sorted({s for s in (ckpts.resolve("best"), ckpts.resolve("latest")) if s is not None})
+    if vae.flow is None:  # config.flow_prior off: a flow stored for this step still counts
+        vae.flow = inference.read_flow(vae)
+    vae.choice = choice.read(run.workdir, vae.step, vae.params_sha256)
+    nets = reference = None
+    for step in steps:
+        try:  # load() reads the stored choice of that step, if usable
+            model = vae if step == vae.step else inference.load(run.workdir, step)
+        except UserError as e:
+            say(f"warning: no sampler choice for checkpoint {step}: {e}")
+            continue
+        if model.choice is not None:
+            where = choice.cache_path(run.workdir, step)
+            say(f"checkpoint {step}: sampler choice already in {where}: kept")
+            continue
+        say(f"checkpoint {step}: measuring its samplers for auto ...")
+        if nets is None:
+            nets = sampler_choice.Nets.build()
+            held_out = sampler_choice.validation_images(model, run.config.choose_sampler_n)
+            reference = sampler_choice.Reference.of(held_out, nets)
+        record = sampler_choice.choose(model, reference.n, run.config.seed, nets, reference)
+        say(sampler_choice.format_record(step, record))

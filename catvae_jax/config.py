@@ -83,6 +83,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.lpips_size = 0  # LPIPS on bilinear lpips_size² resizes; 0 = at image_size (>= 32)
     c.loss.beta = 0.5  # weight of the KL term, summed over latent dimensions
     c.loss.kl_warmup_steps = 200  # beta rises linearly from 0 over this many steps
+    # Adversarial term (catvae_jax/model/discriminator.py): the decoder's hinge generator loss,
+    # scaled by an adaptive weight (‖∇ recon‖ / ‖∇ adversarial‖ at the decoder's last layer,
+    # VQGAN's) times adversarial_weight; 0 = off (no discriminator is built or checkpointed).
+    c.loss.adversarial_weight = 0.0
+    c.loss.adversarial_start = 0  # train step from which the discriminator and the term act
+
+    # The patch discriminator of the adversarial term (loss.adversarial_weight > 0 only).
+    c.discriminator = ml_collections.ConfigDict()
+    c.discriminator.width = 32  # channels of its first conv; doubled by each of the next two
+    c.discriminator.learning_rate = 2e-4  # Adam (b1 0.5, b2 0.9), constant
 
     c.plateau = ml_collections.ConfigDict()
     c.plateau.factor = 0.5  # the lr is multiplied by this after `patience` bad validations
@@ -120,6 +130,12 @@ def get_config() -> ml_collections.ConfigDict:
     # "WORKDIR" or "WORKDIR:STEP" (best, latest or a number; default best), a model file
     # (NAME.catvae) or "pretrained:NAME". Empty: random initialisation. A resumed run ignores it.
     c.init_from = ""
+    # When training ends, measure each sampler (prior, gmm, flow) of those checkpoints on the
+    # validation split in AlexNet, VGG16 and pixel statistics (catvae_jax/evaluation/
+    # sampler_choice.py), and store the best for the `auto` sampler. False: auto keeps its fixed
+    # order (flow, else gmm, else N(0, I)).
+    c.choose_sampler = True
+    c.choose_sampler_n = 256  # samples per sampler, against as many validation images (or all)
 
     c.wandb = ml_collections.ConfigDict()
     # offline (WORKDIR/wandb: `wandb sync` it later) | online (needs `wandb login`) | disabled;
@@ -340,6 +356,12 @@ CHECKS = (
     Check("loss.lpips_weight", lambda v, c: v >= 0, "must be >= 0, got {v}"),
     Check("loss.lpips_size", lambda v, c: (v or c.image_size) >= 32,
           "(or image_size) must be >= 32 for LPIPS, got {size}", lambda c: c.loss.lpips_weight > 0),
+    Check("loss.adversarial_weight", lambda v, c: v >= 0, "must be >= 0 (0 = off), got {v}"),
+    Check("loss.adversarial_start", lambda v, c: v >= 0, "must be >= 0, got {v}"),
+    Check("discriminator.width", lambda v, c: v > 0 and (v <= 8 or v % 8 == 0),
+          "must be positive and at most 8 or a multiple of 8, got {v}"),
+    Check("discriminator.learning_rate", lambda v, c: v > 0, "must be positive, got {v}"),
+    Check("choose_sampler_n", lambda v, c: v >= 8, "must be at least 8, got {v}"),
     Check("plateau.factor", lambda v, c: 0 < v < 1, "must be in (0, 1), got {v}"),
     Check("plateau.patience", lambda v, c: v >= 0, "must be >= 0, got {v}"),
     Check("early_stop_patience", lambda v, c: v >= 1, "must be at least 1, got {v}"),

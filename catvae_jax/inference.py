@@ -24,7 +24,7 @@ from flax import nnx
 from catvae_jax import bpd_range, data, model_file
 from catvae_jax import config as config_lib
 from catvae_jax.errors import UserError, failed_write
-from catvae_jax.priors import flow, gmm, stored
+from catvae_jax.priors import choice, flow, gmm, stored
 from catvae_jax.train import state as state_lib
 from catvae_jax.train.checkpoint import read_checkpoint
 from catvae_jax.train.hooks import say
@@ -46,7 +46,9 @@ class VaeModel:
         self.gmm: gmm.GaussianMixture | None = None
         self.flow: flow.Flow | None = None  # the learned prior of this checkpoint, if fitted
         self.bpd_range: bpd_range.BpdRange | None = None  # what inputs it knows, if computed
-        self._auto: str | None = None  # what sampler="auto" resolved to
+        # The measured choice of `auto` (priors/choice.py, a record with `choice`), if stored.
+        self.choice: dict | None = None
+        self._auto: str | None = None  # what sampler="auto" resolved to without a choice
         self._train_means: tuple[int, np.ndarray] | None = None  # (max_images, latents)
         self.image_shape = (config.image_size, config.image_size, 3)
         self.z_dim = int(config.model.z_dim)
@@ -139,12 +141,17 @@ class VaeModel:
         return np.asarray(out)
 
     def resolve_sampler(self, sampler: str = "auto") -> str:
-        """The sampler "auto" stands for: "flow" when a learned prior is fitted for this
+        """The sampler "auto" stands for: the measured choice of this checkpoint (`choice`,
+        read by `load` from WORKDIR/sampler_<step>.json) when there is one and it can be
+        drawn; otherwise the fixed order: "flow" when a learned prior is fitted for this
         checkpoint; else "gmm" when its mixture is cached or the training split can be read
         to fit it (done here, on first use); else "prior" (N(0, I)), with a warning on stderr.
         Any other name is returned as it is."""
         if sampler != "auto":
             return sampler
+        chosen = self._chosen()
+        if chosen is not None:
+            return chosen
         if self.flow is not None:
             return "flow"
         if self._auto is None:
@@ -155,6 +162,26 @@ class VaeModel:
                 print(f"warning: auto sampler uses N(0, I): no gmm ({e})", file=sys.stderr)
                 self._auto = "prior"
         return self._auto
+
+    def _chosen(self) -> str | None:
+        """The stored choice if it can be drawn (a chosen flow must be loaded, a chosen gmm
+        cached or fittable); otherwise None, and the choice is dropped with a warning."""
+        if self.choice is None:
+            return None
+        name = self.choice["choice"]
+        try:
+            if name == "flow" and self.flow is None:
+                raise UserError("no learned prior is loaded")
+            if name == "gmm" and self.gmm is None:
+                self.fit_gmm()
+        except (UserError, OSError) as e:
+            print(
+                f"warning: ignoring the sampler choice '{name}' of checkpoint {self.step}: {e}",
+                file=sys.stderr,
+            )
+            self.choice = None
+            return None
+        return name
 
     def encode_means(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Posterior means [N, z] of uint8 images [N, S, S, 3], in batches of one shape."""
@@ -300,8 +327,10 @@ def load(workdir: str | epath.Path, step: str | int = "best", ema: bool = True) 
     # The workdir's cached samplers belong to the default (EMA) parameters: raw ones use none.
     cache = None if has_ema and not ema else workdir
     model = VaeModel(graphdef, state_lib.eval_params(state), config, step=number, workdir=cache)
-    model.flow = read_flow(model) if cache is not None else None
-    model.bpd_range = read_bpd_range(model) if cache is not None else None
+    if cache is not None:
+        model.flow = read_flow(model)
+        model.bpd_range = read_bpd_range(model)
+        model.choice = choice.read(workdir, number, model.params_sha256)
     return model
 
 

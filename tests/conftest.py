@@ -55,6 +55,9 @@ def tiny_config():
     c.wandb.mode = "disabled"
     c.progress_bar = False
     c.validation_pictures = False  # drawn in tests/train/test_report.py; here ~2 s of each run
+    # The end-of-training sampler choice (AlexNet and VGG16 on 128² resizes): tested apart, in
+    # tests/evaluation/test_sampler_choice.py; `auto` keeps its fixed order in the tiny run.
+    c.choose_sampler = False
     return c
 
 

@@ -99,6 +99,11 @@ def test_experiments_reproduce_the_original(name, seed, epochs):
         ("image_size", 48, "image_size"),  # not a multiple of 2^5 with five widths, below
         ("loss.lpips_weight", -1.0, "loss.lpips_weight"),
         ("loss.lpips_size", 16, "loss.lpips_size"),  # AlexNet's conv5 needs >= 32 px
+        ("loss.adversarial_weight", -0.1, "loss.adversarial_weight"),
+        ("loss.adversarial_start", -1, "loss.adversarial_start"),
+        ("discriminator.width", 12, "discriminator.width"),  # GroupNorm's 8 groups
+        ("discriminator.learning_rate", 0.0, "discriminator.learning_rate"),
+        ("choose_sampler_n", 4, "choose_sampler_n"),
     ],
 )
 def test_out_of_range_values_name_the_field(field, value, named):

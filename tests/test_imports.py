@@ -132,7 +132,7 @@ FLOORS = {
     "after_training": 5, "sharing": 5,
     "serve": 6, "sweep": 6,
     "main": 7, "generate": 7, "reconstruct": 7, "interpolate": 7, "evaluate": 7,
-    "fit_prior": 7, "import_torch": 7, "bench": 7, "export": 7,
+    "fit_prior": 7, "choose_sampler": 7, "import_torch": 7, "bench": 7, "export": 7,
 }  # fmt: skip
 
 

@@ -236,12 +236,14 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_K) -> tuple
     return float(precision), float(recall)
 
 
-def _sample(model: VaeModel, n: int, sampler: str, seed: int, chunk: int = 250) -> np.ndarray:
+def _sample(
+    model: VaeModel, n: int, sampler: str, seed: int, chunk: int = 250, temperature: float = 1.0
+) -> np.ndarray:
     """n images from `model`'s sampler, in chunks of one shape, each chunk seeded from seed."""
     parts = []
     for i in range(math.ceil(n / chunk)):
         chunk_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-        parts.append(model.generate(min(chunk, n), seed=chunk_seed, sampler=sampler))
+        parts.append(model.generate(min(chunk, n), chunk_seed, temperature, sampler))
     return np.concatenate(parts)[:n]
 
 

@@ -9,6 +9,10 @@ Reductions, per image unless said otherwise:
 - `kl_divergence`: KL(N(mu, exp(logvar)) ‖ N(0, I)) summed over latent dimensions, in nats.
 - `vae_loss`: the batch mean of reconstruction + β_t·KL, with β_t rising linearly from 0 to β over
   `kl_warmup_steps` train steps.
+- The adversarial term (`adversarial_weight` > 0; the two-player step is in
+  catvae_jax/train/steps.py): the decoder minimises `generator_loss` (−mean logit of its
+  images, hinge GAN), scaled by `adaptive_weight`; the discriminator minimises
+  `discriminator_loss` (the hinge loss on real and decoded images).
 """
 
 from __future__ import annotations
@@ -79,6 +83,33 @@ def warmed_up_beta(step: jax.Array, beta: float, warmup_steps: jax.Array) -> jax
     return (beta * jnp.where(warmup_steps > 0, ramp, 1.0)).astype(jnp.float32)
 
 
+def posterior_sample(
+    model: nnx.Module, x: jax.Array, key: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(x̂ = decode(z), mu, logvar) with z ~ N(mu, exp(logvar)) drawn with `key`."""
+    mu, logvar = model.encode(x)
+    eps = jax.random.normal(key, mu.shape, mu.dtype)
+    z = mu + jnp.exp(0.5 * logvar) * eps
+    return model.decode(z), mu, logvar
+
+
+def generator_loss(fake_logits: jax.Array) -> jax.Array:
+    """The decoder's hinge-GAN loss: −mean of the discriminator's logits on its images."""
+    return -jnp.mean(fake_logits)
+
+
+def discriminator_loss(real_logits: jax.Array, fake_logits: jax.Array) -> jax.Array:
+    """The hinge loss mean(relu(1 − D(x))) + mean(relu(1 + D(x̂))) (0 for a perfect margin)."""
+    return jnp.mean(jax.nn.relu(1.0 - real_logits)) + jnp.mean(jax.nn.relu(1.0 + fake_logits))
+
+
+def adaptive_weight(recon_grad: jax.Array, adv_grad: jax.Array, max_weight: float) -> jax.Array:
+    """VQGAN's λ = ‖∇_W recon‖ / (‖∇_W adversarial‖ + 1e-4), clipped to [0, max_weight], of the
+    two terms' gradients at the decoder's last layer W; no gradient flows through it."""
+    ratio = jnp.linalg.norm(recon_grad) / (jnp.linalg.norm(adv_grad) + 1e-4)
+    return jax.lax.stop_gradient(jnp.clip(ratio, 0.0, max_weight))
+
+
 def vae_loss(
     model: nnx.Module,
     x: jax.Array,
@@ -95,10 +126,7 @@ def vae_loss(
     is [metric_images] when `metric_images` > 0 and SSIM is not in the loss). `kernels` and
     `dtype`: as for `reconstruction` (the model carries its own).
     """
-    mu, logvar = model.encode(x)
-    eps = jax.random.normal(key, mu.shape, mu.dtype)
-    z = mu + jnp.exp(0.5 * logvar) * eps
-    x_hat = model.decode(z)
+    x_hat, mu, logvar = posterior_sample(model, x, key)
     recon, s = reconstruction(x, x_hat, loss_cfg, metric_images, kernels, dtype)
     kl = kl_divergence(mu, logvar)
     loss = recon + beta * kl

@@ -201,6 +201,17 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] =
 assert tuple(MODELS) == MODEL_NAMES, "config.MODEL_NAMES lists the networks of MODELS"
 
 
+def output_kernel(config: ml_collections.ConfigDict, state: nnx.State) -> jax.Array:
+    """The kernel of the configured model's last decoder layer, read from `state` (its
+    parameters, or gradients shaped like them): what the adversarial term's adaptive weight
+    compares the two terms' gradients on."""
+    if config.model.name == "resvae":
+        layer = state["up"][len(config.model.widths) - 1]
+    else:  # vae_cats_v1
+        layer = state["decode_layers"][4]
+    return jax.tree.leaves(layer["kernel"])[0]
+
+
 def init_eager(config: ml_collections.ConfigDict, seed: int | None = None) -> nnx.Module:
     """Constructs the model named by `config.model.name`, its initialisers run op by op (each
     compiles on its own: slow to run, meant for `nnx.eval_shape`)."""

@@ -23,8 +23,9 @@ import numpy as np
 from etils import epath
 
 DIGEST_KEY = "params_sha256"
-# flow.cache_path, gmm.cache_path, and bpd_range.path (a checkpoint's bits/dim range)
-_FILE_NAME = re.compile(r"(?:flow|gmm)_(\d+)\.npz|bpd_(\d+)\.json")
+# flow.cache_path, gmm.cache_path, bpd_range.path (a checkpoint's bits/dim range) and
+# choice.cache_path (its measured sampler choice)
+_FILE_NAME = re.compile(r"(?:flow|gmm)_(\d+)\.npz|(?:bpd|sampler)_(\d+)\.json")
 MAX_FILE_BYTES = 1 << 30  # far above any sampler file (a flow of z = 512 is ~5 MB)
 _KINDS = "fiub" + "U"  # float, int, unsigned, bool, and str (the digest)
 
@@ -150,9 +151,10 @@ def read_or_none(
 
 
 def remove_stale(workdir: str | epath.Path, kept: Iterable[int]) -> list[epath.Path]:
-    """Deletes the sampler files (and bits/dim ranges, bpd_<step>.json) of WORKDIR whose
-    checkpoint step is not in `kept` (rotated away, or being written anew); returns them. A
-    file that cannot be deleted stays (it is ignored by its digest)."""
+    """Deletes the sampler files (and bits/dim ranges, bpd_<step>.json, and sampler choices,
+    sampler_<step>.json) of WORKDIR whose checkpoint step is not in `kept` (rotated away, or
+    being written anew); returns them. A file that cannot be deleted stays (it is ignored by
+    its digest)."""
     kept, removed = set(kept), []
     for path in epath.Path(workdir).iterdir():
         match = _FILE_NAME.fullmatch(path.name)

@@ -7,6 +7,7 @@ be read (half-written, corrupt) is skipped with a warning and the one before it 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pathlib
@@ -122,12 +123,16 @@ class Checkpoints:
     def save(self, step: int, state: Any, meta: dict, config: dict, val_loss: float) -> None:
         """Writes (asynchronously) the checkpoint of `step`; `val_loss` ranks it for "best".
 
-        A TrainState's EMA goes into its own item `ema`, so the `state` item keeps the layout of
-        checkpoints written before EMA existed (and without it)."""
-        ema = getattr(state, "ema", None)
-        items = {"ema": ocp.args.StandardSave(ema)} if ema is not None else {}
+        A TrainState's EMA and discriminator go into their own items, `ema` and `disc`, so the
+        `state` item keeps the layout of checkpoints written before either existed (and
+        without them), and a reader restores only what it needs."""
+        items = {}
+        for name in _OPTIONAL_ITEMS:
+            part = getattr(state, name, None)
+            if part is not None:
+                items[name] = ocp.args.StandardSave(_as_dict(part))
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(_without_ema(state)),
+            state=ocp.args.StandardSave(_state_item(state)),
             meta=ocp.args.JsonSave(meta),
             config=ocp.args.JsonSave(config),
             **items,
@@ -235,14 +240,19 @@ class Checkpoints:
 
         Raises LayoutMismatch naming the first array whose stored shape differs from
         `abstract_state`, before any read starts (a failed read leaves Orbax's background
-        threads writing tracebacks at interpreter exit). When `abstract_state` has an `ema`,
-        it is read if the checkpoint has one; otherwise the state comes back with ema=None.
+        threads writing tracebacks at interpreter exit). An `ema` or `disc` of
+        `abstract_state` is read if the checkpoint has one; otherwise (and when
+        `abstract_state`'s is None) the state comes back with None there.
         """
-        want_ema = getattr(abstract_state, "ema", None)
-        base = _without_ema(abstract_state)
+        base = _state_item(abstract_state)
         self.check_shapes(step, base)
-        has_ema = want_ema is not None and self.has_ema(step)
-        items = {"ema": ocp.args.StandardRestore(want_ema)} if has_ema else {}
+        wanted = {}
+        for name in _OPTIONAL_ITEMS:
+            part = getattr(abstract_state, name, None)
+            if part is not None and self.has_item(step, name):
+                self.check_shapes(step, _as_dict(part), name)
+                wanted[name] = part
+        items = {k: ocp.args.StandardRestore(_as_dict(v)) for k, v in wanted.items()}
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(base),
             meta=ocp.args.JsonRestore(),
@@ -252,23 +262,32 @@ class Checkpoints:
         restored = self.manager.restore(step, args=args)
         state = restored.state
         if hasattr(abstract_state, "ema"):  # back to a TrainState (of the same class)
-            ema = restored.ema if has_ema else None
-            state = abstract_state.replace(**state, ema=ema)
+            parts = {k: _from_dict(wanted[k], restored[k]) if k in wanted else None
+                     for k in _OPTIONAL_ITEMS}  # fmt: skip
+            state = abstract_state.replace(**state, **parts)
         return state, restored.meta, restored.config
 
     def has_ema(self, step: int) -> bool:
         """Whether checkpoint `step` holds an EMA of the parameters."""
-        return (epath.Path(self.manager.directory) / str(step) / "ema").exists()
+        return self.has_item(step, "ema")
 
-    def check_shapes(self, step: int, abstract_state: Any) -> None:
-        """Raises LayoutMismatch if checkpoint `step`'s arrays differ from `abstract_state`'s."""
+    def has_item(self, step: int, name: str) -> bool:
+        """Whether checkpoint `step` holds the item `name` (`ema`, `disc`)."""
+        return (epath.Path(self.manager.directory) / str(step) / name).exists()
+
+    def check_shapes(self, step: int, abstract_state: Any, item: str = "state") -> None:
+        """Raises LayoutMismatch if the arrays of checkpoint `step`'s `item` differ from
+        `abstract_state`'s (named "<item>/<path>" for an item other than `state`)."""
         # Orbax warns "Metadata file does not exist" for the item: harmless here.
         with _absl_errors_only(), ocp.StandardCheckpointer() as reader:
-            stored = _shapes(reader.metadata(self.manager.directory / str(step) / "state"))
+            stored = _shapes(reader.metadata(self.manager.directory / str(step) / item))
+        prefix = "" if item == "state" else f"{item}/"
         for name, shape in _shapes(abstract_state).items():
             if stored.get(name) != shape:
                 have = "missing" if name not in stored else f"shape {stored[name]}"
-                raise LayoutMismatch(f"{name}: the checkpoint has {have}, the model wants {shape}")
+                raise LayoutMismatch(
+                    f"{prefix}{name}: the checkpoint has {have}, the model wants {shape}"
+                )
 
     def restore_newest_readable(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
         """Restores the newest checkpoint that reads back.
@@ -334,14 +353,28 @@ def read_checkpoint(
 
 
 _STATE_FIELDS = ("step", "params", "opt_state", "plateau")  # the `state` item, as before EMA
+_OPTIONAL_ITEMS = ("ema", "disc")  # TrainState fields saved as items of their own when present
 
 
-def _without_ema(state: Any) -> Any:
-    """The `state` item of a TrainState: its fields but `ema`, as a dict (the layout that
-    checkpoints from before EMA have; an `ema: None` field would not match it)."""
+def _state_item(state: Any) -> Any:
+    """The `state` item of a TrainState: its fields but `ema` and `disc`, as a dict (the layout
+    that checkpoints from before EMA have; an `ema: None` field would not match it)."""
     if not hasattr(state, "ema"):
         return state
     return {name: getattr(state, name) for name in _STATE_FIELDS}
+
+
+def _as_dict(part: Any) -> Any:
+    """An optional item as Orbax stores it: a dataclass (the DiscState) as a dict of its
+    fields, anything else (the EMA's nnx.State) as it is."""
+    if dataclasses.is_dataclass(part):
+        return {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}
+    return part
+
+
+def _from_dict(like: Any, restored: Any) -> Any:
+    """The inverse of `_as_dict`, shaped like the restore target `like`."""
+    return like.replace(**restored) if dataclasses.is_dataclass(like) else restored
 
 
 def _tree_size(path: epath.Path) -> int:

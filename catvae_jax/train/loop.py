@@ -217,6 +217,9 @@ class _Run:
         print(f"resumed from step {step} in {self.workdir}", flush=True)
         if state_lib.ema_decay(self.config) > 0 and state.ema is None:
             print(f"checkpoint {step} has no EMA: it starts from its parameters", flush=True)
+        if self.state.disc is not None and state.disc is None:
+            print(f"checkpoint {step} has no discriminator: a fresh one starts", flush=True)
+            state = state.replace(disc=self.state.disc)
         self.state = state_lib.start_ema(state, self.config)
         return Progress(**meta["progress"]), True
 
@@ -289,8 +292,8 @@ class _Run:
                 _close_all(*closers, self.train_data.close)
             finally:
                 self._report_timing()
-        # ema None: the params alone
-        digest = state_lib.params_digest((self.state.params, self.state.ema))
+        # ema and disc None: the parameters alone, as before either existed
+        digest = state_lib.params_digest((self.state.params, self.state.ema, self.state.disc))
         return {**final, "step": step, "params_sha256": digest}
 
     def _call(self, step: int, n: int) -> dict:

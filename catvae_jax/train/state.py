@@ -1,6 +1,7 @@
-"""A run's train state: what a checkpoint holds (step, parameters, optimizer, plateau, EMA) and
-how it is made. Readers of a checkpoint (`catvae_jax.inference`) need only this module: it
-imports neither the losses nor the data pipeline.
+"""A run's train state: what a checkpoint holds (step, parameters, optimizer, plateau, EMA, the
+adversarial term's discriminator) and how it is made. Readers of a checkpoint
+(`catvae_jax.inference`) need only this module: it imports neither the losses nor the data
+pipeline.
 """
 
 from __future__ import annotations
@@ -16,19 +17,35 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from catvae_jax.model import networks
+from catvae_jax.model import discriminator, networks
 
 
 @struct.dataclass
 class TrainState:
     """Everything a train step changes. `plateau` holds the reduce-on-plateau scale of the lr;
-    `ema` the moving average of `params` (None when `config.ema_decay` is 0)."""
+    `ema` the moving average of `params` (None when `config.ema_decay` is 0); `disc` the
+    discriminator of the adversarial term (None when `config.loss.adversarial_weight` is 0,
+    and in every reader's state: only training needs it)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     plateau: Any
     ema: Any = None
+    disc: DiscState | None = None
+
+
+@struct.dataclass
+class DiscState:
+    """The discriminator's parameters and its optimizer's state."""
+
+    params: Any
+    opt_state: Any
+
+
+def adversarial(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run trains with the adversarial term (and so a discriminator)."""
+    return float(config.loss.adversarial_weight) > 0
 
 
 def ema_decay(config: ml_collections.ConfigDict) -> float:
@@ -57,6 +74,23 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.chain(*parts)
 
 
+def make_disc_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """The discriminator's Adam (b1 0.5, b2 0.9: VQGAN's) at its constant learning rate."""
+    return optax.adam(config.discriminator.learning_rate, b1=0.5, b2=0.9)
+
+
+def start_disc(state: TrainState, config: ml_collections.ConfigDict) -> TrainState:
+    """`state` with a freshly initialised discriminator when the adversarial term is on and it
+    has none (a fresh run, or a checkpoint written without one); without the term, `state`
+    without one."""
+    if not adversarial(config):
+        return state.replace(disc=None)
+    if state.disc is not None:
+        return state
+    _, params = nnx.split(discriminator.make(config))
+    return state.replace(disc=DiscState(params, make_disc_optimizer(config).init(params)))
+
+
 def make_plateau(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
     """Reduce-on-plateau, stepped once per validation with the validation loss."""
     return optax.contrib.reduce_on_plateau(
@@ -75,15 +109,17 @@ def _state_at_step_0(config: ml_collections.ConfigDict, params: nnx.State) -> Tr
 
 
 def init_state(config: ml_collections.ConfigDict, model: nnx.Module) -> tuple[Any, TrainState]:
-    """Splits `model` into (graphdef, TrainState at step 0)."""
+    """Splits `model` into (graphdef, TrainState at step 0, with a discriminator when the
+    adversarial term is on)."""
     graphdef, params = nnx.split(model)
-    return graphdef, _state_at_step_0(config, params)
+    return graphdef, start_disc(_state_at_step_0(config, params), config)
 
 
 def abstract_state(
     config: ml_collections.ConfigDict, model_fn: Callable[[], nnx.Module]
 ) -> tuple[Any, TrainState]:
-    """(graphdef, TrainState of ShapeDtypeStructs) for `model_fn()`, allocating nothing."""
+    """(graphdef, TrainState of ShapeDtypeStructs) for `model_fn()`, allocating nothing: what a
+    checkpoint reader restores (no discriminator, whatever the config)."""
     graphdef, params = nnx.split(nnx.eval_shape(model_fn))
     params = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), params)
     return graphdef, jax.eval_shape(lambda p: _state_at_step_0(config, p), params)

@@ -17,8 +17,19 @@ import optax
 from flax import nnx, struct
 
 from catvae_jax import images
-from catvae_jax.model import backend, losses
-from catvae_jax.train.state import TrainState, ema_decay, make_optimizer
+from catvae_jax.model import backend, discriminator, losses, networks
+from catvae_jax.train.state import (
+    DiscState,
+    TrainState,
+    adversarial,
+    ema_decay,
+    make_disc_optimizer,
+    make_optimizer,
+)
+
+# λ's clip: VQGAN's 1e4 on a per-pixel mean reconstruction loss, times H·W·C here, where the
+# reconstruction term is summed over the pixel values (catvae_jax/model/losses.py).
+MAX_ADAPTIVE_WEIGHT_PER_VALUE = 1e4
 
 
 @struct.dataclass
@@ -96,6 +107,97 @@ def loss_options(config: ml_collections.ConfigDict) -> dict:
     }
 
 
+@struct.dataclass
+class AdversarialStep:
+    """A two-player step's outcome: the VAE's mean loss (with the weighted adversarial term),
+    per-image metrics and gradients, the discriminator's next state, and the metrics of the
+    term (its losses and effective weight w·λ)."""
+
+    loss: jax.Array
+    per_image: dict
+    grads: Any
+    disc: DiscState
+    metrics: dict
+
+
+def adversarial_loss_and_grads(
+    graphdef: nnx.GraphDef,
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    batch: jax.Array,
+    key: jax.Array,
+    beta: jax.Array,
+) -> AdversarialStep:
+    """One two-player step: the VAE's gradients of recon + β·KL + w·λ·generator_loss (w =
+    `loss.adversarial_weight` from step `loss.adversarial_start` on, else 0; λ the adaptive
+    weight at the decoder's last layer), and the discriminator updated by its hinge loss on the
+    batch and the decoded images (from `adversarial_start` on, when its loss is finite)."""
+    x = images.to_unit(batch)
+    active = state.step >= config.loss.adversarial_start
+    logits = _logits(config)
+    x_hat, kl, backward = _forward(graphdef, x, key, state.params)
+    options = loss_options(config)
+
+    def recon_fn(xh):
+        recon, s = losses.reconstruction(x, xh, config.loss, config.train_ssim_images, **options)
+        return jnp.mean(recon), (recon, s)
+
+    (_, (recon, ssim)), d_recon = jax.value_and_grad(recon_fn, has_aux=True)(x_hat)
+    adv_fn = lambda xh: losses.generator_loss(logits(state.disc.params, xh))
+    g_loss, d_adv = jax.value_and_grad(adv_fn)(x_hat)
+    last = lambda d: networks.output_kernel(config, backward((d, jnp.zeros_like(kl)))[0])
+    max_weight = MAX_ADAPTIVE_WEIGHT_PER_VALUE * x[0].size
+    weight = jnp.where(active, config.loss.adversarial_weight, 0.0)
+    weight = weight * losses.adaptive_weight(last(d_recon), last(d_adv), max_weight)
+    (grads,) = backward((d_recon + weight * d_adv, jnp.full_like(kl, beta / kl.shape[0])))
+    disc, d_loss = _update_disc(config, state.disc, x, x_hat, active & jnp.isfinite(g_loss))
+    per_image = {"loss": recon + beta * kl, "recon": recon, "kl": kl, "ssim": ssim}
+    metrics = {"train_adv_g": g_loss, "train_disc": d_loss, "adversarial_weight": weight}
+    loss = jnp.mean(per_image["loss"]) + weight * g_loss
+    return AdversarialStep(loss, per_image, grads, disc, metrics)
+
+
+def _logits(config: ml_collections.ConfigDict) -> Callable[[Any, jax.Array], jax.Array]:
+    """logits(disc_params, images) of the configured discriminator."""
+    d_graphdef = discriminator.graphdef(config)
+    return lambda p, im: nnx.merge(d_graphdef, p)(im)
+
+
+def _forward(
+    graphdef: nnx.GraphDef, x: jax.Array, key: jax.Array, params: nnx.State
+) -> tuple[jax.Array, jax.Array, Callable]:
+    """(x̂ [B, S, S, 3], KL [B], backward): `backward((cotangent of x̂, of KL))` is
+    (the gradient wrt `params`,). Only the cotangents at x̂ are combined across the loss terms,
+    so the VAE's full backward pass runs once; λ needs only the last layer's gradient of each
+    term, which XLA computes without the rest."""
+
+    def forward(p):
+        x_hat, mu, logvar = losses.posterior_sample(nnx.merge(graphdef, p), x, key)
+        return x_hat, losses.kl_divergence(mu, logvar)
+
+    (x_hat, kl), backward = jax.vjp(forward, params)
+    return x_hat, kl, backward
+
+
+def _update_disc(
+    config: ml_collections.ConfigDict,
+    disc: DiscState,
+    x: jax.Array,
+    x_hat: jax.Array,
+    active: jax.Array,
+) -> tuple[DiscState, jax.Array]:
+    """(next DiscState, hinge loss) of one Adam step on real `x` and decoded `x_hat` (no
+    gradient to the VAE); the state is unchanged unless `active` and everything is finite."""
+    logits = _logits(config)
+    fake = jax.lax.stop_gradient(x_hat)
+    loss_fn = lambda p: losses.discriminator_loss(logits(p, x), logits(p, fake))
+    d_loss, d_grads = jax.value_and_grad(loss_fn)(disc.params)
+    updates, opt_state = make_disc_optimizer(config).update(d_grads, disc.opt_state, disc.params)
+    new = DiscState(optax.apply_updates(disc.params, updates), opt_state)
+    take = active & jnp.isfinite(d_loss) & jnp.isfinite(optax.tree.norm(d_grads))
+    return jax.tree.map(lambda n, o: jnp.where(take, n, o), new, disc), d_loss
+
+
 def make_train_step(
     graphdef: nnx.GraphDef, config: ml_collections.ConfigDict, base_key: jax.Array
 ) -> Callable[[TrainState, jax.Array, Schedule], tuple[TrainState, dict]]:
@@ -104,17 +206,33 @@ def make_train_step(
 
     The noise of step t is fold_in(base_key, t). A non-finite loss or gradient norm leaves the
     parameters unchanged and reports `finite = False`, so the caller can stop at that step.
-    With `config.ema_decay` > 0 the step also updates the EMA of the parameters.
+    With `config.ema_decay` > 0 the step also updates the EMA of the parameters; with
+    `config.loss.adversarial_weight` > 0 it adds the adversarial term and updates the
+    discriminator (`adversarial_loss_and_grads`).
     """
     tx = make_optimizer(config)
     decay = ema_decay(config)
+    two_player = adversarial(config)
 
     def train_step(
         state: TrainState, batch: jax.Array, schedule: Schedule
     ) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
         beta = losses.warmed_up_beta(state.step, config.loss.beta, schedule.kl_warmup_steps)
-        (loss, per_image), grads = loss_and_grads(graphdef, config, state.params, batch, key, beta)
+        extra, disc = {}, state.disc
+        if two_player:  # decided while tracing
+            adv = adversarial_loss_and_grads(graphdef, config, state, batch, key, beta)
+            loss, per_image, grads, disc, extra = (
+                adv.loss,
+                adv.per_image,
+                adv.grads,
+                adv.disc,
+                adv.metrics,
+            )
+        else:
+            (loss, per_image), grads = loss_and_grads(
+                graphdef, config, state.params, batch, key, beta
+            )
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         cosine = cosine_multiplier(state.step, schedule.total_steps)
@@ -126,7 +244,10 @@ def make_train_step(
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         params = keep(params, state.params)
         new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=keep(opt_state, state.opt_state)
+            step=state.step + 1,
+            params=params,
+            opt_state=keep(opt_state, state.opt_state),
+            disc=disc,
         )
         if decay > 0:  # decided while tracing: no per-step Python
             new_state = new_state.replace(ema=update_ema(state.ema, params, state.step, decay))
@@ -137,6 +258,7 @@ def make_train_step(
             "grad_norm": grad_norm,
             "learning_rate": lr * scale,
             "finite": finite,
+            **extra,
         }
         return new_state, metrics
 

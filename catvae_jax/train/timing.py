@@ -1,5 +1,5 @@
 """Where a run's wall time goes: start-up, data, compilation, train steps, validation, checkpoints,
-the end-of-training prior fit and pictures.
+the end-of-training prior fit, sampler choice and pictures.
 
 A `Breakdown` times named parts of a run (`with breakdown.part("validation"): ...`); parts are
 exclusive (a part opened inside another pauses it), so they never overlap. JAX's own monitoring
@@ -33,6 +33,7 @@ PARTS = (
     "checkpoint",  # saving checkpoints: the time the loop waits for them
     "logging",  # metrics lines, progress bar
     "prior_fit",  # the learned prior of the final checkpoints (after_training.finish)
+    "sampler_choice",  # measuring their samplers for `auto` (config.choose_sampler)
     "pictures",  # samples.png and reconstructions.png
     "other",  # everything else (wall minus the rows above)
 )
@@ -194,7 +195,7 @@ def table(summary: dict, top: int = 6) -> str:
             )
         elif name == "train_steps" and "train_steps" in summary["counts"]:
             note = f"  ({summary['counts']['train_steps']} steps)"
-        lines.append(f"  {name:<12} {seconds:8.2f} s {100 * seconds / wall:5.1f} %{note}")
+        lines.append(f"  {name:<14} {seconds:8.2f} s {100 * seconds / wall:5.1f} %{note}")
     slowest = list(summary["programs"].items())[:top]
     if slowest:
         lines.append(

@@ -18,6 +18,7 @@ TINY = [
     "--config.progress_bar=False",
     "--config.validation_pictures=False",  # drawn in tests/train/test_report.py
     "--config.loss.lpips_weight=0",  # AlexNet on 128² resizes of 16² images: slow, and tested apart
+    "--config.choose_sampler=False",  # the same, for the sampler choice (test_sampler_choice.py)
 ]
 
 

@@ -2,7 +2,8 @@
 
 The device count must be set before JAX starts, so the check runs in a subprocess with 8
 simulated devices; meshes over 4 of them (the foundation's check) and all 8 (the scale issue's)
-are each compared with a mesh over 1.
+are each compared with a mesh over 1, and so is the two-player step of the adversarial term
+over 8 (its discriminator replicated like the parameters).
 """
 
 import json
@@ -31,9 +32,12 @@ from catvae_jax.train import state as state_lib
 
 config = tiny_config()
 config.learning_rate = %(lr)r
+adversarial = tiny_config()
+adversarial.learning_rate = %(lr)r
+adversarial.loss.adversarial_weight = 0.5
 batches = np.random.default_rng(0).integers(0, 256, (%(steps)d, 8, 16, 16, 3), dtype=np.uint8)
 
-def run(devices):
+def run(devices, config=config):
     mesh = Mesh(np.array(devices), ("data",))
     graphdef, state = state_lib.init_state(config, networks.init_compiled(config))
     state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -46,17 +50,22 @@ def run(devices):
     for b in batches:
         state, metrics = step(state, jax.device_put(b, NamedSharding(mesh, P("data"))), schedule)
     loss = float(metrics["train_loss"])
-    return grads, jax.device_get(state.params), loss, len(first.addressable_shards)
+    params = jax.device_get((state.params, state.disc))  # disc: None without the term
+    return grads, params, loss, len(first.addressable_shards)
 
 leaves = lambda t: [np.asarray(x) for x in jax.tree.leaves(t)]
 g_1, p_1, loss_1, _ = run(jax.devices()[:1])
 scale = max(float(np.max(np.abs(b))) for b in leaves(g_1))
 results = {}
-for n in (4, 8):
-    g_n, p_n, loss_n, shards = run(jax.devices()[:n])
+runs = {"4": (4, config), "8": (8, config), "8-adversarial": (8, adversarial)}
+for name, (n, cfg) in runs.items():
+    if name == "8-adversarial":
+        g_1, p_1, loss_1, _ = run(jax.devices()[:1], cfg)
+        scale = max(float(np.max(np.abs(b))) for b in leaves(g_1))
+    g_n, p_n, loss_n, shards = run(jax.devices()[:n], cfg)
     grad = max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(g_n), leaves(g_1)))
     diffs = np.concatenate([np.abs(a - b).ravel() for a, b in zip(leaves(p_n), leaves(p_1))])
-    results[n] = {"shards": shards, "grad_rel_diff": grad / scale,
+    results[name] = {"shards": shards, "grad_rel_diff": grad / scale,
                   "param_max_diff": float(diffs.max()),
                   "param_median_diff": float(np.median(diffs)), "loss_n": loss_n, "loss_1": loss_1}
 print(json.dumps({"devices": jax.device_count(), "results": results}))
@@ -70,9 +79,9 @@ def test_sharded_steps_equal_one_device():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     print(out)
-    assert out["devices"] == 8 and sorted(out["results"]) == ["4", "8"]
-    for devices, result in out["results"].items():
-        _check(int(devices), result)
+    assert out["devices"] == 8 and sorted(out["results"]) == ["4", "8", "8-adversarial"]
+    for name, result in out["results"].items():
+        _check(int(name.split("-")[0]), result)
 
 
 def _check(devices: int, result: dict) -> None:
