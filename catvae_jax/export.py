@@ -2,9 +2,10 @@
 
 Writes checkpoint --step (default best) of workdir W as a model file (catvae_jax/model_file.py):
 a zip archive when --out ends in .catvae, else a new folder in the Hugging Face model layout
-(config.json, model.safetensors, the learned prior, the bits/dim range, eval.json, a README.md
-model card with 64 samples in samples.png, and checksums.sha256). Every command that takes
---workdir takes the file too, and so does `catvae_jax.load`. --dtype float16 halves the file.
+(config.json, model.safetensors, the learned prior, the bits/dim range, eval.json, the measured
+sampler choice, a README.md model card with 64 samples in samples.png, and checksums.sha256).
+Every command that takes --workdir takes the file too, and so does `catvae_jax.load`. --dtype
+float16 halves the file.
 With --ship it also writes OUT's name with .json instead of .catvae: what a model shipped as
 `pretrained:<name>` carries beside it (sha256, size, the training commands, metrics, an FD
 check of the file as loaded).
@@ -21,7 +22,7 @@ from absl import flags
 from etils import epath
 
 from catvae_jax import atomic, cli, sharing
-from catvae_jax.model_file import DTYPES, SUFFIX
+from catvae_jax.model_file import DTYPES, SAMPLER_CHOICE, SUFFIX
 
 FLAGS = flags.FLAGS
 
@@ -43,10 +44,11 @@ def main(argv: list[str]) -> None:
         if FLAGS.ship and not FLAGS.out.endswith(SUFFIX):
             cli.fail(f"--ship needs an --out ending in {SUFFIX}")
         done = sharing.export(FLAGS.workdir, FLAGS.out, FLAGS.step, FLAGS.dtype)
+    measured = " (the measured choice)" if SAMPLER_CHOICE in done.members else ""
     print(
         f"wrote {done.path} ({done.num_bytes / 1e6:.2f} MB): checkpoint {done.step}, "
         f"{done.num_params:,} parameters as {done.dtype}, samples of the {done.sampler} "
-        f"sampler; members {', '.join(done.members)}",
+        f"sampler{measured}; members {', '.join(done.members)}",
         flush=True,
     )
     if FLAGS.ship:

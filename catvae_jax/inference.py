@@ -142,11 +142,11 @@ class VaeModel:
 
     def resolve_sampler(self, sampler: str = "auto") -> str:
         """The sampler "auto" stands for: the measured choice of this checkpoint (`choice`,
-        read by `load` from WORKDIR/sampler_<step>.json) when there is one and it can be
-        drawn; otherwise the fixed order: "flow" when a learned prior is fitted for this
-        checkpoint; else "gmm" when its mixture is cached or the training split can be read
-        to fit it (done here, on first use); else "prior" (N(0, I)), with a warning on stderr.
-        Any other name is returned as it is."""
+        read by `load` from WORKDIR/sampler_<step>.json or a model file's sampler_choice.json)
+        when there is one and it can be drawn; otherwise the fixed order: "flow" when a learned
+        prior is fitted for this checkpoint; else "gmm" when its mixture is cached or the
+        training split can be read to fit it (done here, on first use); else "prior"
+        (N(0, I)), with a warning on stderr. Any other name is returned as it is."""
         if sampler != "auto":
             return sampler
         chosen = self._chosen()
@@ -370,6 +370,8 @@ def load_model_file(
     model = VaeModel(graphdef, params, config, step=contents.step, workdir=None)
     model.flow, model.gmm = contents.flow(), contents.mixture()
     model.bpd_range = contents.bpd_range()
+    if model_file.SAMPLER_CHOICE in contents.files:  # the digest is computed only then
+        model.choice = contents.sampler_choice(model.params_sha256)
     return model
 
 

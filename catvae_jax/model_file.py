@@ -13,11 +13,18 @@ push the folder to a hub as it is):
     gmm.safetensors    its Gaussian mixture (catvae_jax/priors/gmm.py), if one was cached
     bpd_range.json     its bits/dim range (catvae_jax/bpd_range.py), if computed
     eval.json          the evaluate command's metrics, if the workdir had them
+    sampler_choice.json  the measured choice of the `auto` sampler (catvae_jax/priors/choice.py),
+                       if the workdir had one for the checkpoint: keyed to the digest of the
+                       parameters as stored here (`measured_params_sha256`: the checkpoint's it
+                       was measured on, other ones with float16); without it `auto` takes the
+                       fixed order (flow, else gmm, else N(0, I)). Optional: files without it,
+                       and readers that predate it, work as before (VERSION stays 1)
     README.md          the model card; samples.png: 64 samples of the shipped parameters
     checksums.sha256   the sha256 of every other file, in `sha256sum -c` format
 
 Reading unpickles nothing (JSON and safetensors only) and checks every checksum before it uses
-anything: a damaged or altered file, an unlisted member, or one over 1 GiB is refused in one line.
+anything: a damaged or altered file, an unlisted member, or one over 1 GiB is refused in one line,
+and so is a sampler choice of other parameters or of a sampler the file does not hold.
 
 `pretrained:<name>` names a model file shipped inside the package,
 catvae_jax/pretrained/<name>.catvae; the sha256 of the whole file is checked against the one in
@@ -45,7 +52,7 @@ from etils import epath
 
 from catvae_jax import atomic, bpd_range
 from catvae_jax.errors import UserError
-from catvae_jax.priors import flow, gmm, stored
+from catvae_jax.priors import choice, flow, gmm, stored
 
 FORMAT = "catvae"
 VERSION = 1
@@ -53,11 +60,12 @@ SUFFIX = ".catvae"
 PREFIX = "pretrained:"
 MANIFEST = "checksums.sha256"
 INFO, CONFIG, PARAMS = "catvae.json", "config.json", "model.safetensors"
-PRIOR, MIXTURE, BPD_RANGE, METRICS = (
+PRIOR, MIXTURE, BPD_RANGE, METRICS, SAMPLER_CHOICE = (
     "prior.safetensors",
     "gmm.safetensors",
     "bpd_range.json",
     "eval.json",
+    "sampler_choice.json",
 )
 REQUIRED = (INFO, CONFIG, PARAMS)
 MAX_MEMBER_BYTES = 1 << 30
@@ -131,7 +139,7 @@ class ModelFile:
             return None
         try:
             return json.loads(self.files[name])
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
             raise UserError(f"{self.source}: {name} is not JSON ({e})") from e
 
     @property
@@ -175,6 +183,22 @@ class ModelFile:
             return from_arrays(arrays, int(self.config["model"]["z_dim"]))
         except (stored.Unusable, KeyError, TypeError, ValueError) as e:
             raise UserError(f"{self.source}: {name} is unusable ({e})") from e
+
+    def sampler_choice(self, params_sha256: str) -> dict | None:
+        """The measured choice of `auto` (SAMPLER_CHOICE: a record whose `choice` is one of
+        priors/choice.py's CHOOSABLE), None when the file has none; a UserError when it is not
+        the choice of this checkpoint's parameters as loaded (digest `params_sha256`) or
+        chooses a sampler the file does not hold."""
+        record = self.json(SAMPLER_CHOICE)
+        if record is None:
+            return None
+        why = choice.damage(record, self.step, params_sha256)
+        held = {"flow": PRIOR, "gmm": MIXTURE}.get(record.get("choice"))  # prior: always drawn
+        if not why and held is not None and held not in self.files:
+            why = f"it chooses the {record['choice']} sampler, which the file does not hold"
+        if why:
+            raise UserError(f"{self.source}: {SAMPLER_CHOICE} is unusable ({why})")
+        return record
 
     def bpd_range(self) -> bpd_range.BpdRange | None:
         """The bits/dim range, or None when the file has none."""

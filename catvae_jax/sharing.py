@@ -5,8 +5,10 @@
 Exporting reads the workdir and writes nothing in it. The model card (README.md) names the data
 set, the commands that trained the run (WORKDIR/command.txt, written by `catvae_jax.main`), the
 evaluate metrics (WORKDIR/eval.json, when it is of the exported checkpoint) and shows 64 samples
-of the stored parameters (samples.png). float16 storage halves the file; the card and the
-samples are of the parameters as stored.
+of the stored parameters (samples.png) drawn by the sampler `auto` uses: the workdir's measured
+choice (WORKDIR/sampler_<step>.json, catvae_jax/priors/choice.py), which the file carries, or
+else the fixed order. float16 storage halves the file; the card and the samples are of the
+parameters as stored, the sampler choice was measured on the checkpoint's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import catvae_jax
 from catvae_jax import images, inference, model_file
 from catvae_jax.errors import UserError
 from catvae_jax.evaluation import sample_quality, typicality
-from catvae_jax.priors import gmm
+from catvae_jax.priors import choice, gmm
 from catvae_jax.train import workdir as workdir_lib
 
 NUM_SAMPLES = 64
@@ -79,6 +81,7 @@ def export(
     model = inference.load(workdir, step)
     stored = model_file.flatten_params(model.params, dtype)
     shared = _as_stored(model, stored)
+    shared.choice = _shipped_choice(model, shared, dtype)
     files = {
         model_file.INFO: _json(_info(shared, dtype, len(stored))),
         model_file.CONFIG: _json(shared.config.to_dict()),
@@ -93,6 +96,8 @@ def export(
     metrics = _metrics(workdir, shared.step)
     if metrics is not None:
         files[model_file.METRICS] = _json(metrics)
+    if shared.choice is not None:
+        files[model_file.SAMPLER_CHOICE] = _json(shared.choice)
     sampler = shared.resolve_sampler("auto")
     samples = shared.generate(NUM_SAMPLES, seed=int(shared.config.seed), sampler=sampler)
     files["samples.png"] = images.png_bytes(images.grid(samples, ncols=8))
@@ -121,6 +126,27 @@ def _as_stored(model: inference.VaeModel, stored: dict[str, np.ndarray]) -> infe
         except (UserError, OSError) as e:
             print(f"warning: the model file gets no bits/dim range: {e}", file=sys.stderr)
     return shared
+
+
+def _shipped_choice(
+    model: inference.VaeModel, shared: inference.VaeModel, dtype: str
+) -> dict | None:
+    """The workdir's measured choice of `auto` for the exported checkpoint (read and checked
+    against its parameters' digest by `load`), keyed to the parameters as stored
+    (`choice.rekeyed`): a ranking of samplers, which float16 storage does not redo. None when
+    there is none, or when the file will not hold the chosen sampler (a warning)."""
+    if model.choice is None:
+        return None
+    name = model.choice["choice"]
+    held = {"flow": shared.flow, "gmm": shared.gmm}  # prior: always drawn
+    if name in held and held[name] is None:
+        print(
+            f"warning: the model file gets no sampler choice: its chosen {name} sampler is not "
+            f"stored for checkpoint {model.step}; auto uses flow, else gmm, else N(0, I)",
+            file=sys.stderr,
+        )
+        return None
+    return choice.rekeyed(model.choice, shared.params_sha256, stored_dtype=dtype)
 
 
 def _cached_mixture(model: inference.VaeModel) -> gmm.GaussianMixture | None:
@@ -237,6 +263,10 @@ def model_card(
         f"({c.lr_schedule}), {c.num_epochs} epochs, loss SSIM {c.loss.ssim_weight:g} + LPIPS "
         f"{c.loss.lpips_weight:g} + MSE {c.loss.mse_weight:g}, β {c.loss.beta:g}.",
         "",
+        "## Sampler",
+        "",
+        *_sampler_lines(model.choice, sampler, dtype),
+        "",
         "## Evaluation",
         "",
     ]
@@ -250,11 +280,58 @@ def model_card(
         "`config.json` the run's config · `model.safetensors` the parameters · "
         "`prior.safetensors` the learned prior (if fitted) · `gmm.safetensors` the latent "
         "mixture (if cached) · `bpd_range.json` the bits/dim range · `eval.json` the metrics · "
+        "`sampler_choice.json` the measured choice of `auto` (if measured) · "
         "`catvae.json` the format · `checksums.sha256` the sha256 of every file, checked on "
         "load (`sha256sum -c checksums.sha256`). Nothing is pickled.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _sampler_lines(record: dict | None, sampler: str, dtype: str) -> list[str]:
+    """The card's lines on the sampler `auto` uses (`sampler`): measured (`record`, its
+    figures in a table) or the fixed order."""
+    uses = (
+        f"`auto` (the default of generate, serve and `generate()`) uses the **{sampler}** sampler"
+    )
+    if record is None:
+        return [
+            f"{uses}: no measured choice was stored for this checkpoint, so the fixed order "
+            "(flow, else gmm, else N(0, I))."
+        ]
+    rule = record.get("rule")
+    lines = [
+        f"{uses}, measured best for this checkpoint on {record.get('n', '?')} "
+        f"{record.get('split', 'validation')} images (`sampler_choice.json`)"
+        + (f": {rule}." if isinstance(rule, str) else ".")
+    ]
+    figures, ranks = _dict(record.get("figures")), _dict(record.get("ranks"))
+    if figures:
+        lines += [
+            "",
+            "| sampler | KID AlexNet | KID VGG16 | colour/edge histograms | mean rank |",
+            "|---|---|---|---|---|",
+        ]
+    for name, fig in figures.items():
+        fig, mean = _dict(fig), _dict(ranks.get(name)).get("mean")
+        cells = [fig.get("kid_alexnet"), fig.get("kid_vgg16"), fig.get("pixels"), mean]
+        lines.append(f"| {name} | " + " | ".join(_cell(v) for v in cells) + " |")
+    if dtype != "float32":
+        lines += [
+            "",
+            f"Measured on the checkpoint's parameters, before they were stored as {dtype}.",
+        ]
+    return lines
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _cell(value) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.4g}"
+    return "–"
 
 
 def _metric_lines(metrics: dict | None) -> list[str]:

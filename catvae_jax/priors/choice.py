@@ -9,7 +9,8 @@ that does not parse, whose digest does not match, that belongs to other paramete
 step, names an unknown sampler, or whose chosen sampler's file has changed since (refitted) is
 treated as absent, with a one-line warning (`stored.read_or_none`, as for the sampler files),
 and `auto` falls back to its fixed order (flow, else gmm, else N(0, I)). It is deleted with the
-sampler files when its checkpoint rotates away (`stored.remove_stale`).
+sampler files when its checkpoint rotates away (`stored.remove_stale`). `export` copies it into
+the model file, keyed to the parameters as stored there (`rekeyed`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,23 @@ def _parse(path: epath.Path) -> Any:
 
 
 def _damage(record: Any, workdir: str | epath.Path, step: int, params_sha256: str | None) -> str:
-    """Why `record` cannot be used for checkpoint `step` ("" when it can)."""
+    """Why `record` cannot be used for checkpoint `step` of `workdir` ("" when it can)."""
+    why = damage(record, step, params_sha256)
+    if why:
+        return why
+    name = record["choice"]
+    path = sampler_files(workdir, step).get(name)
+    files = record.get("files")
+    recorded = files.get(name) if isinstance(files, dict) else None
+    if path is not None and recorded is not None and file_digest(path) not in (None, recorded):
+        return f"{path.name} has changed since it was measured"
+    return ""
+
+
+def damage(record: Any, step: int | None, params_sha256: str | None) -> str:
+    """Why the parsed `record` is not a choice of checkpoint `step` measured on the parameters
+    of digest `params_sha256` (None: not checked) ("" when it is); its sampler files are not
+    checked (a model file's are checked by its manifest)."""
     if not isinstance(record, dict) or DIGEST_KEY not in record:
         return "no digest"
     body = {k: v for k, v in record.items() if k != DIGEST_KEY}
@@ -112,9 +129,16 @@ def _damage(record: Any, workdir: str | epath.Path, step: int, params_sha256: st
     name = record.get("choice")
     if name not in CHOOSABLE:
         return f"unknown sampler {name!r}"
-    path = sampler_files(workdir, step).get(name)
-    files = record.get("files")
-    recorded = files.get(name) if isinstance(files, dict) else None
-    if path is not None and recorded is not None and file_digest(path) not in (None, recorded):
-        return f"{path.name} has changed since it was measured"
     return ""
+
+
+def rekeyed(record: dict[str, Any], params_sha256: str, **fields: Any) -> dict[str, Any]:
+    """The choice `record` of a workdir as a model file stores it (SAMPLER_CHOICE in
+    catvae_jax/model_file.py): keyed to the digest `params_sha256` of the parameters as stored
+    there, the digest it was measured on kept as `measured_params_sha256`, without the workdir's
+    sampler file digests (the file's manifest covers its samplers), plus `fields`; its own
+    digest recomputed."""
+    body = {k: v for k, v in record.items() if k not in (DIGEST_KEY, "files")}
+    body["measured_params_sha256"] = record[stored.DIGEST_KEY]
+    body |= {**fields, stored.DIGEST_KEY: params_sha256}
+    return {**body, DIGEST_KEY: _body_digest(body)}

@@ -4,6 +4,7 @@ that takes a workdir takes the file, and a damaged or altered file is refused in
 import hashlib
 import io
 import json
+import shutil
 import zipfile
 
 import numpy as np
@@ -15,6 +16,7 @@ import catvae_jax
 from catvae_jax import model_file, sharing
 from catvae_jax.errors import UserError
 from catvae_jax.images import to_uint8
+from catvae_jax.priors import choice
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,9 @@ def test_export_load_round_trip_gives_the_same_samples(trained_workdir, exported
     np.testing.assert_array_equal(workdir_model.reconstruct(x), file_model.reconstruct(x))
     assert file_model.bpd_range == workdir_model.bpd_range is not None
     assert file_model.workdir is None  # a model file is read-only: nothing is cached into it
+    # No measured sampler choice in the workdir: none in the file, auto in the fixed order.
+    assert "sampler_choice.json" not in done.members and file_model.choice is None
+    assert file_model.resolve_sampler() == done.sampler == "flow"
 
 
 def test_the_archive_holds_safetensors_a_manifest_and_a_model_card(exported):
@@ -58,6 +63,7 @@ def test_the_archive_holds_safetensors_a_manifest_and_a_model_card(exported):
     card = files["README.md"].decode()
     assert "synthetic_cats" in card and "![64 samples" in card and "## Evaluation" in card
     assert "bits/dim" in card and "python -m catvae_jax.generate --workdir tiny.catvae" in card
+    assert "uses the **flow** sampler: no measured choice was stored" in card
     assert Image.open(io.BytesIO(files["samples.png"])).size[0] > 16 * 8
 
 
@@ -72,6 +78,129 @@ def test_export_is_deterministic_and_float16_folder_loads(trained_workdir, expor
     a = catvae_jax.load(path).generate(8, seed=1)
     b = catvae_jax.load(tmp_path / "hf").generate(8, seed=1)
     assert np.abs(a - b).max() < 0.01  # float16 storage: the same pictures to the eye
+
+
+MEASURED = {  # a sampler choice as the choose_sampler command records it (figures made up)
+    "choice": "prior",  # not the fixed order's first (the flow): a file that follows it shows
+    "rule": "lowest mean rank (a test's figures)",
+    "split": "validation",
+    "n": 16,
+    "figures": {
+        "flow": {"kid_alexnet": 0.5, "kid_vgg16": 0.5, "pixels": 0.5},
+        "prior": {"kid_alexnet": 0.25, "kid_vgg16": 0.125, "pixels": 0.0625},
+    },
+    "ranks": {"flow": {"mean": 2.0}, "prior": {"mean": 1.0}},
+}
+
+
+def _card(path) -> str:
+    if path.is_dir():
+        return (path / "README.md").read_text()
+    return zipfile.ZipFile(path).read("README.md").decode()
+
+
+@pytest.fixture(scope="module")
+def chosen(trained_workdir, tmp_path_factory):
+    """(workdir, its best model, the export): a copy of the tiny run with a sampler choice for
+    its best checkpoint (MEASURED, written directly instead of measured), exported."""
+    workdir = tmp_path_factory.mktemp("chosen") / "run"
+    shutil.copytree(trained_workdir[0], workdir)
+    model = catvae_jax.load(workdir)
+    choice.write(workdir, model.step, model.params_sha256, MEASURED)
+    return workdir, model, sharing.export(workdir, workdir.parent / "chosen.catvae")
+
+
+def test_the_measured_sampler_choice_travels_in_the_file(chosen):
+    """A workdir's sampler_<step>.json goes into the file, its auto follows it, its samples and
+    card use it."""
+    _, model, done = chosen
+    assert done.sampler == "prior" and "sampler_choice.json" in done.members
+    loaded = catvae_jax.load(done.path)
+    assert loaded.resolve_sampler() == "prior" and loaded.choice["choice"] == "prior"
+    np.testing.assert_array_equal(
+        loaded.generate(3, seed=1), loaded.generate(3, 1, sampler="prior")
+    )
+    card = _card(done.path)
+    assert "![64 samples, sampler prior" in card
+    assert "uses the **prior** sampler, measured best for this checkpoint on 16" in card
+    assert "| prior | 0.25 | 0.125 | 0.0625 | 1 |" in card
+    assert "before they were stored" not in card
+    member = loaded.choice
+    assert member["params_sha256"] == member["measured_params_sha256"] == model.params_sha256
+
+
+def test_a_float16_file_keeps_the_choice_keyed_to_its_parameters(chosen, tmp_path):
+    workdir, model, _ = chosen
+    half = sharing.export(workdir, tmp_path / "half", dtype="float16")
+    member = json.loads((half.path / "sampler_choice.json").read_text())
+    assert member["measured_params_sha256"] == model.params_sha256 != member["params_sha256"]
+    assert member["stored_dtype"] == "float16" and "files" not in member
+    half_model = catvae_jax.load(half.path)
+    assert half_model.params_sha256 == member["params_sha256"]  # re-keyed to what is stored
+    assert half_model.resolve_sampler() == half.sampler == "prior"
+    assert "before they were stored as float16" in _card(half.path)
+
+
+def test_a_choice_the_file_cannot_carry_is_left_out_with_a_warning(
+    trained_workdir, tmp_path, capsys
+):
+    """A damaged workdir choice (ignored with its one line, as by load), or one of a sampler
+    the file will not hold (the gmm, not cached): no member, auto in the fixed order."""
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_workdir[0], workdir)
+    model = catvae_jax.load(workdir)
+    (workdir / f"sampler_{model.step}.json").write_text("{")
+    plain = sharing.export(workdir, tmp_path / "plain.catvae")
+    err = capsys.readouterr().err
+    where = f"{workdir}/sampler_{model.step}.json"
+    assert f"warning: ignoring the sampler choice {where}: not JSON" in err
+    assert "sampler_choice.json" not in plain.members and plain.sampler == "flow"
+    choice.write(workdir, model.step, model.params_sha256, {**MEASURED, "choice": "gmm"})
+    plain = sharing.export(workdir, tmp_path / "plain.catvae")
+    err = capsys.readouterr().err
+    assert "warning: the model file gets no sampler choice: its chosen gmm sampler" in err
+    assert "sampler_choice.json" not in plain.members and plain.sampler == "flow"
+
+
+def _with_choice(change):
+    """A change of a file's {name: bytes} that rewrites its sampler_choice.json as
+    `change(record)` (a record, or bytes) and, as a careful forger would, the manifest."""
+
+    def rewrite(files):
+        record = change(json.loads(files["sampler_choice.json"]))
+        data = record if isinstance(record, bytes) else json.dumps(record).encode()
+        files["sampler_choice.json"] = data
+        del files["checksums.sha256"]
+        files["checksums.sha256"] = model_file.manifest(files)
+
+    return rewrite
+
+
+def _flip_choice(files):
+    files["sampler_choice.json"] = files["sampler_choice.json"].replace(b"prior", b"flow_")
+
+
+CHOICE_DAMAGES = {
+    "flipped": (_flip_choice, "sampler_choice.json fails its checksum"),
+    "foreign": (
+        _with_choice(lambda r: choice.rekeyed(r, "0" * 64)),
+        "sampler_choice.json is unusable (it was measured on other parameters",
+    ),
+    "not held": (
+        _with_choice(lambda r: choice.rekeyed({**r, "choice": "gmm"}, r["params_sha256"])),
+        "sampler_choice.json is unusable (it chooses the gmm sampler, which the file does not",
+    ),
+    "not JSON": (_with_choice(lambda r: b"[" * 100_000), "sampler_choice.json is not JSON"),
+}
+
+
+@pytest.mark.parametrize("damage", CHOICE_DAMAGES)
+def test_a_damaged_sampler_choice_is_refused(chosen, tmp_path, damage):
+    change, message = CHOICE_DAMAGES[damage]
+    bad = tmp_path / "bad.catvae"
+    _rewrite(chosen[2].path, bad, change)
+    with pytest.raises(UserError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        catvae_jax.load(bad)
 
 
 def _rewrite(src, dst, change):
