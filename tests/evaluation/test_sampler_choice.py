@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli_cases
 
 import catvae_jax
 from catvae_jax import after_training, data
@@ -119,6 +119,7 @@ def test_training_end_stores_the_choice_and_auto_follows_it(workdir_copy, capsys
     model = catvae_jax.load(workdir_copy, "latest")
     config = model.config.copy_and_resolve_references()
     config.flow_prior, config.choose_sampler = False, True  # the flow is fitted already
+    config.choose_sampler_n = 8  # the fewest: VGG16 at 128² is most of the time
     originals = data.load_split(config, "validation")[:4]
     ckpts = Checkpoints(workdir_copy, read_only=True)
     run = loop.Finished(
@@ -131,11 +132,11 @@ def test_training_end_stores_the_choice_and_auto_follows_it(workdir_copy, capsys
     assert f"checkpoint {model.step}: sampler choice already in" in capsys.readouterr().out
     step = model.step
     record = json.loads((workdir_copy / f"sampler_{step}.json").read_text())
-    assert set(record["figures"]) == {"flow", "gmm", "prior"} and record["n"] == 16
+    assert set(record["figures"]) == {"flow", "gmm", "prior"} and record["n"] == 8
     for figures in record["figures"].values():
         assert set(figures) == {"kid_alexnet", "fd_alexnet", "kid_vgg16", "fd_vgg16", "pixels"}
     assert catvae_jax.load(workdir_copy, step).resolve_sampler() == record["choice"]
-    assert f"checkpoint {step}: sampler figures on 16 validation images" in first_out
+    assert f"checkpoint {step}: sampler figures on 8 validation images" in first_out
 
     # A choice other than the fixed order's first is followed too.
     digest = model.params_sha256
@@ -157,15 +158,15 @@ def test_training_end_stores_the_choice_and_auto_follows_it(workdir_copy, capsys
 
 
 def test_the_choose_sampler_command(workdir_copy):
-    proc = run_cli(
-        "catvae_jax.choose_sampler", "--workdir", str(workdir_copy), "--step", "latest",
-        "--num_samples", "200", measured=False,  # conftest.subprocess_env says why
+    command = ("catvae_jax.choose_sampler", "--workdir", str(workdir_copy))
+    proc, bad = run_cli_cases(  # one interpreter, a forked child per case
+        [(*command, "--step", "latest", "--num_samples", "200"), (*command, "--num_samples", "4")],
+        measured=False,  # conftest.subprocess_env says why
         timeout=900,  # ~1 min on 2 idle cores (VGG16 on 4 × 16 images at 128²); 5 at load 10
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     step = catvae_jax.load(workdir_copy, "latest").step
     record = json.loads((workdir_copy / f"sampler_{step}.json").read_text())
     assert record["n"] == 16 and f"auto = {record['choice']}" in proc.stdout  # all 16 there are
     assert catvae_jax.load(workdir_copy, step).resolve_sampler() == record["choice"]
-    bad = run_cli("catvae_jax.choose_sampler", "--workdir", str(workdir_copy), "--num_samples", "4")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
