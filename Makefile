@@ -45,7 +45,7 @@ NAME ?= quickstart
 PRETRAINED_RUN ?= runs/pretrained_$(NAME)
 pretrained: install
 	$(PY) -m catvae_jax.main --config configs/$(NAME).py --workdir $(PRETRAINED_RUN)
-	$(PY) -m catvae_jax.evaluate --workdir $(PRETRAINED_RUN) --nolikelihood --num_samples 1000 --novgg
+	$(PY) -m catvae_jax.evaluate --workdir $(PRETRAINED_RUN) --nolikelihood --num_samples 1000
 	$(PY) -m catvae_jax.export --workdir $(PRETRAINED_RUN) --dtype float16 --ship \
 	  --out catvae_jax/pretrained/$(NAME).catvae
 

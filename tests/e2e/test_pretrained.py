@@ -18,8 +18,8 @@ BUDGET_BYTES = 5 * 10**6  # each shipped .catvae; the repository's checks flag f
 EVALUATE_KEYS = ("fd", "kid", "precision", "recall", "diversity", "fd_recon", "fd_floor")
 
 
-def test_quickstart_is_shipped_with_its_description():
-    assert "quickstart" in model_file.pretrained_names()
+def test_quickstart_and_default_are_shipped_with_their_descriptions():
+    assert {"quickstart", "default"} <= set(model_file.pretrained_names())
     for name in model_file.pretrained_names():
         info = model_file.pretrained_info(name)
         path = model_file.PRETRAINED_DIR / f"{name}.catvae"
@@ -34,7 +34,7 @@ def test_a_shipped_model_draws_cats_of_its_shipped_fd(name):
     at export (1 %: a float summed in another order on another CPU)."""
     check = model_file.pretrained_info(name)["fd_check"]
     model = catvae_jax.load(f"pretrained:{name}")
-    assert model.resolve_sampler("auto") == check["sampler"] == "flow"
+    assert model.resolve_sampler("auto") == check["sampler"]  # the measured choice, if shipped
     assert model.bpd_range is not None
     fd = sample_quality.sample_fd(model, check["n"], check["seed"], check["split"])
     assert fd == pytest.approx(check["fd"], rel=0.01)
