@@ -219,8 +219,12 @@ def _choose_samplers(run: loop.Finished, vae: inference.VaeModel) -> None:
             continue
         say(f"checkpoint {step}: measuring its samplers for auto ...")
         if nets is None:
+            try:
+                held_out = sampler_choice.validation_images(model, run.config.choose_sampler_n)
+            except UserError as e:  # too few: the run still ends well, auto keeps its order
+                say(f"note: samplers not measured ({e}); auto uses flow, else gmm, else N(0, I)")
+                return
             nets = sampler_choice.Nets.build()
-            held_out = sampler_choice.validation_images(model, run.config.choose_sampler_n)
             reference = sampler_choice.Reference.of(held_out, nets)
         record = sampler_choice.choose(model, reference.n, run.config.seed, nets, reference)
         say(sampler_choice.format_record(step, record))

@@ -14,6 +14,7 @@ import pathlib
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,25 +75,47 @@ class _DropOrbaxErrors(logging.Filter):
 _DROP_ORBAX_ERRORS = _DropOrbaxErrors()
 
 
+def _abandoned_read(unraisable: Any) -> bool:
+    """Whether an unraisable error is the debris of a failed Orbax read: one of its read
+    coroutines collected unfinished, or a TensorStore callback that finds asyncio's loop closed."""
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is not None and "orbax" in code.co_filename:
+        return True
+    error = unraisable.exc_value
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+class _DropUnretrievedReads(logging.Filter):
+    """asyncio's "Future exception was never retrieved" (with a traceback): the other reads of
+    a gather that one failed read ended."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in record.getMessage()
+
+
 def _silence_abandoned_reads() -> None:
-    """After a failed read (already reported in one line), Orbax's unfinished read coroutines
-    are garbage-collected later, at a time of the collector's choosing, and Python prints each
-    one's error with a traceback ("Exception ignored in: <coroutine ...>"). From the first
-    failure on, those (and only those: coroutines of Orbax's code) are dropped; anything else
-    still reaches the previous hook."""
+    """Called before a reader reads checkpoints. After a failed read (reported in one line),
+    Orbax's unfinished reads fail on, at times of the collector's and TensorStore's choosing
+    (some while the failing read is still raising), and Python prints each with a traceback:
+    coroutines collected unfinished ("Exception ignored in"), TensorStore callbacks that find
+    asyncio's loop closed, asyncio's "exception was never retrieved", coroutines never awaited.
+    Those (and only those) are dropped, logged at debug level; any other error still reaches
+    the previous hook."""
     previous = sys.unraisablehook
     if getattr(previous, "_drops_orbax_reads", False):
         return
 
     def hook(unraisable: Any) -> None:
-        code = getattr(unraisable.object, "cr_code", None)
-        if code is not None and "orbax" in code.co_filename:
+        if _abandoned_read(unraisable):
             log.debug("dropped an abandoned Orbax read: %s", unraisable.exc_value)
             return
         previous(unraisable)
 
     hook._drops_orbax_reads = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_DropUnretrievedReads())
+    # ... and the reads it never started: "RuntimeWarning: coroutine '...' was never awaited"
+    warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
 
 
 class Checkpoints:
@@ -218,13 +241,13 @@ class Checkpoints:
         order = self.candidates(step)
         if not order:
             return None
+        _silence_abandoned_reads()  # before: a failing read's debris comes while it fails
         for number in order:
             try:
                 return (number, *self.restore(number, abstract_state))
             except LayoutMismatch:
                 raise
             except Exception as e:  # damaged: truncated or missing files, no metadata, ...
-                _silence_abandoned_reads()
                 where = self.manager.directory / str(number)
                 if len(order) == 1:
                     raise UserError(f"checkpoint {where} is unreadable ({_reason(e)})") from e
@@ -297,6 +320,7 @@ class Checkpoints:
         that will be saved again). One that reads but whose arrays differ from
         `abstract_state` is not damage: a UserError, nothing moved.
         """
+        _silence_abandoned_reads()  # before: a failing read's debris comes while it fails
         for step in reversed(self.steps()):
             try:
                 return (step, *self.restore(step, abstract_state))
@@ -306,7 +330,6 @@ class Checkpoints:
                     f"{e}; use a new workdir"
                 ) from e
             except Exception as e:  # a corrupt checkpoint must not stop the resume
-                _silence_abandoned_reads()
                 log.warning("skipping unreadable checkpoint at step %d: %s", step, e)
                 print(
                     f"warning: skipping unreadable checkpoint at step {step} "
