@@ -80,9 +80,10 @@ postgres:
 # One pytest worker per core (at most 4): most tests are compile-bound, i.e. single-threaded.
 # --dist loadfile: a file's tests run in one worker, so a module-scoped fixture (most train a
 # tiny run) is built once, not once per worker (pytest 9.2 ignores xdist_group marks: xdist 3.8
-# renames items through a field pytest no longer reads).
+# renames items through a field pytest no longer reads); --no-loadscope-reorder keeps the order
+# of tests/conftest.py, the longest files first.
 test: install-dev lint browser postgres
-	$(PY) -m pytest -n auto --maxprocesses=4 --durations=25 --dist loadfile --cov=catvae_jax --cov-report=term-missing:skip-covered --cov-fail-under=85
+	$(PY) -m pytest -n auto --maxprocesses=4 --durations=25 --dist loadfile --no-loadscope-reorder --cov=catvae_jax --cov-report=term-missing:skip-covered --cov-fail-under=85
 
 # Container images catvae-jax:train and :serve (docker/Dockerfile) with docker or podman, whichever
 # works; JAX_EXTRA=cuda12|tpu for the accelerator variants, BASE=image for another base.

@@ -206,14 +206,33 @@ def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
     )
 
 
-# The folders whose files take longest (trainings in subprocesses, sweeps): collected first, so
-# that with `--dist loadfile` (make test) they start first and no long file is left for the end.
-_LONG_FIRST = ("tests/sweep/", "tests/e2e/")
+# The files that take longest (trainings in subprocesses, sweeps), longest first, from a suite
+# run's --durations: collected first, so that with `--dist loadfile --no-loadscope-reorder`
+# (make test) they start first and the short files fill in at the end, rather than one long file
+# running alone while the other worker idles. The others keep pytest's order.
+_LONG_FIRST = (
+    "tests/sweep/test_study.py",
+    "tests/e2e/test_reliability.py",
+    "tests/e2e/test_scale.py",
+    "tests/priors/test_sampler_files.py",
+    "tests/e2e/test_outputs.py",
+    "tests/train/test_init_from.py",
+    "tests/train/test_adversarial.py",
+    "tests/evaluation/test_sampler_choice.py",
+    "tests/train/test_steps_per_call.py",
+    "tests/evaluation/test_sample_quality.py",
+    "tests/e2e/test_train.py",
+    "tests/e2e/test_faults.py",
+    "tests/serve/test_app.py",
+    "tests/evaluation/test_likelihood.py",
+    "tests/e2e/test_compile_cache.py",
+    "tests/train/test_report.py",
+)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     def rank(item) -> int:
-        path = item.nodeid
-        return next((i for i, p in enumerate(_LONG_FIRST) if path.startswith(p)), len(_LONG_FIRST))
+        path = item.nodeid.split("::")[0]
+        return _LONG_FIRST.index(path) if path in _LONG_FIRST else len(_LONG_FIRST)
 
     items.sort(key=rank)  # stable: the order within a rank is pytest's
