@@ -18,7 +18,7 @@ and the best is stored as WORKDIR/sampler_<step>.json for `auto`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import ml_collections
 import numpy as np
@@ -152,71 +152,64 @@ def _tagged(path: epath.Path, tag: dict[str, str]) -> bool:
     return all(text.get(key) == value for key, value in tag.items())
 
 
+def _unfitted(
+    run: loop.Finished,
+    vae: inference.VaeModel,
+    what: str,
+    stored: Callable[[inference.VaeModel], object],
+    where: Callable[[epath.Path, int], epath.Path],
+) -> Iterator[inference.VaeModel]:
+    """The models of `best` and `latest` (of `vae` alone when `run.ckpts` is None; `vae` itself
+    for its own step) that have no usable stored `what` (`stored(model)` None). Says which keep
+    theirs (at `where(workdir, step)`) and which cannot be loaded."""
+    steps = [vae.step]
+    if run.ckpts is not None:
+        found = (run.ckpts.resolve("best"), run.ckpts.resolve("latest"))
+        steps = sorted({s for s in found if s is not None})
+    for step in steps:
+        try:  # load() reads what is stored for that step, if usable
+            model = vae if step == vae.step else inference.load(run.workdir, step)
+        except UserError as e:  # e.g. a best checkpoint the manager has not kept
+            say(f"warning: no {what} for checkpoint {step}: {e}")
+            continue
+        if stored(model) is not None:
+            say(f"checkpoint {step}: {what} already in {where(run.workdir, step)}: kept")
+            continue
+        yield model
+
+
 def _fit_priors(run: loop.Finished, vae: inference.VaeModel) -> None:
     """Fits the flow of `best` and `latest` once their checkpoints are written, unless a
     usable one (fitted on that checkpoint's parameters) is stored for that step; the one of
     `vae`'s step is attached to `vae`."""
-    ckpts = run.ckpts
     with timing.part(run.timing, "checkpoint"):
-        ckpts.wait()
-    steps = sorted({s for s in (ckpts.resolve("best"), ckpts.resolve("latest")) if s is not None})
+        run.ckpts.wait()
     vae.flow = inference.read_flow(vae)
-    for step in steps:
-        try:  # load() reads the stored flow of that step, if usable
-            model = vae if step == vae.step else inference.load(run.workdir, step)
-        except UserError as e:  # e.g. a best checkpoint the manager has not kept
-            say(f"warning: no learned prior for checkpoint {step}: {e}")
-            continue
-        if model.flow is not None:
-            where = flow.cache_path(run.workdir, step)
-            say(f"checkpoint {step}: learned prior already in {where}: kept")
-        else:
-            fit_prior(model)
+    for model in _unfitted(run, vae, "learned prior", lambda m: m.flow, flow.cache_path):
+        fit_prior(model)
 
 
 def _fit_ranges(run: loop.Finished, vae: inference.VaeModel) -> None:
     """Measures the bits/dim range of `best` and `latest` once their checkpoints are written
     (of `vae` alone when there are none: `run.ckpts` None), unless a usable one is stored for
     that step; the one of `vae`'s step is attached to `vae`."""
-    steps = [vae.step]
     if run.ckpts is not None:
         run.ckpts.wait()
-        found = (run.ckpts.resolve("best"), run.ckpts.resolve("latest"))
-        steps = sorted({s for s in found if s is not None})
     vae.bpd_range = inference.read_bpd_range(vae)
-    for step in steps:
-        try:  # load() reads the stored range of that step, if usable
-            model = vae if step == vae.step else inference.load(run.workdir, step)
-        except UserError as e:  # e.g. a best checkpoint the manager has not kept
-            say(f"warning: no bits/dim range for checkpoint {step}: {e}")
-            continue
-        if model.bpd_range is not None:
-            where = bpd_range.path(run.workdir, step)
-            say(f"checkpoint {step}: bits/dim range already in {where}: kept")
-        else:
-            fit_range(model, run.workdir)
+    for model in _unfitted(run, vae, "bits/dim range", lambda m: m.bpd_range, bpd_range.path):
+        fit_range(model, run.workdir)
 
 
 def _choose_samplers(run: loop.Finished, vae: inference.VaeModel) -> None:
     """Measures and stores the `auto` sampler of `best` and `latest`, unless a usable choice
     (measured on that checkpoint's parameters) is stored for that step; the one of `vae`'s step
     is attached to `vae`. The networks and the held-out features are computed once."""
-    ckpts = run.ckpts
-    steps = sorted({s for s in (ckpts.resolve("best"), ckpts.resolve("latest")) if s is not None})
     if vae.flow is None:  # config.flow_prior off: a flow stored for this step still counts
         vae.flow = inference.read_flow(vae)
     vae.choice = choice.read(run.workdir, vae.step, vae.params_sha256)
     nets = reference = None
-    for step in steps:
-        try:  # load() reads the stored choice of that step, if usable
-            model = vae if step == vae.step else inference.load(run.workdir, step)
-        except UserError as e:
-            say(f"warning: no sampler choice for checkpoint {step}: {e}")
-            continue
-        if model.choice is not None:
-            where = choice.cache_path(run.workdir, step)
-            say(f"checkpoint {step}: sampler choice already in {where}: kept")
-            continue
+    for model in _unfitted(run, vae, "sampler choice", lambda m: m.choice, choice.cache_path):
+        step = model.step
         say(f"checkpoint {step}: measuring its samplers for auto ...")
         if nets is None:
             try:
