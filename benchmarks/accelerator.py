@@ -20,7 +20,7 @@ of the logged rates after the first). Prints a Markdown table and writes everyth
 
 `--quick` runs one step of each kind with tiny settings (resvae at 32², 8 steps, no LPIPS, the
 likelihood of 16 images, a bench of the small model): a CPU test of this script
-(tests/test_accelerator_check.py), not a measurement. How to run it on the accelerator
+(tests/e2e/test_accelerator_check.py), not a measurement. How to run it on the accelerator
 machine: benchmarks/README.md, "Accelerator check".
 """
 
@@ -40,7 +40,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# --quick: every training run tiny (32², 8 steps, no LPIPS, no learned prior).
+# --quick: every training run tiny (32², 8 steps, no LPIPS, no learned prior, no sampler choice).
 QUICK_RUN = [
     "--config.image_size=32",
     "--config.model.widths=(8,16)",
@@ -53,6 +53,7 @@ QUICK_RUN = [
     "--config.log_every_steps=2",
     "--config.loss.lpips_weight=0",
     "--config.flow_prior=False",
+    "--config.choose_sampler=False",
     "--config.progress_bar=False",
     "--config.wandb.mode=disabled",
 ]
