@@ -127,18 +127,59 @@ def subprocess_env(env: dict | None = None, measured: bool = True) -> dict:
     return full_env
 
 
+_SERVERS: dict[bool, _CliServer] = {}  # measured → the server
+
+
+class _CliServer:
+    """tests/cli_batch.py, started once per pytest worker (and measured or not): runs command
+    lines in children it forks, so that each skips the ~2 s (~5 s under coverage) of imports."""
+
+    def __init__(self, measured: bool):
+        path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+        self.errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (as long as the server lives)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(REPO, "tests", "cli_batch.py")], cwd=REPO,
+            env=subprocess_env({"PYTHONPATH": path}, measured), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self.errors, text=True,
+        )  # fmt: skip
+
+    @classmethod
+    def of(cls, measured: bool) -> _CliServer:
+        server = _SERVERS.get(measured)
+        if server is None or server.proc.poll() is not None:
+            server = _SERVERS[measured] = cls(measured)
+        return server
+
+    def run(self, jobs: list[dict], cwd: str, timeout: float) -> list[dict]:
+        self.proc.stdin.write(json.dumps({"cases": jobs, "cwd": cwd, "timeout": timeout}) + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:  # the server died: say why
+            self.proc.wait()
+            self.errors.seek(0)
+            raise AssertionError(f"tests/cli_batch.py ended: {self.errors.read()[-3000:]}")
+        return json.loads(answer)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for server in _SERVERS.values():
+            server.proc.stdin.close()
+            server.proc.wait(timeout=60)
+        _SERVERS.clear()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _CliServer.stop_all()  # the servers' own coverage data is written as they exit
+
+
 def run_cli(
     *args: str, env: dict | None = None, timeout: int = 300, measured: bool = True
 ) -> subprocess.CompletedProcess:
-    """Runs `python -m <args>` in the repository root and captures its output."""
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=REPO,
-        env=subprocess_env(env, measured),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Runs `python -m <args>` in the repository root and captures its output (in a child of
+    tests/cli_batch.py: raises subprocess.TimeoutExpired after `timeout` seconds, as
+    subprocess.run would)."""
+    (proc,) = run_cli_cases([(args[0], args[1:], env or {})], timeout=timeout, measured=measured)
+    return proc
 
 
 def run_cli_cases(
@@ -147,32 +188,33 @@ def run_cli_cases(
     timeout: int = 600,
     measured: bool = True,
     parse_only: bool = False,
+    preload: tuple[str, ...] = (),
 ) -> list[subprocess.CompletedProcess]:
-    """Runs each case `(module, *args)` or `(module, args, env)` like `run_cli(module, *args,
-    env=env)`, but all in one interpreter that imports the package once and forks a child per
-    case (tests/cli_batch.py): for the many short error-path commands. `parse_only`: each
-    command only parses its flags and config (exit 0 when they are valid) and runs nothing."""
+    """Runs each case `(module, *args)` or `(module, args, env)` as `python -m module args` in
+    `cwd` with os.environ plus env, each in a child forked by tests/cli_batch.py after the heavy
+    imports. `timeout`: seconds per case. `parse_only`: each command only parses its flags and
+    config (exit 0 when they are valid) and runs nothing. `preload`: modules the server imports
+    before forking (e.g. "sklearn.mixture" when the cases fit a gmm; each would import it
+    again, ~1 s under coverage)."""
     jobs = []
     for case in cases:
         if len(case) == 3 and isinstance(case[1], (list, tuple)):
             module, args, env = case
         else:
             module, args, env = case[0], case[1:], {}
+        env = subprocess_env(env, measured)
+        args = [str(a) for a in args]
         jobs.append(
-            {"module": module, "args": [str(a) for a in args], "env": env, "parse_only": parse_only}
+            dict(module=module, args=args, env=env, parse_only=parse_only, preload=list(preload))
         )
-    runner = os.path.join(REPO, "tests", "cli_batch.py")
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run(
-        [sys.executable, runner], input=json.dumps(jobs), cwd=cwd,
-        env=subprocess_env(env, measured), capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout)
-    return [
-        subprocess.CompletedProcess([job["module"], *job["args"]], **r)
-        for job, r in zip(jobs, results, strict=True)
-    ]
+    results = _CliServer.of(measured).run(jobs, str(cwd), timeout)
+    procs = []
+    for job, r in zip(jobs, results, strict=True):
+        cmd = [sys.executable, "-m", job["module"], *job["args"]]
+        if r.pop("timed_out"):
+            raise subprocess.TimeoutExpired(cmd, timeout, r["stdout"], r["stderr"])
+        procs.append(subprocess.CompletedProcess(cmd, **r))
+    return procs
 
 
 def run_python(

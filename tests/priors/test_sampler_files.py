@@ -185,7 +185,10 @@ def test_reader_commands_ignore_damaged_sampler_files(good, tmp_path):
             out = ["--out", str(tmp_path / f"eval{i}.json")]
         runs.append((command, "--workdir", str(workdir), *flags, *out))
     for (command, _, flow_kind, gmm_kind), workdir, proc in zip(
-        cases, workdirs, run_cli_cases(runs, measured=False), strict=True
+        cases,
+        workdirs,
+        run_cli_cases(runs, measured=False, preload=("sklearn.mixture",)),
+        strict=True,
     ):
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, (command, proc.stderr)
         damaged_files = [
