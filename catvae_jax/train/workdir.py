@@ -16,7 +16,7 @@ from catvae_jax import atomic, data
 from catvae_jax import config as config_lib
 from catvae_jax.errors import UserError, failed_write
 from catvae_jax.priors import stored
-from catvae_jax.train.checkpoint import Checkpoints
+from catvae_jax.train.checkpoint import Checkpoints, checkpoint_dir
 from catvae_jax.train.lock import WorkdirLock
 
 
@@ -86,6 +86,13 @@ def lock(workdir: epath.Path, what: str) -> WorkdirLock:
     return held
 
 
+def _has_checkpoint(workdir: epath.Path) -> bool:
+    """Whether WORKDIR/checkpoints holds a committed step (Orbax names it by its number; one
+    being written is a *.orbax-checkpoint-tmp* folder)."""
+    folder = checkpoint_dir(workdir)
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
 def bootstrap(workdir: epath.Path, config: ml_collections.ConfigDict) -> dict:
     """Writes WORKDIR/config.json (process 0) and returns it as the dict every checkpoint
     stores; refuses a resume whose model or data shape changed (UserError)."""
@@ -116,9 +123,11 @@ def save(
 
 
 def _check_resume(workdir: epath.Path, config_dict: dict) -> None:
-    """Refuses a changed model/data shape on resume; notes other changed fields."""
+    """Refuses a changed model/data shape on resume; notes other changed fields. A config.json
+    without a checkpoint beside it (a start that failed before its first save, e.g. on a
+    mistyped flag) resumes nothing: the new config replaces it silently."""
     path = workdir / "config.json"
-    if not path.exists():
+    if not path.exists() or not _has_checkpoint(workdir):
         return
     old = config_lib.read_json(path).to_dict()
     shaped = config_lib.shape_changes(old, config_dict)

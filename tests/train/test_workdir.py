@@ -44,8 +44,14 @@ def test_bootstrap_writes_the_config_with_its_dataset(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left
 
 
+def _bootstrap_and_save(workdir) -> None:
+    """bootstrap, then a committed checkpoint folder (its contents do not matter here)."""
+    workdir_lib.bootstrap(workdir, tiny_config())
+    (workdir / "checkpoints" / "12").mkdir(parents=True)
+
+
 def test_a_resume_with_the_same_config_passes_silently(tmp_path, capsys):
-    workdir_lib.bootstrap(tmp_path, tiny_config())
+    _bootstrap_and_save(tmp_path)
     workdir_lib.bootstrap(tmp_path, tiny_config())
     assert capsys.readouterr().out == ""
 
@@ -59,7 +65,7 @@ def test_a_resume_with_the_same_config_passes_silently(tmp_path, capsys):
     ],
 )
 def test_a_resume_with_another_shape_is_refused_in_one_line(tmp_path, field, value, was, now):
-    workdir_lib.bootstrap(tmp_path, tiny_config())
+    _bootstrap_and_save(tmp_path)
     before = (tmp_path / "config.json").read_text()
     changed = tiny_config()
     parent, _, leaf = field.rpartition(".")
@@ -76,7 +82,7 @@ def test_a_resume_with_another_shape_is_refused_in_one_line(tmp_path, field, val
 def test_a_changed_data_set_alone_is_named(tmp_path):
     """Another data set under the same settings (an image folder whose files changed): the
     `dataset` record differs, and is named since no field of the user's did."""
-    workdir_lib.bootstrap(tmp_path, tiny_config())
+    _bootstrap_and_save(tmp_path)
     path = tmp_path / "config.json"
     old = json.loads(path.read_text())
     old["dataset"]["config"] = "another"
@@ -86,7 +92,7 @@ def test_a_changed_data_set_alone_is_named(tmp_path):
 
 
 def test_a_resume_with_other_changes_lists_them_and_records_them(tmp_path, capsys):
-    workdir_lib.bootstrap(tmp_path, tiny_config())
+    _bootstrap_and_save(tmp_path)
     changed = tiny_config()
     changed.learning_rate = 1e-3
     changed.num_epochs = 5
@@ -95,3 +101,18 @@ def test_a_resume_with_other_changes_lists_them_and_records_them(tmp_path, capsy
     assert out == "resuming with changed fields: learning_rate, num_epochs\n"
     on_disk = json.loads((tmp_path / "config.json").read_text())
     assert on_disk["learning_rate"] == 1e-3 and on_disk["num_epochs"] == 5
+
+
+def test_a_config_left_by_a_start_that_saved_nothing_is_replaced_silently(tmp_path, capsys):
+    """A first start that failed before its first checkpoint (a mistyped init_from, a full
+    disk at step 3) left config.json: the next start trains from step 0 whatever it changed,
+    so it neither refuses another shape nor calls itself a resume. A checkpoint being written
+    (an Orbax tmp folder) is not a committed one."""
+    workdir_lib.bootstrap(tmp_path, tiny_config())
+    (tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp-1").mkdir(parents=True)
+    changed = tiny_config()
+    changed.model.z_dim, changed.learning_rate = 16, 1e-3
+    workdir_lib.bootstrap(tmp_path, changed)
+    assert capsys.readouterr().out == ""
+    on_disk = json.loads((tmp_path / "config.json").read_text())
+    assert on_disk["model"]["z_dim"] == 16 and on_disk["learning_rate"] == 1e-3
