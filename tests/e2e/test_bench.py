@@ -9,6 +9,7 @@ import runpy
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO, run_cli, subprocess_env, tiny_config
 
@@ -176,3 +177,26 @@ def test_time_to_quality_runs_an_arm_to_the_target(tmp_path) -> None:
     assert arm["curve"][0][1] == 2 and arm["seconds"] > 0
     assert arm["best_val_ssim"] == max(ssim for _, _, ssim in arm["curve"])
     assert "| default | yes |" in proc.stdout
+
+
+def test_kl_per_dimension_is_the_models_kl_split_by_dimension(trained_workdir):
+    """benchmarks/kl_per_dim.py: its dimensions sum to the training loss's KL of the same
+    posteriors, and its summary counts the dimensions under each threshold."""
+    import jax.numpy as jnp
+    import kl_per_dim
+
+    import catvae_jax
+    from catvae_jax import data
+    from catvae_jax.model import losses
+
+    model = catvae_jax.load(trained_workdir[0])
+    images = data.load_split(model.config, "validation")[:8]
+    kl = kl_per_dim.kl_per_dimension(model, images)
+    mu, logvar = model.encode(images.astype(np.float32) / 255.0)
+    want = np.mean(losses.kl_divergence(jnp.asarray(mu), jnp.asarray(logvar)))
+    assert kl.shape == (8,) and (kl >= 0).all()
+    np.testing.assert_allclose(kl.sum(), want, rtol=1e-5)
+    line = kl_per_dim.summary(np.array([0.01, 0.2, 0.7, 3.0]))
+    assert line == {"z_dim": 4, "kl_total": 3.91, "kl_min": 0.01, "kl_median": 0.45,
+                    "kl_max": 3.0, "dims_under_0.05": 1, "dims_under_0.1": 1,
+                    "dims_under_0.5": 2, "dims_under_1": 3}  # fmt: skip
