@@ -56,8 +56,8 @@ def errors(tmp_path_factory) -> dict:
     (conftest.run_cli_cases), since each alone is an interpreter start for a one-line error."""
     tmp = tmp_path_factory.mktemp("cli_errors")
     (tmp / "file").write_text("not a directory")
-    (tmp / "broken").mkdir()
-    (tmp / "broken" / "config.json").write_text('{"half": ')  # e.g. a run killed mid-write
+    (tmp / "broken" / "checkpoints" / "12").mkdir(parents=True)  # a run to resume ...
+    (tmp / "broken" / "config.json").write_text('{"half": ')  # ... whose config.json is damaged
     quickstart = ["--config", "configs/quickstart.py"]
     cases = {
         override: ("catvae_jax.main", *quickstart, "--workdir", tmp / f"w{i}", override)
