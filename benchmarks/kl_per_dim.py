@@ -18,6 +18,7 @@ from absl import app, flags
 
 import catvae_jax
 from catvae_jax import data
+from catvae_jax.model import losses
 
 _IMAGES = flags.DEFINE_integer("images", 256, "Validation images averaged over.")
 
@@ -25,7 +26,8 @@ _IMAGES = flags.DEFINE_integer("images", 256, "Validation images averaged over."
 def kl_per_dimension(model: catvae_jax.VaeModel, images: np.ndarray) -> np.ndarray:
     """[z_dim] mean KL (nats) of the posteriors of uint8 images [N, S, S, 3] to N(0, 1)."""
     mu, logvar = model.encode(images.astype(np.float32) / 255.0)
-    return np.mean(-0.5 * (1.0 + logvar - mu**2 - np.exp(logvar)), axis=0)
+    per_dim = losses.kl_divergence(mu[..., None], logvar[..., None])  # the loss's KL, per z
+    return np.mean(np.asarray(per_dim), axis=0)
 
 
 def summary(kl: np.ndarray) -> dict:
