@@ -14,7 +14,7 @@ import json
 import math
 import textwrap
 import tokenize
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -23,7 +23,7 @@ from etils import epath
 from catvae_jax.errors import UserError
 
 # The networks of catvae_jax.model.networks.MODELS, by name (that module checks it matches).
-MODEL_NAMES = ("vae_cats_v1", "resvae")
+MODEL_NAMES = ("vae_cats_v1", "resvae", "hvae")
 
 # Fields that change the model, the data or their shapes: a resumed run may not change them.
 SHAPE_FIELDS = (
@@ -68,11 +68,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.image_size = 64  # square images, H = W = image_size, 3 channels.
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "resvae"  # resvae (residual, any width) or vae_cats_v1 (the original's net)
+    # resvae (residual, any width), hvae (resvae with a second, local latent group) or
+    # vae_cats_v1 (the original's net)
+    c.model.name = "resvae"
     c.model.z_dim = 128  # latent dimensions
     c.model.h_dim = 1024  # vae_cats_v1 only: the flattened encoder output.
     c.model.widths = (8, 16, 32, 64)  # resvae only: channels at 1/2, 1/4, 1/8, 1/16 size.
-    c.model.blocks_per_stage = 1  # resvae only: residual blocks at each size
+    c.model.blocks_per_stage = 1  # resvae and hvae: residual blocks at each size
+    # hvae only: channels of the local latent group, a grid at twice the bottom size (1/8 of the
+    # image with four widths), drawn top-down given the global latent (`latent_size`).
+    c.model.local_channels = 4
 
     c.loss = ml_collections.ConfigDict()
     c.loss.ssim_weight = 1.0  # weight of (1 - SSIM) x H*W*C per image
@@ -283,6 +288,17 @@ def original_experiment(seed: int, num_epochs: int) -> ml_collections.ConfigDict
     return c
 
 
+def latent_size(config: Mapping[str, Any]) -> int:
+    """Dimensions of a model's latent vector z (what the samplers draw and `decode` takes): z_dim,
+    plus for hvae its local group, local_channels at (image_size / 2^(len(widths) − 1))² places.
+    `config`: a ConfigDict or a config.json's dict."""
+    m = config["model"]
+    if m["name"] != "hvae":
+        return int(m["z_dim"])
+    side = int(config["image_size"]) // 2 ** (len(m["widths"]) - 1)
+    return int(m["z_dim"]) + side * side * int(m["local_channels"])
+
+
 def _fail(field: str, why: str) -> None:
     raise UserError(f"config field '{field}' {why}")
 
@@ -313,7 +329,12 @@ class Check:
 
 
 def _is_resvae(c: ml_collections.ConfigDict) -> bool:
-    return c.model.name == "resvae"
+    """resvae and hvae (resvae's networks plus a local latent group) share their fields."""
+    return c.model.name in ("resvae", "hvae")
+
+
+def _is_hvae(c: ml_collections.ConfigDict) -> bool:
+    return c.model.name == "hvae"
 
 
 def _is_v1(c: ml_collections.ConfigDict) -> bool:
@@ -347,7 +368,12 @@ CHECKS = (
           "must each be at most 8 or a multiple of 8, got {v}", _is_resvae),
     Check("model.blocks_per_stage", lambda v, c: v >= 0, "must be >= 0, got {v}", _is_resvae),
     Check("image_size", lambda v, c: v % _resvae_factor(c) == 0,
-          "must be a multiple of {factor} for model resvae with {n} widths, got {v}", _is_resvae),
+          "must be a multiple of {factor} for model {c.model.name} with {n} widths, got {v}",
+          _is_resvae),
+    Check("model.widths", lambda v, c: len(v) >= 2,
+          "must have at least 2 entries for model hvae (its local latents sit one size above the "
+          "bottom), got {v}", _is_hvae),
+    Check("model.local_channels", lambda v, c: v > 0, "must be positive, got {v}", _is_hvae),
     Check("model.z_dim", lambda v, c: v > 0, "must be positive, got {v}"),
     Check("loss.beta", lambda v, c: v >= 0, "must be >= 0, got {v}"),
     Check("loss.ssim_weight",

@@ -51,7 +51,7 @@ class VaeModel:
         self._auto: str | None = None  # what sampler="auto" resolved to without a choice
         self._train_means: tuple[int, np.ndarray] | None = None  # (max_images, latents)
         self.image_shape = (config.image_size, config.image_size, 3)
-        self.z_dim = int(config.model.z_dim)
+        self.z_dim = config_lib.latent_size(config)  # z_dim, plus hvae's local group
         self._encode = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x))
         self._decode = jax.jit(lambda p, z: nnx.merge(graphdef, p).decode(z))
 

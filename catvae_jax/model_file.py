@@ -51,6 +51,7 @@ import numpy as np
 from etils import epath
 
 from catvae_jax import atomic, bpd_range
+from catvae_jax.config import latent_size
 from catvae_jax.errors import UserError
 from catvae_jax.priors import choice, flow, gmm, stored
 
@@ -180,7 +181,7 @@ class ModelFile:
         if arrays is None:
             return None
         try:
-            return from_arrays(arrays, int(self.config["model"]["z_dim"]))
+            return from_arrays(arrays, latent_size(self.config))
         except (stored.Unusable, KeyError, TypeError, ValueError) as e:
             raise UserError(f"{self.source}: {name} is unusable ({e})") from e
 

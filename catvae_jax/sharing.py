@@ -23,6 +23,7 @@ import numpy as np
 from etils import epath
 
 import catvae_jax
+from catvae_jax import config as config_lib
 from catvae_jax import images, inference, model_file
 from catvae_jax.errors import UserError
 from catvae_jax.evaluation import sample_quality, typicality
@@ -211,8 +212,8 @@ def model_card(
     c = model.config
     dataset = c.get("dataset") or {}
     data_name = dataset.get("name", c.data.source)
-    arch = f"{c.model.name}, latent size {c.model.z_dim}"
-    if c.model.name == "resvae":
+    arch = f"{c.model.name}, latent size {config_lib.latent_size(c)}"
+    if c.model.name in ("resvae", "hvae"):
         arch += f", widths {'–'.join(str(w) for w in (c.model.widths[0], c.model.widths[-1]))}"
     size_mb = sum(a.nbytes for a in stored.values()) / 1e6
     lines = [

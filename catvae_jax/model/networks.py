@@ -1,7 +1,8 @@
 """VAE models in flax.nnx, chosen by `config.model.name`.
 
 Every model exposes `encode(x) -> (mu, logvar)` and `decode(z) -> x_hat`, with images NHWC
-float32 in [0, 1] and latents [batch, z_dim]. `init_compiled(config, seed)` makes the configured
+float32 in [0, 1] and latents [batch, config.latent_size(config)] (z_dim, plus hvae's local
+group). `init_compiled(config, seed)` makes the configured
 one with its initialisers in one compiled program (fast); `init_eager` runs them op by op (for
 `nnx.eval_shape`, which traces it without running anything).
 """
@@ -149,29 +150,117 @@ class ResVae(nnx.Module):
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x: [B, S, S, 3] in [0, 1] → (mu, logvar), each [B, z_dim] float32."""
-        h = backend.cast(2.0 * x - 1.0, self.dtype)
+        return self._stats(self._bottom_up(x)[-1])
+
+    def _bottom_up(self, x: jax.Array) -> list[jax.Array]:
+        """x: [B, S, S, 3] in [0, 1] → the encoder's features after each stage, S/2 … bottom."""
+        h, out = backend.cast(2.0 * x - 1.0, self.dtype), []
         for conv, stage in zip(self.down, self.enc_blocks, strict=True):
             h = conv(h)
             for block in stage:
                 h = block(h)
+            out.append(h)
+        return out
+
+    def _stats(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The bottom grid's features → the global latent's (mu, logvar), each [B, z_dim]."""
         h = jax.nn.silu(self.enc_norm(h)).reshape(h.shape[0], -1)
         mu, logvar = jnp.split(_f32(self.to_stats(h)), 2, axis=-1)
         return mu, logvar
 
     def decode(self, z: jax.Array) -> jax.Array:
         """z: [B, z_dim] → images [B, S, S, 3] in [0, 1], float32."""
+        h = self._from_z(z)
+        for i in range(len(self.up)):
+            h = self._up_stage(i, h)
+        return jax.nn.sigmoid(_f32(h))
+
+    def _from_z(self, z: jax.Array) -> jax.Array:
+        """[B, z_dim] → the bottom grid [B, s, s, widths[-1]]."""
         h = self.from_z(backend.cast(z, self.dtype))
-        h = h.reshape(z.shape[0], self.bottom, self.bottom, self.widths[-1])
-        last = len(self.up) - 1
-        for i, (stage, conv) in enumerate(zip(self.dec_blocks, self.up, strict=True)):
-            for block in stage:
-                h = block(h)
-            if i == last:
-                h = jax.nn.silu(self.out_norm(h))
-            if self.kernels == "cpu":  # = conv(upsample2(h)) on the small grid (test_layers.py)
-                h = layers.upsample2_conv(h, conv.kernel[...]) + conv.bias[...].astype(h.dtype)
-            else:
-                h = conv(layers.upsample2(h))
+        return h.reshape(z.shape[0], self.bottom, self.bottom, self.widths[-1])
+
+    def _up_stage(self, i: int, h: jax.Array) -> jax.Array:
+        """Decoder stage i: its residual blocks, then a 2× nearest upsample + 3×3 conv (the last
+        stage's conv, after a GroupNorm + SiLU, gives the image's 3 logit channels)."""
+        for block in self.dec_blocks[i]:
+            h = block(h)
+        conv = self.up[i]
+        if i == len(self.up) - 1:
+            h = jax.nn.silu(self.out_norm(h))
+        if self.kernels == "cpu":  # = conv(upsample2(h)) on the small grid (test_layers.py)
+            return layers.upsample2_conv(h, conv.kernel[...]) + conv.bias[...].astype(h.dtype)
+        return conv(layers.upsample2(h))
+
+
+class HVae(ResVae):
+    """resvae with two latent scales, top-down (NVAE/VDVAE-style, one level): a global latent
+    z_g [B, z_dim] as resvae's, and a local group z_l [B, s, s, local_channels] at s = twice the
+    bottom grid (1/8 of the image with four widths), drawn given z_g:
+
+        p(z_l | z_g) = N(mu_p(h), exp(logvar_p(h))),  h = the decoder's features at s × s,
+
+    then merged into h (a 1×1 conv) before the rest of the decoder. The latent vector the
+    samplers draw and `decode` takes is [z_g, ε] (`config.latent_size`), with
+    z_l = mu_p + exp(logvar_p / 2)·ε, so N(0, I) on it is the model's hierarchical prior and every
+    sampler, the KL and the likelihood work on it unchanged. `encode` gives a Gaussian over
+    [z_g, ε]: resvae's for z_g, and for ε a 3×3 conv of the encoder's s × s features next to the
+    decoder's top-down features of z_g = mu (so it knows what the prior expects there).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        z_dim: int = 128,
+        widths: tuple[int, ...] = (8, 16, 32, 64),
+        blocks_per_stage: int = 1,
+        local_channels: int = 4,
+        *,
+        rngs: nnx.Rngs,
+        kernels: str = "cpu",
+        dtype: jnp.dtype | None = None,
+    ):
+        super().__init__(
+            image_size, z_dim, widths, blocks_per_stage, rngs=rngs, kernels=kernels, dtype=dtype
+        )
+        self.z_dim, self.local_channels = z_dim, local_channels
+        self.side = 2 * self.bottom
+        ch, zeros = widths[-2], nnx.initializers.zeros
+        norm = lambda c: nnx.GroupNorm(c, num_groups=min(8, c), dtype=dtype, rngs=rngs)
+        self.prior_norm = norm(ch)  # the heads start at N(0, I): zero-initialised convs
+        self.prior = nnx.Conv(ch, 2 * local_channels, (3, 3), dtype=dtype, rngs=rngs,
+                              kernel_init=zeros)  # fmt: skip
+        self.posterior_norm = norm(2 * ch)
+        self.posterior = nnx.Conv(2 * ch, 2 * local_channels, (3, 3), dtype=dtype, rngs=rngs,
+                                  kernel_init=zeros)  # fmt: skip
+        self.merge = nnx.Conv(local_channels, ch, (1, 1), dtype=dtype, rngs=rngs)
+
+    def _top(self, z_g: jax.Array) -> jax.Array:
+        """[B, z_dim] → the decoder's features at the local grid [B, s, s, widths[-2]]."""
+        return self._up_stage(0, self._from_z(z_g))
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x: [B, S, S, 3] in [0, 1] → (mu, logvar), each [B, latent_size] float32."""
+        *_, local, bottom = self._bottom_up(x)  # the encoder's features at s × s and below
+        mu, logvar = self._stats(bottom)
+        top = self._top(mu)
+        both = jnp.concatenate([local, top.astype(local.dtype)], axis=-1)
+        stats = _f32(self.posterior(jax.nn.silu(self.posterior_norm(both))))
+        m, lv = jnp.split(stats.reshape(x.shape[0], -1, 2 * self.local_channels), 2, axis=-1)
+        flat = lambda a: a.reshape(x.shape[0], -1)
+        return (jnp.concatenate([mu, flat(m)], -1), jnp.concatenate([logvar, flat(lv)], -1))
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        """z: [B, latent_size] = [z_g, ε] → images [B, S, S, 3] in [0, 1], float32."""
+        h = self._top(z[:, : self.z_dim])
+        eps = z[:, self.z_dim :].reshape(z.shape[0], self.side, self.side, self.local_channels)
+        stats = _f32(self.prior(jax.nn.silu(self.prior_norm(h))))
+        mu_p, logvar_p = jnp.split(stats, 2, axis=-1)
+        logvar_p = 5.0 * jnp.tanh(logvar_p / 5.0)  # a soft bound: std in [0.08, 12]
+        z_l = mu_p + jnp.exp(0.5 * logvar_p) * eps
+        h = h + self.merge(backend.cast(z_l, self.dtype))
+        for i in range(1, len(self.up)):
+            h = self._up_stage(i, h)
         return jax.nn.sigmoid(_f32(h))
 
 
@@ -194,9 +283,23 @@ def _resvae(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     )
 
 
+def _hvae(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+    m = config.model
+    return HVae(
+        config.image_size,
+        m.z_dim,
+        m.widths,
+        m.blocks_per_stage,
+        m.local_channels,
+        rngs=rngs,
+        **_options(config),
+    )
+
+
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]] = {
     "vae_cats_v1": _vae_cats_v1,
     "resvae": _resvae,
+    "hvae": _hvae,
 }
 assert tuple(MODELS) == MODEL_NAMES, "config.MODEL_NAMES lists the networks of MODELS"
 
@@ -205,7 +308,7 @@ def output_kernel(config: ml_collections.ConfigDict, state: nnx.State) -> jax.Ar
     """The kernel of the configured model's last decoder layer, read from `state` (its
     parameters, or gradients shaped like them): what the adversarial term's adaptive weight
     compares the two terms' gradients on."""
-    if config.model.name == "resvae":
+    if config.model.name in ("resvae", "hvae"):
         layer = state["up"][len(config.model.widths) - 1]
     else:  # vae_cats_v1
         layer = state["decode_layers"][4]

@@ -26,6 +26,7 @@ from flax import nnx
 
 from catvae_jax import atomic, images
 from catvae_jax.cli import plural
+from catvae_jax.config import latent_size
 from catvae_jax.train import state as state_lib
 from catvae_jax.train.hooks import say
 from catvae_jax.train.log import TrainingLog
@@ -143,7 +144,7 @@ class Report:
         self.draws = bool(config.validation_pictures)
         self.originals = images.to_unit(val_images[: config.num_eval_images])
         rng = np.random.default_rng(config.seed)
-        self.latents = rng.standard_normal((NUM_SAMPLES, config.model.z_dim)).astype(np.float32)
+        self.latents = rng.standard_normal((NUM_SAMPLES, latent_size(config))).astype(np.float32)
         self.pictures = jax.jit(_pictures(graphdef))
         self.last_step, self.last_time = step, time.perf_counter()
         total = cadence.total_steps

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from catvae_jax.config import get_config
+from catvae_jax.config import get_config, latent_size
 from catvae_jax.model import networks
 
 
@@ -72,3 +72,47 @@ def test_build_in_one_program_equals_op_by_op_init(name):
     for a, b in zip(jax.tree.leaves(built), jax.tree.leaves(eager), strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_hvae_latents_are_a_global_and_a_local_group_drawn_top_down():
+    """hvae's latent vector is [z_g (z_dim), ε (local_channels at 2× the bottom grid)]: its
+    heads start at the standard normal (the posterior of ε is N(0, I), so its KL is 0), ε moves
+    the decoded image, and once the prior head is trained z_g sets where ε's group lands."""
+    c = _config("hvae", 32, 8)
+    c.model.widths, c.model.local_channels = (8, 8, 16), 3
+    assert latent_size(c) == latent_size(c.to_dict()) == 8 + 8 * 8 * 3
+    graphdef, params = nnx.split(networks.init_compiled(c))
+    encode = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x))
+    decode = jax.jit(lambda p, z: nnx.merge(graphdef, p).decode(z))
+    mu, logvar = encode(params, jax.random.uniform(jax.random.key(0), (2, 32, 32, 3)))
+    assert mu.shape == logvar.shape == (2, 8 + 192)
+    assert np.array_equal(mu[:, 8:], np.zeros((2, 192))) and not np.any(logvar[:, 8:])
+    y = decode(params, mu)
+    assert y.shape == (2, 32, 32, 3) and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert float(jnp.abs(decode(params, mu.at[:, 8:].set(1.0)) - y).max()) > 1e-3
+
+    # A prior head that is not zero: the local group's mean and spread then depend on z_g.
+    kernel = params["prior"]["kernel"]
+    kernel[...] = jax.random.normal(jax.random.key(1), kernel[...].shape) * 0.1
+    z = jnp.zeros((2, 200)).at[1, :8].set(3.0)
+    prior_of = jax.jit(lambda p, z_g: _local_prior(nnx.merge(graphdef, p), z_g))
+    stats = prior_of(params, z[:, :8])
+    assert stats.shape == (2, 8, 8, 6) and float(jnp.abs(stats[0] - stats[1]).max()) > 1e-3
+
+
+def _local_prior(model, z_g):
+    """hvae's prior head on the top-down features of z_g: [B, s, s, 2·local_channels]."""
+    return model.prior(jax.nn.silu(model.prior_norm(model._top(z_g))))
+
+
+def test_hvae_decodes_through_resvae_stages():
+    """hvae is resvae's networks plus its heads: the same parameters under the same names, so a
+    resvae's stage code serves both (resvae's decode is checked against the shipped models by
+    tests/e2e/test_pretrained.py)."""
+    c = _config("resvae", 32, 8)
+    c.model.widths = (8, 8, 16)
+    resvae = nnx.state(networks.init_compiled(c, seed=4), nnx.Param)
+    c.model.name = "hvae"
+    hvae = nnx.state(networks.init_compiled(c, seed=4), nnx.Param)
+    extra = {"prior", "prior_norm", "posterior", "posterior_norm", "merge"}
+    assert set(hvae) - set(resvae) == extra and set(resvae) <= set(hvae)
