@@ -138,6 +138,19 @@ def test_resvae_accepts_other_depths():
     config_lib.validate(c)
 
 
+def test_hvae_needs_two_widths_and_a_local_group():
+    c = config_lib.get_config()
+    c.model.name, c.model.widths, c.image_size = "hvae", (8, 16, 32), 40
+    config_lib.validate(c)  # resvae's rules: three halvings, a multiple of 8
+    assert config_lib.latent_size(c) == c.model.z_dim + 10 * 10 * c.model.local_channels
+    c.model.local_channels = 0
+    with pytest.raises(UserError, match=r"^config field 'model\.local_channels' must be positive"):
+        config_lib.validate(c)
+    c.model.local_channels, c.model.widths, c.image_size = 4, (8,), 16
+    with pytest.raises(UserError, match=r"'model\.widths' must have at least 2 entries"):
+        config_lib.validate(c)
+
+
 def test_shape_changes_are_told_apart_from_others():
     old = config_lib.get_config().to_dict()
     new = config_lib.get_config()
