@@ -86,7 +86,10 @@ def warmed_up_beta(step: jax.Array, beta: float, warmup_steps: jax.Array) -> jax
 def posterior_sample(
     model: nnx.Module, x: jax.Array, key: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(x̂ = decode(z), mu, logvar) with z ~ N(mu, exp(logvar)) drawn with `key`."""
+    """(x̂ = decode(z), mu, logvar) with z ~ N(mu, exp(logvar)) drawn with `key`; a model with
+    its own `sample_posterior` (hvae: the local group drawn given the global draw) draws so."""
+    if hasattr(model, "sample_posterior"):
+        return model.sample_posterior(x, key)
     mu, logvar = model.encode(x)
     eps = jax.random.normal(key, mu.shape, mu.dtype)
     z = mu + jnp.exp(0.5 * logvar) * eps

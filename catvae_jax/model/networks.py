@@ -240,20 +240,43 @@ class HVae(ResVae):
         return self._up_stage(0, self._from_z(z_g))
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x: [B, S, S, 3] in [0, 1] → (mu, logvar), each [B, latent_size] float32."""
+        """x: [B, S, S, 3] in [0, 1] → (mu, logvar), each [B, latent_size] float32: the local
+        group's posterior given z_g = mu (what the readers use: means, the likelihood's
+        proposal)."""
         *_, local, bottom = self._bottom_up(x)  # the encoder's features at s × s and below
         mu, logvar = self._stats(bottom)
-        top = self._top(mu)
+        m, lv = self._local_posterior(local, self._top(mu))
+        return jnp.concatenate([mu, m], -1), jnp.concatenate([logvar, lv], -1)
+
+    def sample_posterior(self, x: jax.Array, key: jax.Array) -> tuple[jax.Array, ...]:
+        """(x̂, mu, logvar) of one posterior draw, as training takes it (NVAE's order): z_g from
+        q(z_g | x), then ε from q(ε | x, z_g) given the decoder's features of that z_g, which
+        the decoder then continues from. mu, logvar [B, latent_size]: the Gaussians drawn from
+        (their KL to N(0, I) is this draw's)."""
+        *_, local, bottom = self._bottom_up(x)
+        mu, logvar = self._stats(bottom)
+        k_g, k_l = jax.random.split(key)
+        z_g = mu + jnp.exp(0.5 * logvar) * jax.random.normal(k_g, mu.shape, mu.dtype)
+        top = self._top(z_g)
+        m, lv = self._local_posterior(local, top)
+        eps = m + jnp.exp(0.5 * lv) * jax.random.normal(k_l, m.shape, m.dtype)
+        x_hat = self._decode_from(top, eps)
+        return x_hat, jnp.concatenate([mu, m], -1), jnp.concatenate([logvar, lv], -1)
+
+    def _local_posterior(self, local: jax.Array, top: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The encoder's and the decoder's features at s × s → ε's (mean, logvar), [B, s·s·c]."""
         both = jnp.concatenate([local, top.astype(local.dtype)], axis=-1)
         stats = _f32(self.posterior(jax.nn.silu(self.posterior_norm(both))))
-        m, lv = jnp.split(stats.reshape(x.shape[0], -1, 2 * self.local_channels), 2, axis=-1)
-        flat = lambda a: a.reshape(x.shape[0], -1)
-        return (jnp.concatenate([mu, flat(m)], -1), jnp.concatenate([logvar, flat(lv)], -1))
+        m, lv = jnp.split(stats.reshape(local.shape[0], -1, 2 * self.local_channels), 2, axis=-1)
+        return m.reshape(local.shape[0], -1), lv.reshape(local.shape[0], -1)
 
     def decode(self, z: jax.Array) -> jax.Array:
         """z: [B, latent_size] = [z_g, ε] → images [B, S, S, 3] in [0, 1], float32."""
-        h = self._top(z[:, : self.z_dim])
-        eps = z[:, self.z_dim :].reshape(z.shape[0], self.side, self.side, self.local_channels)
+        return self._decode_from(self._top(z[:, : self.z_dim]), z[:, self.z_dim :])
+
+    def _decode_from(self, h: jax.Array, eps: jax.Array) -> jax.Array:
+        """The decoder's features of z_g at s × s and ε [B, s·s·c] → images."""
+        eps = eps.reshape(h.shape[0], self.side, self.side, self.local_channels)
         stats = _f32(self.prior(jax.nn.silu(self.prior_norm(h))))
         mu_p, logvar_p = jnp.split(stats, 2, axis=-1)
         logvar_p = 5.0 * jnp.tanh(logvar_p / 5.0)  # a soft bound: std in [0.08, 12]

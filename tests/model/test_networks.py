@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from catvae_jax.config import get_config, latent_size
-from catvae_jax.model import networks
+from catvae_jax.model import losses, networks
 
 
 def _config(name, size, z_dim):
@@ -98,6 +98,29 @@ def test_hvae_latents_are_a_global_and_a_local_group_drawn_top_down():
     prior_of = jax.jit(lambda p, z_g: _local_prior(nnx.merge(graphdef, p), z_g))
     stats = prior_of(params, z[:, :8])
     assert stats.shape == (2, 8, 8, 6) and float(jnp.abs(stats[0] - stats[1]).max()) > 1e-3
+
+
+def test_hvae_draws_its_local_posterior_given_the_global_draw():
+    """Training's draw (`losses.posterior_sample` → `HVae.sample_posterior`): the local group's
+    posterior depends on which z_g was drawn (NVAE's order), while `encode` gives the one at
+    z_g = mu; with no spread in z_g both agree."""
+    c = _config("hvae", 16, 4)
+    c.model.widths, c.model.local_channels = (8, 8), 2
+    graphdef, params = nnx.split(networks.init_compiled(c))
+    head = params["posterior"]["kernel"]  # a posterior head that reads its inputs
+    head[...] = jax.random.normal(jax.random.key(2), head[...].shape) * 0.1
+    draw = jax.jit(lambda p, x, k: losses.posterior_sample(nnx.merge(graphdef, p), x, k))
+    encode = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x))
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3))
+    x_hat, mu_a, logvar = draw(params, x, jax.random.key(1))
+    _, mu_b, _ = draw(params, x, jax.random.key(2))
+    assert x_hat.shape == x.shape and mu_a.shape == logvar.shape == (2, 4 + 8 * 8 * 2)
+    assert np.array_equal(mu_a[:, :4], mu_b[:, :4])  # q(z_g | x): the same Gaussian
+    assert float(jnp.abs(mu_a[:, 4:] - mu_b[:, 4:]).max()) > 1e-4  # q(ε | x, z_g): not
+    stats = params["to_stats"]["bias"]  # logvar of z_g → −30: the draw is mu itself
+    stats[...] = stats[...].at[4:].set(-30.0)
+    _, mu_c, _ = draw(params, x, jax.random.key(1))
+    np.testing.assert_allclose(mu_c, encode(params, x)[0], atol=1e-5)
 
 
 def _local_prior(model, z_g):
