@@ -206,6 +206,8 @@ class HVae(ResVae):
     sampler, the KL and the likelihood work on it unchanged. `encode` gives a Gaussian over
     [z_g, ε]: resvae's for z_g, and for ε a 3×3 conv of the encoder's s × s features next to the
     decoder's top-down features of z_g = mu (so it knows what the prior expects there).
+    Training draws in NVAE's order instead (`sample_posterior`): ε's posterior given the drawn
+    z_g, whose top-down features the decoder then continues from.
     """
 
     def __init__(
