@@ -216,7 +216,7 @@ class HVae(ResVae):
         z_dim: int = 128,
         widths: tuple[int, ...] = (8, 16, 32, 64),
         blocks_per_stage: int = 1,
-        local_channels: int = 4,
+        local_channels: int = 1,
         *,
         rngs: nnx.Rngs,
         kernels: str = "cpu",
