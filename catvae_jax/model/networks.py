@@ -2,9 +2,9 @@
 
 Every model exposes `encode(x) -> (mu, logvar)` and `decode(z) -> x_hat`, with images NHWC
 float32 in [0, 1] and latents [batch, config.latent_size(config)] (z_dim, plus hvae's local
-group). `init_compiled(config, seed)` makes the configured
-one with its initialisers in one compiled program (fast); `init_eager` runs them op by op (for
-`nnx.eval_shape`, which traces it without running anything).
+group). `init_compiled(config, seed)` makes the configured one with its initialisers in one
+compiled program (fast); `init_eager` runs them op by op (for `nnx.eval_shape`, which traces it
+without running anything).
 """
 
 from __future__ import annotations
