@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from catvae_jax.model import perceptual
+from catvae_jax.model import networks, perceptual
 from catvae_jax.model.ssim import ssim
 
 
@@ -91,9 +91,7 @@ def posterior_sample(
     if hasattr(model, "sample_posterior"):
         return model.sample_posterior(x, key)
     mu, logvar = model.encode(x)
-    eps = jax.random.normal(key, mu.shape, mu.dtype)
-    z = mu + jnp.exp(0.5 * logvar) * eps
-    return model.decode(z), mu, logvar
+    return model.decode(networks.gaussian_draw(mu, logvar, key)), mu, logvar
 
 
 def generator_loss(fake_logits: jax.Array) -> jax.Array:

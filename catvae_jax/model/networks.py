@@ -86,6 +86,11 @@ def _f32(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32)
 
 
+def gaussian_draw(mu: jax.Array, logvar: jax.Array, key: jax.Array) -> jax.Array:
+    """One reparameterised draw z = mu + exp(logvar / 2)·N(0, I), shaped like mu."""
+    return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
+
+
 class ResBlock(nnx.Module):
     """GroupNorm → SiLU → 3×3 conv, twice, plus the identity. Shape-preserving (NHWC)."""
 
@@ -258,11 +263,9 @@ class HVae(ResVae):
         *_, local, bottom = self._bottom_up(x)
         mu, logvar = self._stats(bottom)
         k_g, k_l = jax.random.split(key)
-        z_g = mu + jnp.exp(0.5 * logvar) * jax.random.normal(k_g, mu.shape, mu.dtype)
-        top = self._top(z_g)
+        top = self._top(gaussian_draw(mu, logvar, k_g))
         m, lv = self._local_posterior(local, top)
-        eps = m + jnp.exp(0.5 * lv) * jax.random.normal(k_l, m.shape, m.dtype)
-        x_hat = self._decode_from(top, eps)
+        x_hat = self._decode_from(top, gaussian_draw(m, lv, k_l))
         return x_hat, jnp.concatenate([mu, m], -1), jnp.concatenate([logvar, lv], -1)
 
     def _local_posterior(self, local: jax.Array, top: jax.Array) -> tuple[jax.Array, jax.Array]:
