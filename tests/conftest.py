@@ -45,7 +45,7 @@ def tiny_config():
     c.learning_rate = 3e-3
     c.num_epochs = 3
     c.model.z_dim = 8
-    c.model.widths = (8, 16, 16, 16)
+    c.model.widths = (8, 16)
     c.loss.kl_warmup_steps = 10
     c.data.num_train = 96
     c.data.num_validation = 16

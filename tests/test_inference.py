@@ -58,7 +58,7 @@ def test_read_config_upgrades_what_a_run_wrote(tmp_path):
     del saved["ema_decay"]  # as a run from before that field wrote it
     (tmp_path / "config.json").write_text(json.dumps(saved))
     config = inference.read_config(tmp_path)
-    assert config.model.widths == (8, 16, 16, 16) and config.image_size == 16
+    assert config.model.widths == (8, 16) and config.image_size == 16
     assert config.ema_decay == 0.0
 
 

@@ -32,7 +32,7 @@ WORKDIR = "catvae_runs/default"
 IMAGES = "cats"  # 48 synthetic cats as PNG files
 DATA_DIR = "tensorflow_datasets"
 WANDB = False
-OVERRIDES = {"image_size": 16, "batch_size": 8, "model.z_dim": 8, "model.widths": (8, 16, 16, 16),
+OVERRIDES = {"image_size": 16, "batch_size": 8, "model.z_dim": 8, "model.widths": (8, 16),
              "num_epochs": 1, "wandb.mode": "disabled", "progress_bar": False,
              "loss.lpips_weight": 0.0}"""
 

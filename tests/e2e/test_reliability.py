@@ -140,10 +140,10 @@ def _mount_tmpfs(path, size: str) -> None:
 
 
 def test_a_full_disk_is_one_line_exit_1_and_resumable(tmp_path):
-    """A real full file system: a 1.2 MB tmpfs holds one tiny checkpoint (~0.8 MB), not two.
+    """A real full file system: a 0.8 MB tmpfs holds one tiny checkpoint (~0.5 MB), not two.
     (Needs root, as the CI machine runs.)"""
     disk = tmp_path / "disk"
-    _mount_tmpfs(disk, "1200k")
+    _mount_tmpfs(disk, "800k")
     try:
         workdir = disk / "w"
         run = [*main_cmd(workdir, *TINY)[3:], "--config.num_epochs=3"]

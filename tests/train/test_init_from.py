@@ -65,7 +65,7 @@ def test_a_short_fine_tuning_run_trains_and_resumes_without_rereading(trained_wo
 
 def test_a_mismatch_names_the_first_parameter(trained_workdir):
     wider = tiny_config()
-    wider.model.widths = (8, 16, 16, 32)
+    wider.model.widths = (8, 32)
     _, abstract = state_lib.abstract_state(wider, lambda: networks.init_eager(wider))
     with pytest.raises(UserError, match=r"parameter 'dec_blocks/0/0/conv1/bias' is \[16\] there"):
         init_from.start_params(str(trained_workdir[0]), abstract.params)
@@ -82,7 +82,7 @@ def test_cli_errors_are_one_line(trained_workdir, tmp_path):
         "--config.loss.lpips_weight=0",
     ]  # fmt: skip
     a = trained_workdir[0]
-    cases = [  # quickstart's widths (16, 32, 64, 128) against the tiny run's (8, 16, 16, 16)
+    cases = [  # quickstart's widths (16, 32, 64, 128) against the tiny run's (8, 16)
         ("catvae_jax.main", *tiny, "--workdir", tmp_path / "b", f"--config.init_from={a}"),
         ("catvae_jax.main", *tiny, "--workdir", tmp_path / "c", f"--config.init_from={a}:99"),
         ("catvae_jax.main", *tiny, "--workdir", tmp_path / "d", "--config.init_from=pretrained:x"),

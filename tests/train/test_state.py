@@ -38,7 +38,7 @@ def test_init_and_abstract_state_agree(made):
     assert _shapes(abstract) == _shapes(state)
     assert int(state.step) == 0 and state.step.dtype == jnp.int32
     kernel = state.params["to_stats"]["kernel"]
-    assert kernel.shape == (1 * 1 * 16, 2 * config.model.z_dim)  # 16 px / 2⁴ = 1, 16 channels
+    assert kernel.shape == (4 * 4 * 16, 2 * config.model.z_dim)  # 16 px / 2² = 4, 16 channels
 
 
 def test_a_fresh_state_has_an_ema_equal_to_but_apart_from_its_params(made):

@@ -40,7 +40,7 @@ def test_bootstrap_writes_the_config_with_its_dataset(tmp_path):
     on_disk = json.loads((tmp_path / "config.json").read_text())
     assert on_disk == json.loads(json.dumps(written))  # the dict checkpoints store
     assert on_disk["dataset"]["name"] == "synthetic_cats" and on_disk["dataset"]["version"]
-    assert on_disk["image_size"] == 16 and on_disk["model"]["widths"] == [8, 16, 16, 16]
+    assert on_disk["image_size"] == 16 and on_disk["model"]["widths"] == [8, 16]
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]  # no temporary file left
 
 
