@@ -132,6 +132,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Fit the learned prior (catvae_jax/priors/flow.py) of `best` and `latest` when training ends;
     # samples.png and the `auto` sampler use it. False: they use the gmm (or N(0, I)).
     c.flow_prior = True
+    # Components of the gmm sampler's full-covariance mixture over the training latents (at most
+    # one per latent). More fit the latents closer: benchmarks/README.md, "K2 with more components".
+    c.gmm_components = 10
     # Fine-tuning: start from another model's parameters (not its optimizer state or step):
     # "WORKDIR" or "WORKDIR:STEP" (best, latest or a number; default best), a model file
     # (NAME.catvae) or "pretrained:NAME". Empty: random initialisation. A resumed run ignores it.
@@ -389,6 +392,7 @@ CHECKS = (
           "must be positive and at most 8 or a multiple of 8, got {v}"),
     Check("discriminator.learning_rate", lambda v, c: v > 0, "must be positive, got {v}"),
     Check("choose_sampler_n", lambda v, c: v >= 8, "must be at least 8, got {v}"),
+    Check("gmm_components", lambda v, c: v > 0, "must be positive, got {v}"),
     Check("plateau.factor", lambda v, c: 0 < v < 1, "must be in (0, 1), got {v}"),
     Check("plateau.patience", lambda v, c: v >= 0, "must be >= 0, got {v}"),
     Check("early_stop_patience", lambda v, c: v >= 1, "must be at least 1, got {v}"),

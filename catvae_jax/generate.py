@@ -35,7 +35,9 @@ def define_flags() -> None:
     flags.DEFINE_enum(
         "sampler", "auto", list(SAMPLERS), "Latent sampler: auto = flow, else gmm, else prior."
     )
-    flags.DEFINE_integer("gmm_components", 10, "Mixture components (when the gmm is used).")
+    flags.DEFINE_integer(
+        "gmm_components", None, "Mixture components (gmm sampler); default: the run's config."
+    )
     flags.DEFINE_string(
         "out",
         "",

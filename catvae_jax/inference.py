@@ -208,13 +208,16 @@ class VaeModel:
 
     def fit_gmm(
         self,
-        n_components: int = gmm.DEFAULT_COMPONENTS,
+        n_components: int | None = None,
         max_images: int = gmm.DEFAULT_MAX_IMAGES,
     ) -> gmm.GaussianMixture:
         """The latent mixture the gmm sampler uses: read from WORKDIR/gmm_<step>.npz when that
         file was fitted to these parameters with the same K and image cap, else fitted to
         `training_means` and cached there (when the model has a workdir; a damaged file, or one
-        of other parameters, is replaced with a one-line warning)."""
+        of other parameters, is replaced with a one-line warning). K: `n_components`, else the
+        run's `config.gmm_components`."""
+        if n_components is None:
+            n_components = self.config.gmm_components
         if n_components <= 0:
             raise UserError(f"gmm components must be positive, got {n_components}")
         path = gmm.cache_path(self.workdir, self.step) if self.workdir else None

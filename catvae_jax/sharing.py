@@ -155,7 +155,7 @@ def _cached_mixture(model: inference.VaeModel) -> gmm.GaussianMixture | None:
     if model.workdir is None:
         return None
     path = gmm.cache_path(model.workdir, model.step)
-    k, cap = gmm.DEFAULT_COMPONENTS, gmm.DEFAULT_MAX_IMAGES
+    k, cap = model.config.gmm_components, gmm.DEFAULT_MAX_IMAGES
     return gmm.read_cached(path, k, cap, model.z_dim, model.params_sha256)
 
 

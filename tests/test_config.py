@@ -88,6 +88,7 @@ def test_experiments_reproduce_the_original(name, seed, epochs):
         ("train_ssim_images", -1, "train_ssim_images"),
         ("num_eval_images", 0, "num_eval_images"),
         ("early_stop_patience", 0, "early_stop_patience"),
+        ("gmm_components", 0, "gmm_components"),
         ("plateau.patience", -1, "plateau.patience"),
         ("grad_clip_norm", -1.0, "grad_clip_norm"),
         ("weight_decay", -0.1, "weight_decay"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from conftest import REPO, bomb_png, run_cli, run_cli_cases, subprocess_env, tin
 from PIL import Image
 
 import catvae_jax
-from catvae_jax import atomic, data, images, pictures
+from catvae_jax import atomic, data, images, pictures, sharing
 from catvae_jax.data import decode
 from catvae_jax.errors import UserError
 from catvae_jax.model.ssim import ssim
@@ -213,6 +214,20 @@ def test_gmm_is_fitted_once_cached_and_sampled(workdir_copy, monkeypatch):
     monkeypatch.undo()
     assert again.fit_gmm(n_components=3).n_components == 3  # another K: refitted, re-cached
     assert gmm.GaussianMixture.read(cache).n_components == 3
+
+
+def test_the_runs_config_sets_the_mixtures_components(workdir_copy, monkeypatch):
+    """config.gmm_components is K when no caller names one: fitted, cached, and read again
+    without a refit (the run's config.json is where readers find it)."""
+    saved = json.loads((workdir_copy / "config.json").read_text())
+    (workdir_copy / "config.json").write_text(json.dumps({**saved, "gmm_components": 5}))
+    model = catvae_jax.load(workdir_copy)
+    assert model.config.gmm_components == 5 and model.fit_gmm().n_components == 5
+    cache = workdir_copy / f"gmm_{model.step}.npz"
+    assert gmm.GaussianMixture.read(cache).n_components == 5
+    monkeypatch.setattr(gmm, "fit", lambda *a, **kw: pytest.fail("the cached mixture is K = 5"))
+    assert catvae_jax.load(workdir_copy).fit_gmm().n_components == 5
+    assert sharing._cached_mixture(model).n_components == 5  # what an export ships
 
 
 # --- CLIs --------------------------------------------------------------------------------------
