@@ -45,6 +45,9 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "", "JSON file to write (default W/eval.json).")
     flags.DEFINE_integer("num_samples", 1000, "Samples for the sample-quality metrics (0: none).")
     flags.DEFINE_enum("sampler", "auto", list(SAMPLERS), "Sampler of the sample metrics.")
+    flags.DEFINE_integer(
+        "gmm_components", None, "Mixture components (gmm sampler); default: the run's config."
+    )
     flags.DEFINE_bool("likelihood", True, "Compute the likelihood keys (--nolikelihood: skip).")
     flags.DEFINE_bool("vgg", True, "Sample metrics in VGG16 features too (--novgg: AlexNet only).")
     flags.mark_flag_as_required("workdir")
@@ -59,6 +62,8 @@ def main(argv: list[str]) -> None:
         if FLAGS.num_samples:
             sample_quality.check_args(FLAGS.num_samples)
         model = load(FLAGS.workdir, FLAGS.step)
+        if FLAGS.gmm_components is not None:  # K of the gmm sampler, wherever it is fitted
+            model.config.gmm_components = FLAGS.gmm_components
         if FLAGS.num_samples and FLAGS.likelihood:  # before the likelihood pass, not after it
             size = len(data.load_split(model.config, FLAGS.split))
             sample_quality.check_args(FLAGS.num_samples, FLAGS.split, size)

@@ -14,6 +14,7 @@ from conftest import run_cli
 
 import catvae_jax
 from catvae_jax.evaluation import sample_quality as sq
+from catvae_jax.priors import gmm
 
 
 @pytest.fixture(scope="module")
@@ -147,5 +148,12 @@ def test_evaluate_cli_sample_keys_without_the_likelihood(trained_workdir, tmp_pa
     assert 0 <= result["fd_floor_vgg"] < result["fd_vgg"] and result["fd_recon_vgg"] > 0
     assert 0 <= result["precision_vgg"] <= 1 and 0 <= result["recall_vgg"] <= 1
     assert "FD" in proc.stdout and "bits/dim" not in proc.stdout and "VGG16" in proc.stdout
+    out = tmp_path / "gmm.json"
+    proc = run_cli("catvae_jax.evaluate", *args[:3], "--num_samples", "8", "--novgg",
+                   "--sampler", "gmm", "--gmm_components", "3", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["sampler"] == "gmm"
+    assert "fitting a 3-component" in proc.stdout
+    assert gmm.GaussianMixture.read(next(workdir.glob("gmm_*.npz"))).n_components == 3
     proc = run_cli("catvae_jax.evaluate", *args[:2], "--nolikelihood", "--num_samples", "0")
     assert proc.returncode == 2 and proc.stderr.startswith("error: nothing to evaluate")
