@@ -61,6 +61,8 @@ def main(argv: list[str]) -> None:
             cli.fail("nothing to evaluate: --nolikelihood and --num_samples 0")
         if FLAGS.num_samples:
             sample_quality.check_args(FLAGS.num_samples)
+        if FLAGS.gmm_components is not None and FLAGS.gmm_components <= 0:
+            cli.fail(f"--gmm_components must be positive, got {FLAGS.gmm_components}")
         model = load(FLAGS.workdir, FLAGS.step)
         if FLAGS.gmm_components is not None:  # K of the gmm sampler, wherever it is fitted
             model.config.gmm_components = FLAGS.gmm_components

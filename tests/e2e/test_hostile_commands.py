@@ -152,15 +152,17 @@ def test_evaluate_checks_num_samples_against_the_split_before_the_likelihood_pas
         [*base, "--num_samples", "5"],
         [*base, "--num_samples", "20000"],
         ["--workdir", one_test_image, "--num_samples", "8", "--out", str(tmp_path / "e.json")],
+        [*base, "--num_samples", "8", "--sampler", "gmm", "--gmm_components", "0"],
     ]
     proc = run_python(_EVALUATE_WITHOUT_THE_PASS.format(cases=cases), measured=False)
     assert "the likelihood pass ran" not in proc.stdout, proc.stdout + proc.stderr[-2000:]
-    assert proc.stdout.split() == ["exit", "2"] * 3, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.split() == ["exit", "2"] * 4, proc.stdout + proc.stderr[-2000:]
     errors = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
     assert errors[0] == "error: num_samples must be between 8 and 10000, got 5"
     assert errors[1] == "error: num_samples must be between 8 and 10000, got 20000"
     assert "test split, which has 1 image(s)" in errors[2]
-    assert len(errors) == 3 and "Traceback" not in proc.stderr
+    assert errors[3] == "error: --gmm_components must be positive, got 0"
+    assert len(errors) == 4 and "Traceback" not in proc.stderr
 
 
 # pictures over their format's size limit ------------------------------------------------------
