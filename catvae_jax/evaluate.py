@@ -64,11 +64,12 @@ def main(argv: list[str]) -> None:
         if FLAGS.gmm_components is not None and FLAGS.gmm_components <= 0:
             cli.fail(f"--gmm_components must be positive, got {FLAGS.gmm_components}")
         model = load(FLAGS.workdir, FLAGS.step)
-        if FLAGS.gmm_components is not None:  # K of the gmm sampler, wherever it is fitted
-            model.config.gmm_components = FLAGS.gmm_components
         if FLAGS.num_samples and FLAGS.likelihood:  # before the likelihood pass, not after it
             size = len(data.load_split(model.config, FLAGS.split))
             sample_quality.check_args(FLAGS.num_samples, FLAGS.split, size)
+        gmm_k = FLAGS.num_samples and FLAGS.gmm_components is not None
+        if gmm_k and model.resolve_sampler(FLAGS.sampler) == "gmm":  # as generate does
+            model.fit_gmm(n_components=FLAGS.gmm_components)
         start = time.perf_counter()
         result = {"split": FLAGS.split, "checkpoint_step": model.step}
         if FLAGS.likelihood:

@@ -13,6 +13,7 @@ import pytest
 from conftest import run_cli
 
 import catvae_jax
+from catvae_jax import sharing
 from catvae_jax.evaluation import sample_quality as sq
 from catvae_jax.priors import gmm
 
@@ -155,5 +156,13 @@ def test_evaluate_cli_sample_keys_without_the_likelihood(trained_workdir, tmp_pa
     assert json.loads(out.read_text())["sampler"] == "gmm"
     assert "fitting a 3-component" in proc.stdout
     assert gmm.GaussianMixture.read(next(workdir.glob("gmm_*.npz"))).n_components == 3
+    catvae_jax.load(workdir).fit_gmm(n_components=10)  # the run's K: shipped by the export
+    shipped = tmp_path / "m.catvae"
+    sharing.export(workdir, shipped)
+    assert catvae_jax.load(shipped).gmm.n_components == 10
+    proc = run_cli("catvae_jax.evaluate", "--workdir", str(shipped), *args[2:3], "--novgg",
+                   "--num_samples", "8", "--sampler", "gmm", "--gmm_components", "3",
+                   "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0 and "fitting a 3-component" in proc.stdout, proc.stderr[-2000:]
     proc = run_cli("catvae_jax.evaluate", *args[:2], "--nolikelihood", "--num_samples", "0")
     assert proc.returncode == 2 and proc.stderr.startswith("error: nothing to evaluate")
