@@ -132,9 +132,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Fit the learned prior (catvae_jax/priors/flow.py) of `best` and `latest` when training ends;
     # samples.png and the `auto` sampler use it. False: they use the gmm (or N(0, I)).
     c.flow_prior = True
-    # Components of the gmm sampler's full-covariance mixture over the training latents (at most
-    # one per latent). More fit the latents closer: benchmarks/README.md, "K2 with more components".
-    c.gmm_components = 10
+    # Components of the gmm sampler's full-covariance mixture over the training latents, capped at
+    # one per 20 latents (catvae_jax/priors/gmm.py, `components`). 200 drew better cats than 10 in
+    # both networks (benchmarks/README.md, "K2 with more components"); configs before version 3: 10.
+    c.gmm_components = 200
     # Fine-tuning: start from another model's parameters (not its optimizer state or step):
     # "WORKDIR" or "WORKDIR:STEP" (best, latest or a number; default best), a model file
     # (NAME.catvae) or "pretrained:NAME". Empty: random initialisation. A resumed run ignores it.
@@ -468,17 +469,21 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
     return config
 
 
-# config.json records the version of the config that wrote it. Version 1 (no
-# `config_version` field) came before the fields below, which then meant these values.
-CONFIG_VERSION = 2
-ADDED_FIELDS = {
-    "lr_schedule": "constant",
-    "ema_decay": 0.0,
-    "train_ssim_images": 0,
-    "flow_prior": True,
-    "loss.lpips_weight": 0.0,
-    "loss.lpips_size": 0,
-    "wandb.group": "",
+# config.json records the version of the config that wrote it (version 1: no `config_version`
+# field). EARLIER_VALUES[v]: fields that version v added or changed, with what they meant in the
+# configs before it; `upgrade` writes them into an older config before its saved values.
+CONFIG_VERSION = 3
+EARLIER_VALUES = {
+    2: {
+        "lr_schedule": "constant",
+        "ema_decay": 0.0,
+        "train_ssim_images": 0,
+        "flow_prior": True,
+        "loss.lpips_weight": 0.0,
+        "loss.lpips_size": 0,
+        "wandb.group": "",
+    },
+    3: {"gmm_components": 10},
 }
 
 
@@ -502,17 +507,18 @@ def read_json(path: epath.Path) -> ml_collections.ConfigDict:
 
 
 def upgrade(saved: dict) -> ml_collections.ConfigDict:
-    """A config dict of any version as today's ConfigDict: today's defaults, then (for a
-    version-1 config) what each field added since meant before it existed, then the saved
+    """A config dict of any version as today's ConfigDict: today's defaults, then what each
+    field added or changed since its version meant then (EARLIER_VALUES), then the saved
     values; `config_version` is set to CONFIG_VERSION. Fields today's config lacks (e.g. the
     `dataset` a run records) are kept."""
     if not isinstance(saved, dict):
         raise TypeError(f"expected a JSON object, got {type(saved).__name__}")
     version = saved.get("config_version", 1)
     config = get_config()
-    if version < 2:
-        for field, value in ADDED_FIELDS.items():
-            _set(config, field, value)
+    for since, fields in EARLIER_VALUES.items():
+        if version < since:
+            for field, value in fields.items():
+                _set(config, field, value)
     _merge(config, saved)
     config.config_version = CONFIG_VERSION
     return config

@@ -226,8 +226,7 @@ class VaeModel:
             args = (n_components, max_images, self.z_dim, self.params_sha256)
             mixture = gmm.read_cached(path, *args)
         if mixture is None and self.gmm is not None:  # e.g. the one a model file holds
-            same_k = self.gmm.n_components == min(n_components, self.gmm.num_images)
-            mixture = self.gmm if same_k and self.gmm.max_images == max_images else None
+            mixture = self.gmm if self.gmm.fitted_as(n_components, max_images) else None
         if mixture is None:
             say(
                 f"checkpoint {self.step}: fitting a {n_components}-component Gaussian mixture "
@@ -239,7 +238,8 @@ class VaeModel:
             mixture = dataclasses.replace(mixture, params_sha256=self.params_sha256)
             cached = path is not None and gmm.save_cached(mixture, path)
             say(
-                f"checkpoint {self.step}: gmm fitted to {len(latents)} latents in "
+                f"checkpoint {self.step}: gmm of {mixture.n_components} components fitted to "
+                f"{len(latents)} latents in "
                 f"{time.perf_counter() - start:.1f} s"
                 + (f", cached in {path}" if cached else " (not cached)")
             )

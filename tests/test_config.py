@@ -28,7 +28,8 @@ def test_an_old_config_json_is_upgraded_once_where_it_is_read(tmp_path):
     """A version-1 config.json (before lr_schedule, EMA, LPIPS, ...) reads as today's config,
     its added fields at what they meant then, its own values kept, lists back as tuples."""
     old = config_lib.get_config().to_dict()
-    for field in ("lr_schedule", "ema_decay", "train_ssim_images", "flow_prior", "config_version"):
+    fields = ("lr_schedule", "ema_decay", "train_ssim_images", "flow_prior", "gmm_components")
+    for field in (*fields, "config_version"):
         del old[field]
     del old["loss"]["lpips_weight"], old["loss"]["lpips_size"], old["wandb"]["group"]
     old["batch_size"], old["dataset"] = 4, {"name": "synthetic_cats", "config": "16px"}
@@ -41,10 +42,25 @@ def test_an_old_config_json_is_upgraded_once_where_it_is_read(tmp_path):
         0.0,
     )
     assert c.config_version == config_lib.CONFIG_VERSION and c.batch_size == 4
+    assert c.gmm_components == 10  # added in version 2, at the 10 of version 1's sampler
     assert c.model.widths == (8, 16, 32, 64) and c.dataset.config == "16px"
     config_lib.validate(c)
     current = config_lib.get_config()
     assert config_lib.upgrade(json.loads(json.dumps(current.to_dict()))) == current
+
+
+@pytest.mark.parametrize(
+    ("version", "saved", "components"),
+    [(2, None, 10), (2, 50, 50), (3, None, 200), (3, 7, 7)],
+)
+def test_the_mixtures_components_read_as_the_version_that_wrote_them(version, saved, components):
+    """Version 3 made 200 components the default: a version-2 config.json without the field
+    (the shipped model files, earlier runs) keeps the 10 it meant; a saved K is kept."""
+    old = {**config_lib.get_config().to_dict(), "config_version": version}
+    del old["gmm_components"]
+    if saved is not None:
+        old["gmm_components"] = saved
+    assert config_lib.upgrade(old).gmm_components == components
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,18 @@ from catvae_jax.errors import UserError
 from catvae_jax.priors import stored
 
 SAMPLERS = ("auto", "prior", "gmm", "flow")
-DEFAULT_COMPONENTS = 10
 DEFAULT_MAX_IMAGES = 10_000
+# Fewest latents per component. The measured K = 200 fitted ~20 latents per component, and its
+# samples were as much better against held-out images as against the training images
+# (benchmarks/README.md, "K2 with more components"); more components per latent would start to
+# copy training latents, e.g. on a small folder of photos.
+LATENTS_PER_COMPONENT = 20
+
+
+def components(n_components: int, num_latents: int) -> int:
+    """K of a mixture asked for `n_components` on `num_latents` latents: at most one component
+    per LATENTS_PER_COMPONENT latents, and at least one."""
+    return max(1, min(int(n_components), num_latents // LATENTS_PER_COMPONENT))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,10 +57,31 @@ class GaussianMixture:
     def n_components(self) -> int:
         return int(self.weights.shape[0])
 
+    def fitted_as(self, n_components: int, max_images: int) -> bool:
+        """Whether `fit` with these settings on its latents gives a mixture of this K and cap."""
+        same_k = self.n_components == components(n_components, self.num_images)
+        return same_k and self.max_images == max_images
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(log weights [K], means [K, z], Cholesky factors [K, z, z]) for `sample_latents`."""
         chol = np.linalg.cholesky(self.covariances.astype(np.float64)).astype(np.float32)
         return np.log(self.weights).astype(np.float32), self.means.astype(np.float32), chol
+
+    def packed(self, dtype: str = "float32") -> dict[str, np.ndarray]:
+        """The arrays a model file stores: weights [K] and means [K, z] (float32), each
+        component's Cholesky factor as its packed lower triangle `cholesky` [K, z(z+1)/2] in
+        `dtype` (float32, or float16 for a model file of float16 parameters: an eighth of the
+        covariances' bytes, K = 200 × z = 64 in 0.8 MB), num_images and max_images.
+        `from_arrays` reads them back."""
+        _, _, chol = self.arrays()
+        rows, cols = np.tril_indices(chol.shape[-1])
+        return {
+            "weights": self.weights,
+            "means": self.means,
+            "cholesky": chol[:, rows, cols].astype(dtype),
+            "num_images": np.asarray(self.num_images),
+            "max_images": np.asarray(self.max_images),
+        }
 
     def save(self, path: str | epath.Path) -> None:
         """Writes the parameters to an .npz file atomically."""
@@ -77,13 +108,19 @@ class GaussianMixture:
     def from_arrays(
         cls, d: dict[str, np.ndarray], z_dim: int | None = None, params_sha256: str = ""
     ) -> GaussianMixture:
-        """The mixture of the arrays `save` writes (as `read` checks them; a model file holds
-        them too); stored.Unusable if any is missing, of another shape, or not a mixture."""
+        """The mixture of the arrays `save` or `packed` writes (as `read` checks them; a model
+        file holds them: `covariances` before its version 2, `cholesky` since); stored.Unusable
+        if any is missing, of another shape, or not a mixture."""
         weights = stored.array(d, "weights", (None,))
         k = len(weights)
         means = stored.array(d, "means", (k, z_dim))
         z = means.shape[1]
-        covariances = stored.array(d, "covariances", (k, z, z))
+        if "covariances" in d or "cholesky" not in d:
+            covariances = stored.array(d, "covariances", (k, z, z))
+        else:
+            chol = np.zeros((k, z, z))
+            chol[:, *np.tril_indices(z)] = stored.array(d, "cholesky", (k, z * (z + 1) // 2))
+            covariances = chol @ chol.transpose(0, 2, 1)
         if k < 1 or z < 1:
             raise stored.Unusable(f"it has {k} components of {z} dimensions")
         if (weights <= 0).any() or abs(float(weights.sum()) - 1.0) > 1e-3:
@@ -118,9 +155,9 @@ def sample_latents(
 
 
 def fit(
-    latents: np.ndarray, n_components: int = DEFAULT_COMPONENTS, seed: int = 0, max_images: int = 0
+    latents: np.ndarray, n_components: int, seed: int = 0, max_images: int = 0
 ) -> GaussianMixture:
-    """Fits a full-covariance mixture to latents [N, z]; K is capped at N."""
+    """Fits a full-covariance mixture to latents [N, z]; K is capped by `components`."""
     if n_components <= 0 or max_images < 0:
         raise UserError(
             f"gmm components must be positive and max_images >= 0, got {n_components}, {max_images}"
@@ -131,7 +168,7 @@ def fit(
     except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
         raise UserError("the gmm sampler needs scikit-learn: pip install scikit-learn") from e
     latents = np.asarray(latents, np.float64)
-    k = max(1, min(int(n_components), len(latents)))
+    k = components(n_components, len(latents))
     gmm = SkGaussianMixture(k, covariance_type="full", random_state=seed, reg_covar=1e-5)
     # One BLAS thread: the matrices are z × z, and OpenBLAS's spinning threads next to XLA's
     # made a 2048-latent fit take 36 s instead of 1.2 s on the 2-core machine (issue 29).
@@ -165,8 +202,7 @@ def read_cached(
     cached = stored.read_or_none(path, "the cached gmm", read, "refitting it")
     if cached is None:
         return None
-    same_k = cached.n_components == min(n_components, cached.num_images)
-    return cached if cached.max_images == max_images and same_k else None
+    return cached if cached.fitted_as(n_components, max_images) else None
 
 
 def save_cached(gmm: GaussianMixture, path: epath.Path) -> bool:

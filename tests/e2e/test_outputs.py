@@ -197,7 +197,8 @@ def test_gmm_is_fitted_once_cached_and_sampled(workdir_copy, monkeypatch):
     cache = workdir_copy / f"gmm_{model.step}.npz"
     assert cache.exists()
     mixture = model.gmm
-    assert mixture.n_components == 10 and mixture.num_images == 96
+    # the config's 200 components, capped at one per 20 of the run's 96 training latents
+    assert mixture.n_components == 4 and mixture.num_images == 96
     np.testing.assert_allclose(mixture.weights.sum(), 1.0, atol=1e-5)
     # the mixture's mean is the mean of the training latents it was fitted to
     latents = model.encode_means(data.load_split(model.config, "train"))
@@ -220,14 +221,14 @@ def test_the_runs_config_sets_the_mixtures_components(workdir_copy, monkeypatch)
     """config.gmm_components is K when no caller names one: fitted, cached, and read again
     without a refit (the run's config.json is where readers find it)."""
     saved = json.loads((workdir_copy / "config.json").read_text())
-    (workdir_copy / "config.json").write_text(json.dumps({**saved, "gmm_components": 5}))
+    (workdir_copy / "config.json").write_text(json.dumps({**saved, "gmm_components": 2}))
     model = catvae_jax.load(workdir_copy)
-    assert model.config.gmm_components == 5 and model.fit_gmm().n_components == 5
+    assert model.config.gmm_components == 2 and model.fit_gmm().n_components == 2
     cache = workdir_copy / f"gmm_{model.step}.npz"
-    assert gmm.GaussianMixture.read(cache).n_components == 5
-    monkeypatch.setattr(gmm, "fit", lambda *a, **kw: pytest.fail("the cached mixture is K = 5"))
-    assert catvae_jax.load(workdir_copy).fit_gmm().n_components == 5
-    assert sharing._cached_mixture(model).n_components == 5  # what an export ships
+    assert gmm.GaussianMixture.read(cache).n_components == 2
+    monkeypatch.setattr(gmm, "fit", lambda *a, **kw: pytest.fail("the cached mixture is K = 2"))
+    assert catvae_jax.load(workdir_copy).fit_gmm().n_components == 2
+    assert sharing._cached_mixture(model).n_components == 2  # what an export ships
 
 
 # --- CLIs --------------------------------------------------------------------------------------
@@ -251,17 +252,17 @@ def test_generate_cli_individual_gmm(workdir_copy, tmp_path):
     out = tmp_path / "samples"
     proc = run_cli(
         "catvae_jax.generate", "--workdir", str(workdir_copy), "--n", "5", "--sampler", "gmm",
-        "--gmm_components", "4", "--individual", "--out", str(out),
+        "--gmm_components", "3", "--individual", "--out", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()  # the first gmm fit says what it fits, its time and cache
-    assert "fitting a 4-component Gaussian mixture to the latents of up to 10000" in lines[0]
-    assert " gmm fitted to 96 latents in " in lines[1] and "cached in " in lines[1]
+    assert "fitting a 3-component Gaussian mixture to the latents of up to 10000" in lines[0]
+    assert " gmm of 3 components fitted to 96 latents in " in lines[1] and "cached in " in lines[1]
     assert lines[2].startswith("wrote 5 samples")
     files = sorted(out.iterdir())
     assert [f.name for f in files] == [f"sample_{i:04d}.png" for i in range(5)]
     assert all(Image.open(f).size == (16, 16) for f in files)
-    assert gmm.GaussianMixture.read(next(workdir_copy.glob("gmm_*.npz"))).n_components == 4
+    assert gmm.GaussianMixture.read(next(workdir_copy.glob("gmm_*.npz"))).n_components == 3
 
 
 def test_two_readers_fitting_one_cache_at_once_both_succeed(workdir_copy, tmp_path):

@@ -156,10 +156,10 @@ def test_evaluate_cli_sample_keys_without_the_likelihood(trained_workdir, tmp_pa
     assert json.loads(out.read_text())["sampler"] == "gmm"
     assert "fitting a 3-component" in proc.stdout
     assert gmm.GaussianMixture.read(next(workdir.glob("gmm_*.npz"))).n_components == 3
-    catvae_jax.load(workdir).fit_gmm(n_components=10)  # the run's K: shipped by the export
+    catvae_jax.load(workdir).fit_gmm()  # the run's K (200, 4 on 96 latents): the export's
     shipped = tmp_path / "m.catvae"
     sharing.export(workdir, shipped)
-    assert catvae_jax.load(shipped).gmm.n_components == 10
+    assert catvae_jax.load(shipped).gmm.n_components == 4
     proc = run_cli("catvae_jax.evaluate", "--workdir", str(shipped), *args[2:3], "--novgg",
                    "--num_samples", "8", "--sampler", "gmm", "--gmm_components", "3",
                    "--out", str(out))  # fmt: skip

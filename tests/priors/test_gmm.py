@@ -73,9 +73,12 @@ def test_draws_follow_the_mixture_and_the_temperature(fitted):
     np.testing.assert_array_equal(again, draws)
 
 
-def test_components_are_capped_by_the_latents_and_the_fit_is_seeded():
-    z, _ = _mixture_draws(40, seed=1)
-    assert gmm.fit(z[:2], n_components=10).n_components == 2
+def test_components_are_capped_at_one_per_20_latents_and_the_fit_is_seeded():
+    assert [gmm.components(200, n) for n in (4096, 1000, 59, 5)] == [200, 50, 2, 1]
+    assert gmm.components(3, 4096) == 3
+    z, _ = _mixture_draws(100, seed=1)
+    assert gmm.fit(z, n_components=10).n_components == 5
+    assert gmm.fit(z[:2], n_components=10).n_components == 1
     a, b = gmm.fit(z, 3, seed=4), gmm.fit(z, 3, seed=4)
     np.testing.assert_array_equal(a.means, b.means)
     np.testing.assert_array_equal(a.covariances, b.covariances)
@@ -88,3 +91,21 @@ def test_bad_settings_are_one_line(components, max_images):
     assert str(refused.value) == (
         f"gmm components must be positive and max_images >= 0, got {components}, {max_images}"
     )
+
+
+@pytest.mark.parametrize(("dtype", "rtol"), [("float32", 1e-5), ("float16", 2e-3)])
+def test_the_packed_cholesky_factors_read_back_as_the_mixture(fitted, dtype, rtol):
+    """A model file stores each component's Cholesky factor as its lower triangle, z(z+1)/2
+    numbers, as float16 in a float16 file; they read back as the same covariances."""
+    packed = fitted.packed(dtype)
+    assert "covariances" not in packed and packed["cholesky"].shape == (3, 6)
+    assert packed["cholesky"].dtype == np.dtype(dtype) and packed["means"].dtype == np.float32
+    back = gmm.GaussianMixture.from_arrays(packed, z_dim=3)
+    np.testing.assert_allclose(back.covariances, fitted.covariances, rtol=rtol, atol=rtol)
+    np.testing.assert_array_equal(back.means, fitted.means)
+    assert (back.n_components, back.num_images, back.max_images) == (3, 3000, 5000)
+    with pytest.raises(gmm.stored.Unusable, match=r"'cholesky' has shape \[3, 5\]"):
+        gmm.GaussianMixture.from_arrays({**packed, "cholesky": packed["cholesky"][:, :5]})
+    singular = {**packed, "cholesky": np.zeros_like(packed["cholesky"])}
+    with pytest.raises(gmm.stored.Unusable, match="not positive definite"):
+        gmm.GaussianMixture.from_arrays(singular)
