@@ -10,7 +10,10 @@ push the folder to a hub as it is):
     model.safetensors  the evaluation parameters (the EMA when trained with one), named
                        like "enc_blocks/0/0/conv1/kernel"; float32, or float16 to halve the file
     prior.safetensors  the checkpoint's learned prior (catvae_jax/priors/flow.py), if fitted
-    gmm.safetensors    its Gaussian mixture (catvae_jax/priors/gmm.py), if one was cached
+    gmm.safetensors    its Gaussian mixture (catvae_jax/priors/gmm.py), if one was cached:
+                       weights, means, and since VERSION 2 the Cholesky factors packed, as
+                       float16 in a float16 file (GaussianMixture.packed; VERSION 1 held the
+                       float32 covariances, which readers still take)
     bpd_range.json     its bits/dim range (catvae_jax/bpd_range.py), if computed
     eval.json          the evaluate command's metrics, if the workdir had them
     sampler_choice.json  the measured choice of the `auto` sampler (catvae_jax/priors/choice.py),
@@ -18,7 +21,7 @@ push the folder to a hub as it is):
                        parameters as stored here (`measured_params_sha256`: the checkpoint's it
                        was measured on, other ones with float16); without it `auto` takes the
                        fixed order (flow, else gmm, else N(0, I)). Optional: files without it,
-                       and readers that predate it, work as before (VERSION stays 1)
+                       and readers that predate it, work as before (it left VERSION at 1)
     README.md          the model card; samples.png: 64 samples of the shipped parameters
     checksums.sha256   the sha256 of every other file, in `sha256sum -c` format
 
@@ -56,7 +59,7 @@ from catvae_jax.errors import UserError
 from catvae_jax.priors import choice, flow, gmm, stored
 
 FORMAT = "catvae"
-VERSION = 1
+VERSION = 2
 SUFFIX = ".catvae"
 PREFIX = "pretrained:"
 MANIFEST = "checksums.sha256"
@@ -346,12 +349,6 @@ def read_tensors(data: bytes, where: str) -> dict[str, np.ndarray]:
 def flow_tensors(fitted: flow.Flow) -> bytes:
     """The learned prior as safetensors bytes (PRIOR)."""
     return tensors_bytes(fitted.tensors())
-
-
-def mixture_tensors(mixture: gmm.GaussianMixture) -> bytes:
-    """The gmm sampler's mixture as safetensors bytes (MIXTURE)."""
-    names = ("weights", "means", "covariances", "num_images", "max_images")
-    return tensors_bytes({k: np.asarray(getattr(mixture, k)) for k in names})
 
 
 def _key_name(key: Any) -> str:

@@ -81,7 +81,9 @@ def export(
         raise UserError(f"cannot write {out}: folder {parent} does not exist")
     model = inference.load(workdir, step)
     stored = model_file.flatten_params(model.params, dtype)
-    shared = _as_stored(model, stored)
+    mixture = _cached_mixture(model)
+    packed_mixture = None if mixture is None else mixture.packed(dtype)
+    shared = _as_stored(model, stored, packed_mixture)
     shared.choice = _shipped_choice(model, shared, dtype)
     files = {
         model_file.INFO: _json(_info(shared, dtype, len(stored))),
@@ -90,8 +92,8 @@ def export(
     }
     if shared.flow is not None:
         files[model_file.PRIOR] = model_file.flow_tensors(shared.flow)
-    if shared.gmm is not None:
-        files[model_file.MIXTURE] = model_file.mixture_tensors(shared.gmm)
+    if packed_mixture is not None:
+        files[model_file.MIXTURE] = model_file.tensors_bytes(packed_mixture)
     if shared.bpd_range is not None:
         files[model_file.BPD_RANGE] = _json(shared.bpd_range.to_dict())
     metrics = _metrics(workdir, shared.step)
@@ -112,14 +114,19 @@ def export(
     return Exported(path, int(shared.step), size, count, dtype, members, sampler, commands)
 
 
-def _as_stored(model: inference.VaeModel, stored: dict[str, np.ndarray]) -> inference.VaeModel:
-    """A copy of `model` whose parameters are `stored` as a reader will load them, with the
-    checkpoint's flow, cached mixture and bits/dim range (measured now when the workdir has
-    none and its data can be read)."""
+def _as_stored(
+    model: inference.VaeModel,
+    stored: dict[str, np.ndarray],
+    packed_mixture: dict[str, np.ndarray] | None,
+) -> inference.VaeModel:
+    """A copy of `model` as a reader will load it: its parameters `stored`, the checkpoint's
+    flow, the cached mixture as stored (`packed_mixture`, GaussianMixture.packed) and the
+    bits/dim range (measured now when the workdir has none and its data can be read)."""
     params = model_file.fill_params(model.params, stored, "the stored parameters")
     shared = inference.VaeModel(model.graphdef, params, model.config, step=model.step)
     shared.flow = model.flow
-    shared.gmm = _cached_mixture(model)
+    if packed_mixture is not None:
+        shared.gmm = gmm.GaussianMixture.from_arrays(packed_mixture, model.z_dim)
     shared.bpd_range = model.bpd_range
     if shared.bpd_range is None:
         try:
