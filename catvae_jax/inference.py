@@ -229,8 +229,9 @@ class VaeModel:
             mixture = self.gmm if self.gmm.fitted_as(n_components, max_images) else None
         if mixture is None:
             say(
-                f"checkpoint {self.step}: fitting a {n_components}-component Gaussian mixture "
-                f"to the latents of up to {max_images} training images (the gmm sampler) ..."
+                f"checkpoint {self.step}: fitting a Gaussian mixture of up to {n_components} "
+                f"components to the latents of up to {max_images} training images (the gmm "
+                "sampler) ..."
             )
             start = time.perf_counter()
             latents = self.training_means(max_images)

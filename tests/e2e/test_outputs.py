@@ -256,7 +256,9 @@ def test_generate_cli_individual_gmm(workdir_copy, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()  # the first gmm fit says what it fits, its time and cache
-    assert "fitting a 3-component Gaussian mixture to the latents of up to 10000" in lines[0]
+    assert (
+        "fitting a Gaussian mixture of up to 3 components to the latents of up to 10000" in lines[0]
+    )
     assert " gmm of 3 components fitted to 96 latents in " in lines[1] and "cached in " in lines[1]
     assert lines[2].startswith("wrote 5 samples")
     files = sorted(out.iterdir())
