@@ -29,6 +29,7 @@ from catvae_jax.priors import stored
 
 SAMPLERS = ("auto", "prior", "gmm", "flow")
 DEFAULT_MAX_IMAGES = 10_000
+MAX_COVARIANCE_BYTES = 1 << 30  # a packed mixture that unpacks to more is refused, not read
 # Fewest latents per component. The measured K = 200 fitted ~20 latents per component, and its
 # samples were as much better against held-out images as against the training images
 # (benchmarks/README.md, "K2 with more components"); more components per latent would start to
@@ -118,8 +119,11 @@ class GaussianMixture:
         if "covariances" in d or "cholesky" not in d:
             covariances = stored.array(d, "covariances", (k, z, z))
         else:
-            chol = np.zeros((k, z, z))
-            chol[:, *np.tril_indices(z)] = stored.array(d, "cholesky", (k, z * (z + 1) // 2))
+            packed = stored.array(d, "cholesky", (k, z * (z + 1) // 2))
+            if k * z * z * 4 > MAX_COVARIANCE_BYTES:  # float16 triangles unpack 16-fold
+                raise stored.Unusable(f"its {k} covariances of {z}×{z} are over 1 GiB")
+            chol = np.zeros((k, z, z), np.float32)
+            chol[:, *np.tril_indices(z)] = packed
             covariances = chol @ chol.transpose(0, 2, 1)
         if k < 1 or z < 1:
             raise stored.Unusable(f"it has {k} components of {z} dimensions")
