@@ -71,8 +71,8 @@ class GaussianMixture:
     def packed(self, dtype: str = "float32") -> dict[str, np.ndarray]:
         """The arrays a model file stores: weights [K] and means [K, z] (float32), each
         component's Cholesky factor as its packed lower triangle `cholesky` [K, z(z+1)/2] in
-        `dtype` (float32, or float16 for a model file of float16 parameters: an eighth of the
-        covariances' bytes, K = 200 × z = 64 in 0.8 MB), num_images and max_images.
+        `dtype` (float32, or float16 for a model file of float16 parameters: a quarter of the
+        float32 covariances' bytes, K = 200 × z = 64 in 0.8 MB), num_images and max_images.
         `from_arrays` reads them back."""
         _, _, chol = self.arrays()
         rows, cols = np.tril_indices(chol.shape[-1])
@@ -120,7 +120,7 @@ class GaussianMixture:
             covariances = stored.array(d, "covariances", (k, z, z))
         else:
             packed = stored.array(d, "cholesky", (k, z * (z + 1) // 2))
-            if k * z * z * 4 > MAX_COVARIANCE_BYTES:  # float16 triangles unpack 16-fold
+            if k * z * z * 4 > MAX_COVARIANCE_BYTES:  # float16 triangles unpack 4-fold
                 raise stored.Unusable(f"its {k} covariances of {z}×{z} are over 1 GiB")
             chol = np.zeros((k, z, z), np.float32)
             chol[:, *np.tril_indices(z)] = packed

@@ -112,7 +112,7 @@ def test_the_packed_cholesky_factors_read_back_as_the_mixture(fitted, dtype, rto
 
 
 def test_a_packed_mixture_too_large_to_unpack_is_refused(fitted, monkeypatch):
-    """A model file is untrusted: float16 triangles unpack to 16× their bytes as float32
+    """A model file is untrusted: float16 triangles unpack to 4× their bytes as float32
     covariances, so a mixture over the limit is refused before anything is allocated."""
     packed = fitted.packed("float16")
     monkeypatch.setattr(gmm, "MAX_COVARIANCE_BYTES", 3 * 3 * 3 * 4 - 1)  # one byte short
