@@ -9,11 +9,13 @@ push the folder to a hub as it is):
     config.json        the run's resolved config (WORKDIR/config.json)
     model.safetensors  the evaluation parameters (the EMA when trained with one), named
                        like "enc_blocks/0/0/conv1/kernel"; float32, or float16 to halve the file
-    prior.safetensors  the checkpoint's learned prior (catvae_jax/priors/flow.py), if fitted
+    prior.safetensors  the checkpoint's learned prior (catvae_jax/priors/flow.py), if fitted;
+                       its couplings' weights float16 in a float16 file since VERSION 3
     gmm.safetensors    its Gaussian mixture (catvae_jax/priors/gmm.py), if one was cached:
-                       weights, means, and since VERSION 2 the Cholesky factors packed, as
-                       float16 in a float16 file (GaussianMixture.packed; VERSION 1 held the
-                       float32 covariances, which readers still take)
+                       weights, means, and since VERSION 3 each covariance's principal
+                       directions above its floor, float16 in a float16 file
+                       (GaussianMixture.packed); VERSION 2 held packed Cholesky factors and
+                       VERSION 1 float32 covariances, which readers still take
     bpd_range.json     its bits/dim range (catvae_jax/bpd_range.py), if computed
     eval.json          the evaluate command's metrics, if the workdir had them
     sampler_choice.json  the measured choice of the `auto` sampler (catvae_jax/priors/choice.py),
@@ -59,7 +61,7 @@ from catvae_jax.errors import UserError
 from catvae_jax.priors import choice, flow, gmm, stored
 
 FORMAT = "catvae"
-VERSION = 2
+VERSION = 3
 SUFFIX = ".catvae"
 PREFIX = "pretrained:"
 MANIFEST = "checksums.sha256"
@@ -178,13 +180,13 @@ class ModelFile:
         return self._prior(MIXTURE, gmm.GaussianMixture.from_arrays)
 
     def _prior(self, name: str, from_arrays: Callable[..., T]) -> T | None:
-        """from_arrays(the arrays of member `name`, z_dim) (checked as a sampler file is), or
-        None when the file has no such member; a UserError when they are unusable."""
+        """from_arrays(the arrays of member `name` as float32, z_dim) (checked as a sampler file
+        is), or None when the file has no such member; a UserError when they are unusable."""
         arrays = self.tensors(name)
         if arrays is None:
             return None
         try:
-            return from_arrays(arrays, latent_size(self.config))
+            return from_arrays(as_float32(arrays), latent_size(self.config))
         except (stored.Unusable, KeyError, TypeError, ValueError) as e:
             raise UserError(f"{self.source}: {name} is unusable ({e})") from e
 
@@ -346,9 +348,18 @@ def read_tensors(data: bytes, where: str) -> dict[str, np.ndarray]:
         raise UserError(f"{where} is not a safetensors file ({type(e).__name__}: {e})") from e
 
 
-def flow_tensors(fitted: flow.Flow) -> bytes:
-    """The learned prior as safetensors bytes (PRIOR)."""
-    return tensors_bytes(fitted.tensors())
+def flow_arrays(fitted: flow.Flow, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """The learned prior's arrays as a file stores them (PRIOR): its couplings' weights in
+    `dtype` (float16 in a float16 file), the rest as fitted."""
+    return {
+        name: value.astype(dtype) if name[0] in "wb" and name[1:2].isdigit() else value
+        for name, value in fitted.tensors().items()
+    }
+
+
+def as_float32(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`arrays` with float16 ones as float32, as the samplers compute."""
+    return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in arrays.items()}
 
 
 def _key_name(key: Any) -> str:

@@ -27,7 +27,7 @@ from catvae_jax import config as config_lib
 from catvae_jax import images, inference, model_file
 from catvae_jax.errors import UserError
 from catvae_jax.evaluation import sample_quality, typicality
-from catvae_jax.priors import choice, gmm
+from catvae_jax.priors import choice, flow, gmm
 from catvae_jax.train import workdir as workdir_lib
 
 NUM_SAMPLES = 64
@@ -83,15 +83,16 @@ def export(
     stored = model_file.flatten_params(model.params, dtype)
     mixture = _cached_mixture(model)
     packed_mixture = None if mixture is None else mixture.packed(dtype)
-    shared = _as_stored(model, stored, packed_mixture)
+    flow_arrays = None if model.flow is None else model_file.flow_arrays(model.flow, dtype)
+    shared = _as_stored(model, stored, flow_arrays, packed_mixture)
     shared.choice = _shipped_choice(model, shared, dtype)
     files = {
         model_file.INFO: _json(_info(shared, dtype, len(stored))),
         model_file.CONFIG: _json(shared.config.to_dict()),
         model_file.PARAMS: model_file.tensors_bytes(stored),
     }
-    if shared.flow is not None:
-        files[model_file.PRIOR] = model_file.flow_tensors(shared.flow)
+    if flow_arrays is not None:
+        files[model_file.PRIOR] = model_file.tensors_bytes(flow_arrays)
     if packed_mixture is not None:
         files[model_file.MIXTURE] = model_file.tensors_bytes(packed_mixture)
     if shared.bpd_range is not None:
@@ -117,16 +118,20 @@ def export(
 def _as_stored(
     model: inference.VaeModel,
     stored: dict[str, np.ndarray],
+    flow_arrays: dict[str, np.ndarray] | None,
     packed_mixture: dict[str, np.ndarray] | None,
 ) -> inference.VaeModel:
     """A copy of `model` as a reader will load it: its parameters `stored`, the checkpoint's
-    flow, the cached mixture as stored (`packed_mixture`, GaussianMixture.packed) and the
-    bits/dim range (measured now when the workdir has none and its data can be read)."""
+    flow and cached mixture as stored (`flow_arrays`, model_file.flow_arrays; `packed_mixture`,
+    GaussianMixture.packed) and the bits/dim range (measured now when the workdir has none and
+    its data can be read)."""
     params = model_file.fill_params(model.params, stored, "the stored parameters")
     shared = inference.VaeModel(model.graphdef, params, model.config, step=model.step)
-    shared.flow = model.flow
+    if flow_arrays is not None:
+        shared.flow = flow.Flow.from_arrays(model_file.as_float32(flow_arrays), model.z_dim)
     if packed_mixture is not None:
-        shared.gmm = gmm.GaussianMixture.from_arrays(packed_mixture, model.z_dim)
+        arrays = model_file.as_float32(packed_mixture)
+        shared.gmm = gmm.GaussianMixture.from_arrays(arrays, model.z_dim)
     shared.bpd_range = model.bpd_range
     if shared.bpd_range is None:
         try:

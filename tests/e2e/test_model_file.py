@@ -13,7 +13,7 @@ from conftest import run_cli_cases
 from PIL import Image
 
 import catvae_jax
-from catvae_jax import model_file, sharing
+from catvae_jax import images, model_file, sharing
 from catvae_jax.errors import UserError
 from catvae_jax.images import to_uint8
 from catvae_jax.priors import choice
@@ -80,11 +80,11 @@ def test_export_is_deterministic_and_float16_folder_loads(trained_workdir, expor
     assert np.abs(a - b).max() < 0.01  # float16 storage: the same pictures to the eye
 
 
-def test_the_mixture_is_stored_as_packed_cholesky_factors_of_the_file_dtype(
-    trained_workdir, tmp_path
-):
-    """A 200-component mixture over 64 latents is 3.3 MB of float32 covariances: a model file
-    stores the Cholesky factors' lower triangles instead, float16 in a float16 file."""
+def test_the_samplers_are_stored_in_the_file_dtype_and_drawn_as_stored(trained_workdir, tmp_path):
+    """A 200-component mixture over 128 latents is 13 MB of float32 covariances: a model file
+    stores each one's principal directions above its floor instead (a component fitted to n
+    latents has n − 1), and the flow's couplings, both float16 in a float16 file. The export's
+    samples are drawn from them as stored."""
     from safetensors.numpy import load
 
     workdir = tmp_path / "run"
@@ -94,16 +94,26 @@ def test_the_mixture_is_stored_as_packed_cholesky_factors_of_the_file_dtype(
     z = model.z_dim
     for dtype, tol in (("float32", 1e-5), ("float16", 2e-3)):
         out = tmp_path / f"{dtype}.catvae"
-        sharing.export(workdir, out, dtype=dtype)
-        arrays = load(zipfile.ZipFile(out).read("gmm.safetensors"))
-        assert "covariances" not in arrays and arrays["cholesky"].dtype == np.dtype(dtype)
-        assert arrays["cholesky"].shape == (4, z * (z + 1) // 2)
+        done = sharing.export(workdir, out, dtype=dtype)
+        with zipfile.ZipFile(out) as archive:
+            mixture = load(archive.read("gmm.safetensors"))
+            prior = load(archive.read("prior.safetensors"))
+            png = archive.read("samples.png")
+        assert "covariances" not in mixture and mixture["factors"].dtype == np.dtype(dtype)
+        assert mixture["factors"].shape == (int(mixture["ranks"].sum()), z)
+        assert mixture["ranks"].sum() <= 96 - 4  # n − 1 directions per component
+        assert prior["w0_0"].dtype == prior["b2_2"].dtype == np.dtype(dtype)
+        assert prior["loc"].dtype == np.float32
         loaded = catvae_jax.load(out)
         np.testing.assert_allclose(loaded.gmm.covariances, model.gmm.covariances, atol=tol)
         assert loaded.resolve_sampler("gmm") == "gmm"
-    a = model.generate(8, seed=3, sampler="gmm")
-    b = catvae_jax.load(tmp_path / "float32.catvae").generate(8, seed=3, sampler="gmm")
-    np.testing.assert_allclose(a, b, atol=1e-4)
+        for sampler in ("gmm", "flow"):
+            a = model.generate(8, seed=3, sampler=sampler)
+            b = loaded.generate(8, seed=3, sampler=sampler)
+            np.testing.assert_allclose(a, b, atol=1e-4 if dtype == "float32" else 0.02)
+        seed = int(loaded.config.seed)
+        drawn = loaded.generate(sharing.NUM_SAMPLES, seed=seed, sampler=done.sampler)
+        assert png == images.png_bytes(images.grid(drawn, ncols=8))  # as a reader loads it
 
 
 MEASURED = {  # a sampler choice as the choose_sampler command records it (figures made up)

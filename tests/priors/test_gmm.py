@@ -94,26 +94,72 @@ def test_bad_settings_are_one_line(components, max_images):
 
 
 @pytest.mark.parametrize(("dtype", "rtol"), [("float32", 1e-5), ("float16", 2e-3)])
-def test_the_packed_cholesky_factors_read_back_as_the_mixture(fitted, dtype, rtol):
-    """A model file stores each component's Cholesky factor as its lower triangle, z(z+1)/2
-    numbers, as float16 in a float16 file; they read back as the same covariances."""
+def test_the_packed_factors_read_back_as_the_mixture(fitted, dtype, rtol):
+    """A model file stores each covariance as its principal directions above its floor (the
+    smallest eigenvalue at least), as float16 in a float16 file; they read back as the same
+    covariances."""
     packed = fitted.packed(dtype)
-    assert "covariances" not in packed and packed["cholesky"].shape == (3, 6)
-    assert packed["cholesky"].dtype == np.dtype(dtype) and packed["means"].dtype == np.float32
+    assert "covariances" not in packed and packed["factors"].shape == (6, 3)
+    assert packed["ranks"].tolist() == [2, 2, 2]
+    np.testing.assert_allclose(packed["floor"], np.linalg.eigvalsh(fitted.covariances)[:, 0])
+    assert packed["factors"].dtype == np.dtype(dtype) and packed["means"].dtype == np.float32
     back = gmm.GaussianMixture.from_arrays(packed, z_dim=3)
     np.testing.assert_allclose(back.covariances, fitted.covariances, rtol=rtol, atol=rtol)
     np.testing.assert_array_equal(back.means, fitted.means)
     assert (back.n_components, back.num_images, back.max_images) == (3, 3000, 5000)
+
+
+def test_a_mixture_fitted_to_few_latents_per_component_packs_into_fewer_numbers():
+    """A covariance fitted to n latents in z > n dimensions has n − 1 directions above the
+    fit's regularisation: 60 latents in 3 clusters over 32 dimensions pack into 57 rows of 32,
+    not 3 triangles of 528, and read back as the fitted covariances."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=20.0, size=(3, 32))
+    latents = np.concatenate([c + rng.normal(size=(20, 32)) for c in centres])
+    mixture = gmm.fit(latents, n_components=3, seed=0)
+    packed = mixture.packed()
+    assert packed["ranks"].tolist() == [19, 19, 19] and packed["factors"].shape == (57, 32)
+    np.testing.assert_allclose(packed["floor"], 1e-5, rtol=1e-3)  # the fit's reg_covar
+    back = gmm.GaussianMixture.from_arrays(packed, z_dim=32)
+    np.testing.assert_allclose(back.covariances, mixture.covariances, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ({"ranks": np.array([2, 2, 1], np.int32)}, r"'factors' has shape \[6, 3\], expected \[5"),
+        ({"ranks": np.array([3, 2, 1], np.int32)}, "its ranks are not between 0 and 2"),
+        ({"ranks": np.array([2.0, 2.0, 2.0])}, "'ranks' has dtype float64"),
+        ({"floor": np.zeros(3, np.float32)}, "its floors are not positive"),
+        ({"factors": np.full((6, 3), np.nan, np.float32)}, "'factors' holds non-finite values"),
+    ],
+)
+def test_a_damaged_packed_mixture_is_refused(fitted, change, refusal):
+    with pytest.raises(gmm.stored.Unusable, match=refusal):
+        gmm.GaussianMixture.from_arrays({**fitted.packed(), **change})
+
+
+def test_model_files_of_version_2_hold_packed_cholesky_factors_that_still_read(fitted):
+    _, _, chol = fitted.arrays()
+    version2 = {
+        "weights": fitted.weights,
+        "means": fitted.means,
+        "cholesky": chol[:, *np.tril_indices(3)].astype(np.float16),
+        "num_images": np.asarray(3000),
+        "max_images": np.asarray(5000),
+    }
+    back = gmm.GaussianMixture.from_arrays(version2, z_dim=3)
+    np.testing.assert_allclose(back.covariances, fitted.covariances, rtol=2e-3, atol=2e-3)
     with pytest.raises(gmm.stored.Unusable, match=r"'cholesky' has shape \[3, 5\]"):
-        gmm.GaussianMixture.from_arrays({**packed, "cholesky": packed["cholesky"][:, :5]})
-    singular = {**packed, "cholesky": np.zeros_like(packed["cholesky"])}
+        gmm.GaussianMixture.from_arrays({**version2, "cholesky": version2["cholesky"][:, :5]})
+    singular = {**version2, "cholesky": np.zeros_like(version2["cholesky"])}
     with pytest.raises(gmm.stored.Unusable, match="not positive definite"):
         gmm.GaussianMixture.from_arrays(singular)
 
 
 def test_a_packed_mixture_too_large_to_unpack_is_refused(fitted, monkeypatch):
-    """A model file is untrusted: float16 triangles unpack to 4× their bytes as float32
-    covariances, so a mixture over the limit is refused before anything is allocated."""
+    """A model file is untrusted: its factors unpack to float32 covariances [K, z, z], so a
+    mixture over the limit is refused before they are allocated."""
     packed = fitted.packed("float16")
     monkeypatch.setattr(gmm, "MAX_COVARIANCE_BYTES", 3 * 3 * 3 * 4 - 1)  # one byte short
     with pytest.raises(gmm.stored.Unusable, match=r"its 3 covariances of 3×3 are over 1 GiB"):
