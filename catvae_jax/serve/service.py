@@ -5,7 +5,8 @@ Generation runs in at most `slots` model calls at once; n is rounded up to a pow
 
 A sampler that raises on its first use (a damaged `gmm_<step>.npz`, training data gone for a
 gmm fit, a bug) is not served from then on: its requests get a 503 that says why, `/healthz`
-lists it under "failed", and "auto" stands for the next sampler that works (flow, gmm, prior).
+lists it under "failed", and "auto" stands for the next sampler that works: the model's measured
+choice first (`VaeModel.choice`, as `generate` takes it), then flow, gmm, prior.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from catvae_jax.inference import VaeModel
 from catvae_jax.serve.metrics import ServiceMetrics
 
 SAMPLERS = inference.SAMPLERS
-AUTO_ORDER = ("flow", "gmm", "prior")  # what "auto" stands for: the first of these that works
+AUTO_ORDER = ("flow", "gmm", "prior")  # after the measured choice, what "auto" may stand for
 _PATH = re.compile(r"\S*/\S*")  # a word with a slash: a path (or URL) of the server's
 log = logging.getLogger("uvicorn.error")
 
@@ -69,12 +70,12 @@ class Service:
 
     def warm(self) -> None:
         """Compiles reconstruction of one image and generation at the default n with the first
-        sampler of AUTO_ORDER that works, which "auto" then stands for; ready once both work.
+        sampler of `auto_order` that works, which "auto" then stands for; ready once both work.
         The other samplers warm on their first request."""
         try:
             self.reconstruct_png(np.zeros((1, *self.model.image_shape), np.float32))
             self.check_input(np.zeros((1, *self.model.image_shape), np.float32))
-            self.auto = next((s for s in AUTO_ORDER if self._warms(s)), None)
+            self.auto = next((s for s in self.auto_order() if self._warms(s)), None)
         except Exception as e:  # a bug or a broken model: /healthz says so, the log has it
             self.warm_error = public_reason(e)
             log.exception("warm-up failed")
@@ -84,6 +85,12 @@ class Service:
             return
         self.ready.set()
         self.metrics.ready.set(1)
+
+    def auto_order(self) -> tuple[str, ...]:
+        """The samplers "auto" may stand for, in order: the checkpoint's measured choice (the
+        sampler `generate` and samples.png use for "auto"), then AUTO_ORDER."""
+        measured = (self.model.choice or {}).get("choice")
+        return tuple(dict.fromkeys(s for s in (measured, *AUTO_ORDER) if s in AUTO_ORDER))
 
     def _warms(self, sampler: str) -> bool:
         """Whether `sampler` is offered and generates a grid (compiled, e.g. the gmm fitted)."""

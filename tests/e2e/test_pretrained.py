@@ -75,5 +75,6 @@ def test_the_service_serves_a_shipped_model():
             time.sleep(0.2)
         health = client.get("/healthz").json()
         grid = client.get("/grid.png?n=4&seed=1")
-    assert health["step"] == 768 and health["checks_inputs"] and health["auto"] == "flow"
+    shipped = model_file.pretrained_info("quickstart")["fd_check"]["sampler"]  # its measured auto
+    assert health["step"] == 768 and health["checks_inputs"] and health["auto"] == shipped == "gmm"
     assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"

@@ -515,10 +515,13 @@ class _StandIn:
     bpd_range = None  # no bits/dim range: uploads are not judged
     config = types.SimpleNamespace(model=types.SimpleNamespace(name="stand-in"))
 
-    def __init__(self, broken: dict[str, Exception] | None = None, flow: bool = False) -> None:
+    def __init__(
+        self, broken: dict[str, Exception] | None = None, flow: bool = False, chosen: str = ""
+    ) -> None:
         self.release = threading.Event()
         self.broken = broken or {}
         self.flow = object() if flow else None
+        self.choice = {"choice": chosen} if chosen else None  # a measured choice of `auto`
         self.calls: list[str] = []
 
     def generate(
@@ -578,6 +581,26 @@ def test_a_failed_sampler_is_reported_and_the_others_served():
         assert _ready(client)["failed"] == {"gmm": "LinAlgError: singular"}
         assert client.get("/grid.png?n=2&sampler=gmm").status_code == 503  # not retried
         assert model.calls.count("gmm") == 1
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_auto_is_the_measured_choice_first_then_the_fixed_order():
+    """ "auto" serves what `generate` draws for it: the checkpoint's measured choice (here gmm,
+    though a flow is fitted); a chosen sampler that fails falls back to the fixed order."""
+    from fastapi.testclient import TestClient
+
+    from catvae_jax.serve.app import create_app
+
+    model = _StandIn(flow=True, chosen="gmm")
+    model.release.set()
+    with TestClient(create_app("unused", model=model)) as client:
+        assert _ready(client)["auto"] == "gmm" and model.calls == ["gmm"]
+    model = _StandIn({"gmm": UserError("no data")}, flow=True, chosen="gmm")
+    model.release.set()
+    with TestClient(create_app("unused", model=model)) as client:
+        health = _ready(client)
+        assert health["auto"] == "flow" and model.calls == ["gmm", "flow"]
+        assert health["failed"] == {"gmm": "no data"}
     # None works: failed, with each sampler's reason, and no grid.
     model = _StandIn({s: RuntimeError(f"{s} is broken") for s in ("gmm", "prior")})
     model.release.set()
