@@ -158,7 +158,7 @@ def check_out(path: str | epath.Path, folder: bool = False) -> epath.Path:
     if path.suffix and path.suffix.lower() not in OUTPUT_FORMATS:
         names = ", ".join(OUTPUT_FORMATS)
         raise UserError(f"cannot write {path}: a picture's name must end in one of {names}")
-    return path
+    return atomic.check_replaceable(path)
 
 
 def check_grid(path: str | epath.Path, n: int, size: int, ncols: int | None = None) -> None:

@@ -75,3 +75,21 @@ def test_write_json_round_trips_and_is_indented(tmp_path):
     text = path.read_text()
     assert json.loads(text) == obj
     assert text.endswith("}\n") and '\n  "step": 3' in text
+
+
+def test_a_device_or_pipe_is_never_replaced(tmp_path):
+    """A rename onto /dev/null (as root) or a FIFO would replace it with a regular file: the
+    write is refused in one line and the special file stays what it was. (A FIFO stands for
+    every such file here: a failing check must not take this machine's /dev/null with it.)"""
+    import os
+    import stat
+
+    from catvae_jax.errors import UserError
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(UserError, match=f"cannot write {pipe}: it is not a regular file"):
+        atomic.write_json(pipe, {"a": 1})
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert _names(tmp_path) == ["pipe"]  # no temporary file either
+    assert atomic.check_replaceable(tmp_path / "new.json") == epath.Path(tmp_path / "new.json")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -365,6 +367,7 @@ BAD_OUTS = [  # (case, command, --out under the fixture's outs/ folder)
     ("gif", "generate", "grid.gif"),
     ("bmp", "interpolate", "interp.bmp"),
     ("folder", "reconstruct", "."),
+    ("pipe", "generate", "pipe"),  # a FIFO (as /dev/null is a device): never replaced
 ]
 
 
@@ -392,6 +395,7 @@ def cli_errors(trained_workdir, tmp_path_factory) -> dict:
         cases[name] = ("catvae_jax.reconstruct", "--workdir", trained, "--images", image)
     outs = tmp / "outs"  # bad --out values: refused before any work, nothing written
     outs.mkdir()
+    os.mkfifo(outs / "pipe")
     for name, command, out in BAD_OUTS:
         extra = ["--images", big] if command == "reconstruct" else []
         cases[name] = (f"catvae_jax.{command}", "--workdir", trained, *extra, "--out", outs / out)
@@ -407,7 +411,10 @@ def test_a_bad_out_is_one_line_and_writes_nothing(cli_errors):
     for name in ("gif", "bmp"):
         assert "a picture's name must end in one of .png, .jpg" in _one_error_line(cli_errors[name])
     assert "it is a folder; give a file name" in _one_error_line(cli_errors["folder"])
-    assert list(cli_errors["outs"].iterdir()) == []  # no picture, no temporary file
+    assert "it is not a regular file (a device, pipe" in _one_error_line(cli_errors["pipe"])
+    pipe = cli_errors["outs"] / "pipe"
+    assert list(cli_errors["outs"].iterdir()) == [pipe]  # no picture, no temporary file
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
 
 
 def test_reconstruct_cli_refuses_wrong_size_and_missing_files(cli_errors):
