@@ -248,11 +248,14 @@ def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> list[tuple[s
 
 
 def recommended_config() -> ml_collections.ConfigDict:
-    """configs/default.py: the base plus an LPIPS term (AlexNet on 128² resizes), widths 16–128,
-    z 64, batch 32, 12 epochs (cosine lr). Chosen for sample quality at a fixed CPU budget
-    (benchmarks/README.md, "Sample quality"): LPIPS turns blurred faces into cats with pupils and
-    whiskers, and it dominates a step's cost on CPU, so the wider net costs little more."""
+    """configs/default.py: the base plus an LPIPS term (AlexNet on 128² resizes), hvae (a global
+    z of 64 and a local 8×8 latent group) with widths 16–128, batch 32, 12 epochs (cosine lr).
+    Chosen for sample quality at a fixed CPU budget (benchmarks/README.md, "Sample quality"):
+    LPIPS turns blurred faces into cats with pupils and whiskers, and it dominates a step's cost
+    on CPU, so the wider net costs little more; hvae drew better cats than resvae at both
+    budgets in VGG16, the network the loss does not use."""
     c = get_config()
+    c.model.name = "hvae"
     c.model.widths = (16, 32, 64, 128)
     c.model.z_dim = 64
     c.batch_size = 32

@@ -1,5 +1,5 @@
-"""The recommended setup: resvae at 64×64 on synthetic cats, SSIM + LPIPS loss, 12 epochs
-(~15–20 minutes of training on 2 CPU cores; see catvae_jax/config.py, recommended_config)."""
+"""The recommended setup: hvae at 64×64 on synthetic cats, SSIM + LPIPS loss, 12 epochs
+(~15 minutes of training on 2 CPU cores; see catvae_jax/config.py, recommended_config)."""
 
 from catvae_jax.config import recommended_config
 

@@ -1,9 +1,9 @@
 """What `make run` trains into runs/quickstart: the recommended recipe in under 10 minutes on 2 CPU
 cores.
 
-configs/default.py (resvae 16–128, z 64, batch 32, SSIM + LPIPS loss) for 6 epochs at a constant
-learning rate: 768 updates, enough for cats with pupils and whiskers. The figures and pictures in
-README.md and docs/ come from this config.
+configs/default.py (hvae 16–128, z 64 and an 8×8 local group, batch 32, SSIM + LPIPS loss) for 6
+epochs at a constant learning rate: 768 updates, enough for cats with pupils and whiskers. The
+figures and pictures in README.md and docs/ come from this config.
 """
 
 from catvae_jax.config import recommended_config

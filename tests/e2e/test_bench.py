@@ -23,7 +23,7 @@ JAX_KEYS = KEYS | {"gflop_per_step", "gb_per_step", "tflop_per_s", "gb_per_s", "
 TINY = [
     "--config", "configs/default.py", "--config.image_size=16", "--config.model.z_dim=8",
     "--config.model.widths=(8,8,8,8)", "--config.wandb.mode=disabled",
-    "--config.loss.lpips_weight=0",
+    "--config.loss.lpips_weight=0", "--config.model.name=resvae",
 ]  # fmt: skip
 
 

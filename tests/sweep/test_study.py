@@ -34,16 +34,16 @@ from catvae_jax.train.log import TrainingLog
 
 
 def tiny_overrides() -> dict:
-    """conftest's tiny_config as flat overrides of the default config: trials of any length and
-    learning rate share one compiled train step (steps.Schedule). A trial is the training loop
-    alone: no learned prior is fitted at its end (tests/priors/test_learned_prior.py tests
+    """conftest's tiny_config as flat overrides of configs/default.py, the sweeps' base (so
+    without its perceptual term, tested apart, and resvae, not its hvae): trials of any length
+    and learning rate share one compiled train step (steps.Schedule). A trial is the training
+    loop alone: no learned prior is fitted at its end (tests/priors/test_learned_prior.py tests
     that fit)."""
     config = tiny_config()
     config.flow_prior = False
     tiny = config_lib.flatten(config.to_dict())
-    default = config_lib.flatten(config_lib.get_config().to_dict())
+    default = config_lib.flatten(config_lib.recommended_config().to_dict())
     out = {k: v for k, v in tiny.items() if default[k] != v and k != "progress_bar"}
-    out["loss.lpips_weight"] = 0.0  # configs/default.py's perceptual term, tested apart
     return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
