@@ -28,6 +28,7 @@ TINY = [  # as tests/e2e/test_cli.py, without the synthetic split sizes
     "--config.batch_size=8",
     "--config.model.z_dim=8",
     "--config.model.widths=(8,16)",
+    "--config.model.name=resvae",  # the tiny model of the other CLI tests (tests/e2e/test_cli.py)
     "--config.num_epochs=1",
     "--config.wandb.mode=disabled",
     "--config.progress_bar=False",

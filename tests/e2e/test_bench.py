@@ -161,7 +161,8 @@ def test_time_to_quality_validates_both_arms_after_the_same_number_of_images() -
 def test_time_to_quality_runs_an_arm_to_the_target(tmp_path) -> None:
     tiny = [
         "--config.image_size=16", "--config.model.z_dim=8", "--config.model.widths=(8,16)",
-        "--config.batch_size=8", "--config.data.num_train=32", "--config.data.num_validation=8",
+        "--config.model.name=resvae", "--config.batch_size=8", "--config.data.num_train=32",
+        "--config.data.num_validation=8",
         "--config.data.num_test=8", "--config.num_epochs=2",
         "--config.loss.lpips_weight=0",  # AlexNet on 128² resizes: slow, tested apart
     ]  # fmt: skip

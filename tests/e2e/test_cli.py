@@ -19,6 +19,9 @@ TINY = [
     "--config.validation_pictures=False",  # drawn in tests/train/test_report.py
     "--config.loss.lpips_weight=0",  # AlexNet on 128² resizes of 16² images: slow, and tested apart
     "--config.choose_sampler=False",  # the same, for the sampler choice (test_sampler_choice.py)
+    # The tiny resvae that the in-process tests compile too, not the configs' hvae (tested in
+    # tests/train/test_hvae.py): fewer distinct programs for the suite to compile.
+    "--config.model.name=resvae",
 ]
 
 

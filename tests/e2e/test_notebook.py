@@ -33,6 +33,7 @@ IMAGES = "cats"  # 48 synthetic cats as PNG files
 DATA_DIR = "tensorflow_datasets"
 WANDB = False
 OVERRIDES = {"image_size": 16, "batch_size": 8, "model.z_dim": 8, "model.widths": (8, 16),
+             "model.name": "resvae",
              "num_epochs": 1, "wandb.mode": "disabled", "progress_bar": False,
              "loss.lpips_weight": 0.0}"""
 

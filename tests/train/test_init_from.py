@@ -79,7 +79,7 @@ def test_cli_errors_are_one_line(trained_workdir, tmp_path):
         "--config", "configs/quickstart.py", "--config.image_size=16", "--config.batch_size=8",
         "--config.model.z_dim=8", "--config.data.num_train=32", "--config.data.num_validation=8",
         "--config.wandb.mode=disabled", "--config.progress_bar=False",
-        "--config.loss.lpips_weight=0",
+        "--config.loss.lpips_weight=0", "--config.model.name=resvae",
     ]  # fmt: skip
     a = trained_workdir[0]
     cases = [  # quickstart's widths (16, 32, 64, 128) against the tiny run's (8, 16)
