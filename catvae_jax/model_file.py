@@ -348,15 +348,6 @@ def read_tensors(data: bytes, where: str) -> dict[str, np.ndarray]:
         raise UserError(f"{where} is not a safetensors file ({type(e).__name__}: {e})") from e
 
 
-def flow_arrays(fitted: flow.Flow, dtype: str = "float32") -> dict[str, np.ndarray]:
-    """The learned prior's arrays as a file stores them (PRIOR): its couplings' weights in
-    `dtype` (float16 in a float16 file), the rest as fitted."""
-    return {
-        name: value.astype(dtype) if name[0] in "wb" and name[1:2].isdigit() else value
-        for name, value in fitted.tensors().items()
-    }
-
-
 def as_float32(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`arrays` with float16 ones as float32, as the samplers compute."""
     return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in arrays.items()}

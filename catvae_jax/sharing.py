@@ -83,7 +83,7 @@ def export(
     stored = model_file.flatten_params(model.params, dtype)
     mixture = _cached_mixture(model)
     packed_mixture = None if mixture is None else mixture.packed(dtype)
-    flow_arrays = None if model.flow is None else model_file.flow_arrays(model.flow, dtype)
+    flow_arrays = None if model.flow is None else model.flow.tensors(dtype)
     shared = _as_stored(model, stored, flow_arrays, packed_mixture)
     shared.choice = _shipped_choice(model, shared, dtype)
     files = {
@@ -122,7 +122,7 @@ def _as_stored(
     packed_mixture: dict[str, np.ndarray] | None,
 ) -> inference.VaeModel:
     """A copy of `model` as a reader will load it: its parameters `stored`, the checkpoint's
-    flow and cached mixture as stored (`flow_arrays`, model_file.flow_arrays; `packed_mixture`,
+    flow and cached mixture as stored (`flow_arrays`, Flow.tensors; `packed_mixture`,
     GaussianMixture.packed) and the bits/dim range (measured now when the workdir has none and
     its data can be read)."""
     params = model_file.fill_params(model.params, stored, "the stored parameters")

@@ -172,16 +172,17 @@ class Flow:
         """nnx.split(module): the argument of the jittable `sample` and `log_prob`."""
         return nnx.split(self.module)
 
-    def tensors(self) -> dict[str, np.ndarray]:
-        """Its arrays as a file stores them (the digest aside), in the order they are written."""
+    def tensors(self, dtype: str = "float32") -> dict[str, np.ndarray]:
+        """Its arrays as a file stores them (the digest aside), in the order they are written:
+        the couplings' weights in `dtype` (float16 in a float16 model file), the rest float32."""
         module = self.module
         out = {name: np.asarray(getattr(module, name)[...]) for name in ("loc", "scale")}
         out["perms"] = np.stack([np.asarray(c.perm[...]) for c in module.couplings])
         out |= {name: np.asarray(getattr(self, name)) for name in _SCALARS}
         for i, coupling in enumerate(module.couplings):
             for k, dense in enumerate(coupling.mlp):
-                out[f"w{i}_{k}"] = np.asarray(dense.kernel[...])
-                out[f"b{i}_{k}"] = np.asarray(dense.bias[...])
+                out[f"w{i}_{k}"] = np.asarray(dense.kernel[...]).astype(dtype)
+                out[f"b{i}_{k}"] = np.asarray(dense.bias[...]).astype(dtype)
         return out
 
     def save(self, path: str | epath.Path) -> None:

@@ -192,7 +192,7 @@ def test_a_file_written_before_the_module_loads_unchanged(tmp_path):
     old.save(tmp_path / "again.npz")  # the same layout, array for array and byte for byte
     assert (tmp_path / "again.npz").read_bytes() == OLD_FILE.read_bytes()
     # A model file's prior member holds the same arrays (a .catvae's flow is read the same way).
-    stored_bytes = model_file.tensors_bytes(model_file.flow_arrays(old))
+    stored_bytes = model_file.tensors_bytes(old.tensors())
     member = model_file.read_tensors(stored_bytes, "prior.safetensors")
     assert member.keys() == _old_arrays().keys() - {stored.DIGEST_KEY}
     for name, value in flow.Flow.from_arrays(member, 4).tensors().items():
