@@ -26,7 +26,7 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training run directory with checkpoints.")
     flags.DEFINE_string("step", None, "Checkpoint: best, latest or a number (default: both).")
     flags.DEFINE_integer("num_samples", 256, "Samples per sampler and validation images.")
-    flags.DEFINE_integer("seed", 0, "Seed of the samples.")
+    cli.define_seed("Seed of the samples.")
     flags.mark_flag_as_required("workdir")
 
 

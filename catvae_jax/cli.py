@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from catvae_jax import compile_cache, config_files
+from catvae_jax import config as config_lib
 from catvae_jax.errors import (
     EnvironmentFailure,
     NonFiniteError,
@@ -40,6 +41,14 @@ def define_config_file(default: str, help_text: str, **kwargs) -> flags.FlagHold
     except Exception as e:
         fail(_override_error(e, sys.argv))
         raise  # unreachable: fail exits
+
+
+def define_seed(help_text: str, default: int | None = 0) -> flags.FlagHolder:
+    """DEFINE_integer("seed") bounded to [0, 2**32): a seed outside is the flag's one-line error,
+    exit 2, before anything runs (not an OverflowError where the key is made)."""
+    return flags.DEFINE_integer(
+        "seed", default, help_text, lower_bound=0, upper_bound=config_lib.SEEDS - 1
+    )
 
 
 def run_app(

@@ -23,6 +23,7 @@ from etils import epath
 from catvae_jax.errors import UserError
 
 # The networks of catvae_jax.model.networks.MODELS, by name (that module checks it matches).
+SEEDS = 2**32  # a seed is a 32-bit unsigned int: config.seed, data.seed, every --seed
 MODEL_NAMES = ("vae_cats_v1", "resvae", "hvae")
 
 # Fields that change the model, the data or their shapes: a resumed run may not change them.
@@ -312,7 +313,7 @@ def _fail(field: str, why: str) -> None:
 
 
 def _seed(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, int) and 0 <= v < 2**32
+    return not isinstance(v, bool) and isinstance(v, int) and 0 <= v < SEEDS
 
 
 def _widths(v) -> bool:

@@ -39,7 +39,7 @@ def define_flags() -> None:
     flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
     flags.DEFINE_string("split", "test", "Split to evaluate: train, validation or test.")
     flags.DEFINE_integer("iw_samples", 100, "Posterior samples per image for the IW bound.")
-    flags.DEFINE_integer("seed", 0, "Seed of the posterior samples.")
+    cli.define_seed("Seed of the posterior samples.")
     flags.DEFINE_integer("batch_size", 64, "Images per evaluation batch.")
     flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N images (0: all).")
     flags.DEFINE_string("out", "", "JSON file to write (default W/eval.json).")

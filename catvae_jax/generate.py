@@ -30,7 +30,7 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("step", "best", "Checkpoint: best, latest or a step number.")
     flags.DEFINE_integer("n", 64, "Number of images (1–4096).")
-    flags.DEFINE_integer("seed", 0, "Random seed of the latents.")
+    cli.define_seed("Random seed of the latents.")
     flags.DEFINE_float("temperature", 1.0, "Scale of the latent noise, in (0, 10].")
     flags.DEFINE_enum(
         "sampler", "auto", list(SAMPLERS), "Latent sampler: auto = flow, else gmm, else prior."

@@ -123,7 +123,7 @@ class VaeModel:
         this checkpoint (`fit_flow`; an error if there is none), its base noise scaled by
         `temperature`. "auto": see `resolve_sampler`.
         """
-        check_generate_args(n, temperature, sampler)
+        check_generate_args(n, temperature, sampler, seed)
         sampler = self.resolve_sampler(sampler)
         key, n, t = jax.random.key(seed), int(n), jnp.float32(temperature)
         if sampler == "flow":
@@ -287,14 +287,17 @@ MAX_GENERATE = 4096
 MAX_TEMPERATURE = 10.0
 
 
-def check_generate_args(n: int, temperature: float, sampler: str = "auto") -> None:
-    """Raises UserError unless 1 ≤ n ≤ 4096, 0 < temperature ≤ 10 and sampler is known."""
+def check_generate_args(n: int, temperature: float, sampler: str = "auto", seed: int = 0) -> None:
+    """Raises UserError unless 1 ≤ n ≤ 4096, 0 < temperature ≤ 10, sampler is known and
+    0 ≤ seed < 2**32."""
     if not 0 < n <= MAX_GENERATE:
         raise UserError(f"n must be between 1 and {MAX_GENERATE}, got {n}")
     if not 0 < temperature <= MAX_TEMPERATURE:
         raise UserError(f"temperature must be in (0, {MAX_TEMPERATURE:g}], got {temperature}")
     if sampler not in SAMPLERS:
         raise UserError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{sampler}'")
+    if not 0 <= seed < config_lib.SEEDS:
+        raise UserError(f"seed must be between 0 and 2**32 - 1, got {seed}")
 
 
 def read_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:

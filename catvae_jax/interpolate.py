@@ -30,7 +30,7 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer("pairs", 4, "Number of image pairs (rows).")
     flags.DEFINE_integer("steps", 8, "Decoded points per row, both ends included (2–256).")
-    flags.DEFINE_integer("seed", 0, "Which images are paired.")
+    cli.define_seed("Which images are paired.")
     flags.DEFINE_string("split", "validation", "Split the images come from.")
     flags.mark_flag_as_required("workdir")
 

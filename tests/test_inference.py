@@ -18,25 +18,28 @@ from catvae_jax.model import networks
 
 
 @pytest.mark.parametrize(
-    ("n", "temperature", "sampler", "message"),
+    ("n", "temperature", "sampler", "seed", "message"),
     [
-        (0, 1.0, "auto", "n must be between 1 and 4096, got 0"),
-        (4097, 1.0, "auto", "n must be between 1 and 4096, got 4097"),
-        (1, 0.0, "auto", "temperature must be in (0, 10], got 0.0"),
-        (1, 10.5, "auto", "temperature must be in (0, 10], got 10.5"),
-        (1, 1.0, "vae", "sampler must be one of auto, prior, gmm, flow, got 'vae'"),
+        (0, 1.0, "auto", 0, "n must be between 1 and 4096, got 0"),
+        (4097, 1.0, "auto", 0, "n must be between 1 and 4096, got 4097"),
+        (1, 0.0, "auto", 0, "temperature must be in (0, 10], got 0.0"),
+        (1, 10.5, "auto", 0, "temperature must be in (0, 10], got 10.5"),
+        (1, 1.0, "vae", 0, "sampler must be one of auto, prior, gmm, flow, got 'vae'"),
+        # an OverflowError where the key was made, before
+        (1, 1.0, "auto", 2**32, "seed must be between 0 and 2**32 - 1, got 4294967296"),
+        (1, 1.0, "auto", -1, "seed must be between 0 and 2**32 - 1, got -1"),
     ],
 )
-def test_generate_arguments_out_of_bounds_are_one_line(n, temperature, sampler, message):
+def test_generate_arguments_out_of_bounds_are_one_line(n, temperature, sampler, seed, message):
     with pytest.raises(UserError) as refused:
-        inference.check_generate_args(n, temperature, sampler)
+        inference.check_generate_args(n, temperature, sampler, seed)
     assert str(refused.value) == message
 
 
-@pytest.mark.parametrize(("n", "temperature"), [(1, 1e-6), (4096, 10.0)])
-def test_generate_arguments_at_the_bounds_pass(n, temperature):
+@pytest.mark.parametrize(("n", "temperature", "seed"), [(1, 1e-6, 0), (4096, 10.0, 2**32 - 1)])
+def test_generate_arguments_at_the_bounds_pass(n, temperature, seed):
     for sampler in inference.SAMPLERS:
-        inference.check_generate_args(n, temperature, sampler)
+        inference.check_generate_args(n, temperature, sampler, seed)
 
 
 def test_read_config_of_a_bad_workdir_is_one_line(tmp_path):

@@ -40,7 +40,7 @@ def define_flags() -> None:
     )  # fmt: skip
     flags.DEFINE_string("data_dir", "", "TFDS data_dir (default: TFDS's own).")
     flags.DEFINE_integer("image_size", 128, "Side of the square images.", lower_bound=1)
-    flags.DEFINE_integer("seed", 0, "Synthetic: which cats are drawn.")
+    cli.define_seed("Synthetic: which cats are drawn.")
     flags.DEFINE_integer("num_train", 4096, "Synthetic: train examples.", lower_bound=0)
     flags.DEFINE_integer("num_validation", 256, "Synthetic: validation examples.", lower_bound=0)
     flags.DEFINE_integer("num_test", 256, "Synthetic: test examples.", lower_bound=0)

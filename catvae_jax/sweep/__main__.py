@@ -25,7 +25,7 @@ flags.mark_flag_as_required("workdir")
 _TRIALS = flags.DEFINE_integer("trials", None, "The study's total trials (default: the file's).")
 _STORAGE = flags.DEFINE_string("storage", None, "postgresql://... (default: W/study.journal).")
 _STUDY = flags.DEFINE_string("study", None, "Study name (default: the sweep file's stem).")
-_SEED = flags.DEFINE_integer("seed", None, "Sampler seed (default: the sweep file's).")
+_SEED = cli.define_seed("Sampler seed (default: the sweep file's).", default=None)
 
 
 def main(argv: list[str]) -> None:

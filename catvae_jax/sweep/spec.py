@@ -55,7 +55,6 @@ PRUNERS = ("median", "halving", "threshold", "none")
 KEYS = ("config", "overrides", "budget", "space", "grid", "objective", "sampler", "seed")
 KEYS += ("pruner", "trials")
 MAX_POINTS = 1000  # grid points, or choices of one field: each is checked against the config
-SEEDS = 2**32  # a sampler's seed is a 32-bit unsigned int (numpy's RandomState)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,7 +300,7 @@ def _pruner_spec(spec: Any, where: str) -> tuple[str, dict]:
 
 def check_seed(seed: Any, where: str) -> None:
     """UserError unless `seed` is an int in [0, 2**32) (what a sampler takes)."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEEDS:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < config_lib.SEEDS:
         raise UserError(f"{where} must be an int from 0 to 2**32 - 1, got {seed!r}")
 
 

@@ -33,6 +33,7 @@ from optuna.distributions import distribution_to_json
 from optuna.storages.journal import JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
+from catvae_jax import config as config_lib
 from catvae_jax.errors import NonFiniteError, Preempted, UserError
 from catvae_jax.sweep import journal, results, spec
 from catvae_jax.sweep.spec import Sweep
@@ -204,7 +205,7 @@ def next_trial(
             return optuna.Trial(study, t._trial_id), True
     if sum(t.state in COUNTED for t in trials) >= total:
         return None
-    study.sampler = spec.make_sampler(sweep, (sweep.seed + len(trials)) % spec.SEEDS)
+    study.sampler = spec.make_sampler(sweep, (sweep.seed + len(trials)) % config_lib.SEEDS)
     trial = study.ask(sweep.distributions)
     trial.set_user_attr("worker", me)
     trial.set_user_attr("heartbeat", now)

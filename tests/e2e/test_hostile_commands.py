@@ -96,6 +96,35 @@ def test_config_validation_names_a_field_of_the_wrong_type():
         catvae_jax.config.validate(config)
 
 
+# --seed of every command ------------------------------------------------------------------------
+
+SEED_COMMANDS = [
+    ("catvae_jax.generate", "--workdir", "w"),
+    ("catvae_jax.evaluate", "--workdir", "w"),
+    ("catvae_jax.interpolate", "--workdir", "w"),
+    ("catvae_jax.choose_sampler", "--workdir", "w"),
+    ("catvae_jax.data", "prepare", "--source", "synthetic"),
+    ("catvae_jax.sweep", "--sweep", "s.py", "--workdir", "w"),
+]
+
+
+def test_a_seed_outside_32_bits_is_one_line_for_every_command():
+    """`generate --seed 99999999999999999999` was an OverflowError traceback where the key was
+    made; every --seed now takes what config.seed takes, [0, 2**32)."""
+    seeds = ("99999999999999999999", "4294967296", "-1")
+    cases = [(*command, f"--seed={s}") for command in SEED_COMMANDS for s in seeds]
+    for case, proc in zip(
+        cases, run_cli_cases(cases, measured=False, parse_only=True), strict=True
+    ):
+        assert "Traceback" not in proc.stderr, (case, proc.stderr[-2000:])
+        _one_line(proc, 2, "--seed", "[0, 4294967295]")
+    edges = [(*command, f"--seed={s}") for command in SEED_COMMANDS for s in ("0", "4294967295")]
+    for case, proc in zip(
+        edges, run_cli_cases(edges, measured=False, parse_only=True), strict=True
+    ):
+        assert proc.returncode == 0, (case, proc.stderr[-2000:])
+
+
 # --coordinator --------------------------------------------------------------------------------
 
 
