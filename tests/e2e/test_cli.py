@@ -45,6 +45,8 @@ DEFAULT_CONFIG = [("main", ["--workdir", "w"]), ("bench", [])]
 OTHER_BAD_INPUTS = [
     (("catvae_jax.serve", "--workdir", "w", "--port", "70000"), {}, ("0-65535",)),
     (("catvae_jax.main", "--workdir", "w"), {"JAX_NUM_PROCESSES": "abc"}, ("'abc'",)),
+    # 0 was taken for "not set" and trained the default config as a single process
+    (("catvae_jax.main", "--workdir", "w", "--num_processes", "0"), {}, ("--num_processes=0",)),
     (
         ("catvae_jax.data", "prepare", "--source", "synthetic", "--image_size", "16"),
         {},
@@ -156,7 +158,9 @@ def test_a_broken_config_json_is_a_user_error(errors):
     _one_line_error(errors["broken generate"], "config.json")
 
 
-@pytest.mark.parametrize("i", range(3), ids=["serve port", "JAX_NUM_PROCESSES", "data_dir"])
+@pytest.mark.parametrize(
+    "i", range(4), ids=["serve port", "JAX_NUM_PROCESSES", "num_processes 0", "data_dir"]
+)
 def test_other_bad_inputs_are_one_line_errors(errors, i):
     _one_line_error(errors[f"other {i}"], *OTHER_BAD_INPUTS[i][2])
 
