@@ -201,3 +201,46 @@ def test_kl_per_dimension_is_the_models_kl_split_by_dimension(trained_workdir):
     assert line == {"z_dim": 4, "kl_total": 3.91, "kl_min": 0.01, "kl_median": 0.45,
                     "kl_max": 3.0, "dims_under_0.05": 1, "dims_under_0.1": 1,
                     "dims_under_0.5": 2, "dims_under_1": 3}  # fmt: skip
+
+
+def test_seeds_table_gives_each_run_and_the_mean_and_sd(tmp_path) -> None:
+    """benchmarks/seeds.py: one row per run's eval.json, then mean ± sample sd; a key a run
+    lacks is "—" there and left out of the mean."""
+    import seeds
+
+    runs = []
+    for i, (fd, fd_vgg) in enumerate([(30.0, 80.0), (32.0, 90.0), (34.0, None)]):
+        run = tmp_path / f"seed_{i}"
+        run.mkdir()
+        result = {"sampler": "gmm", "fd": fd, "recall": 0.1 * (i + 1)}
+        if fd_vgg is not None:
+            result["fd_vgg"] = fd_vgg
+        (run / "eval.json").write_text(json.dumps(result))
+        runs.append(str(run))
+    lines = seeds.table(runs).splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    column = {
+        name: header.index(name) for name in ("FD AlexNet", "recall", "FD VGG16", "KID VGG16")
+    }
+    assert [r[0] for r in rows] == ["seed_0", "seed_1", "seed_2", "mean ± sd (3)"]
+    assert [r[column["FD VGG16"]] for r in rows[:3]] == ["80.00", "90.00", "—"]
+    assert rows[3][column["FD AlexNet"]] == "32.00 ± 2.00"
+    assert rows[3][column["recall"]] == "0.200 ± 0.100"
+    assert rows[3][column["FD VGG16"]] == "85.00 ± 7.07"  # two runs have it
+    assert rows[3][column["KID VGG16"]] == "—"
+
+
+def test_seeds_commands_train_with_the_seed_last_then_evaluate() -> None:
+    import seeds
+
+    train, evaluate = seeds.commands(
+        "configs/quickstart.py", ["--config.num_epochs=1"], 7, "/w", 500
+    )
+    assert train[1:] == [
+        "-m", "catvae_jax.main", "--config", "configs/quickstart.py", "--workdir", "/w",
+        "--config.num_epochs=1", "--config.seed=7",
+    ]  # fmt: skip
+    assert evaluate[1:] == [
+        "-m", "catvae_jax.evaluate", "--workdir", "/w", "--nolikelihood", "--num_samples", "500",
+    ]  # fmt: skip
