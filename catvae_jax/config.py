@@ -353,6 +353,7 @@ def _is_v1(c: ml_collections.ConfigDict) -> bool:
 SOURCES = ("synthetic", "folder", "oxford_cat_faces", "cats_vs_dogs", "oxford_iiit_pet")
 KERNELS = ("auto", "cpu", "plain")
 DTYPES = ("float32", "bfloat16")
+MAX_IMAGE_SIZE = 1024  # image_size and loss.lpips_size: larger is an out-of-memory, not a model
 
 # In order: the first failing check is the one reported.
 CHECKS = (
@@ -367,6 +368,8 @@ CHECKS = (
     Check("model.name", lambda v, c: v in MODEL_NAMES,
           f"must be one of {sorted(MODEL_NAMES)}, got '{{v}}'"),
     Check("image_size", lambda v, c: v >= 11, "must be at least 11 (the SSIM window), got {v}"),
+    Check("image_size", lambda v, c: v <= MAX_IMAGE_SIZE,
+          f"must be at most {MAX_IMAGE_SIZE}, got {{v}}"),
     Check("image_size", lambda v, c: v == 128, "must be 128 for model vae_cats_v1, got {v}",
           _is_v1),
     Check("model.h_dim", lambda v, c: v == 1024,
@@ -391,6 +394,11 @@ CHECKS = (
     Check("loss.lpips_weight", lambda v, c: v >= 0, "must be >= 0, got {v}"),
     Check("loss.lpips_size", lambda v, c: (v or c.image_size) >= 32,
           "(or image_size) must be >= 32 for LPIPS, got {size}", lambda c: c.loss.lpips_weight > 0),
+    Check("loss.lpips_size", lambda v, c: v <= MAX_IMAGE_SIZE,
+          f"must be at most {MAX_IMAGE_SIZE}, got {{v}}"),
+    Check("loss.kl_warmup_steps", lambda v, c: v >= 0, "must be >= 0 (0 = none), got {v}"),
+    Check("ema_decay", lambda v, c: 0 <= v < 1,
+          "must be in [0, 1) (0 = off; at 1 the average would never move), got {v}"),
     Check("loss.adversarial_weight", lambda v, c: v >= 0, "must be >= 0 (0 = off), got {v}"),
     Check("loss.adversarial_start", lambda v, c: v >= 0, "must be >= 0, got {v}"),
     Check("discriminator.width", lambda v, c: v > 0 and (v <= 8 or v % 8 == 0),

@@ -132,6 +132,13 @@ def test_experiments_reproduce_the_original(name, seed, epochs):
         ("discriminator.width", 12, "discriminator.width"),  # GroupNorm's 8 groups
         ("discriminator.learning_rate", 0.0, "discriminator.learning_rate"),
         ("choose_sampler_n", 4, "choose_sampler_n"),
+        # accepted before: an out-of-memory traceback, an average that never moved, a warm-up
+        # read as none
+        ("image_size", 2048, "image_size"),
+        ("loss.lpips_size", 100_000, "loss.lpips_size"),
+        ("ema_decay", 1.0, "ema_decay"),
+        ("ema_decay", -0.5, "ema_decay"),
+        ("loss.kl_warmup_steps", -5, "loss.kl_warmup_steps"),
     ],
 )
 def test_out_of_range_values_name_the_field(field, value, named):
