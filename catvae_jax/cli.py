@@ -178,10 +178,23 @@ def _first_line(e: BaseException) -> str:
     return text[:300] or type(e).__name__
 
 
+OOM_HINT = (
+    "lower batch_size, image_size or loss.lpips_size (--config.FIELD=VALUE); "
+    "the last complete checkpoint is intact"
+)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether `e` is the host (MemoryError) or an XLA device (RESOURCE_EXHAUSTED) running out
+    of memory: a config too large for this machine, not a bug."""
+    return isinstance(e, MemoryError) or "RESOURCE_EXHAUSTED" in str(e)
+
+
 @contextlib.contextmanager
 def user_errors():
-    """Turns UserError into a one-line message with exit code 2, and a diverged run into
-    a last line naming the step with exit code 1."""
+    """Turns UserError into a one-line message with exit code 2, a diverged run into a last
+    line naming the step with exit code 1, and running out of host or device memory into one
+    line with exit code 1."""
     try:
         yield
     except UserError as e:
@@ -202,6 +215,11 @@ def user_errors():
     except Preempted as e:
         print(f"stopped: {e}", flush=True)
         sys.exit(e.exit_code)
+    except (MemoryError, jax.errors.JaxRuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        detail = _first_line(e) if str(e) else "host memory"
+        exit_with(f"out of memory ({detail}): {OOM_HINT}", 1)
     except KeyboardInterrupt:  # Ctrl-C outside a training loop
         print("stopped: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)

@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO, main_cmd, run_cli_cases, run_python, subprocess_env
@@ -20,7 +22,7 @@ from PIL import Image
 from test_cli import TINY
 
 import catvae_jax
-from catvae_jax import pictures
+from catvae_jax import cli, pictures
 from catvae_jax.errors import EnvironmentFailure, UserError
 
 
@@ -123,6 +125,36 @@ def test_a_seed_outside_32_bits_is_one_line_for_every_command():
         edges, run_cli_cases(edges, measured=False, parse_only=True), strict=True
     ):
         assert proc.returncode == 0, (case, proc.stderr[-2000:])
+
+
+# running out of memory ---------------------------------------------------------------------------
+
+
+def _exit_of(raise_it, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stopped, cli.user_errors():
+        raise_it()
+    return stopped.value.code, capsys.readouterr().err
+
+
+def test_running_out_of_memory_is_one_line_with_exit_1(capsys):
+    """An XLA allocation the device cannot hold (here: 4 TB on the CPU), or the host's
+    MemoryError, was a traceback; it is one line naming what to lower."""
+    code, err = _exit_of(lambda: jnp.zeros((10**12,), jnp.float32).block_until_ready(), capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: out of memory (RESOURCE_EXHAUSTED: Out of memory allocating")
+    assert "lower batch_size, image_size or loss.lpips_size" in err
+    assert "last complete checkpoint is intact" in err
+
+    def host():
+        raise MemoryError
+
+    code, err = _exit_of(host, capsys)
+    assert code == 1 and err.startswith("error: out of memory (host memory): lower batch_size")
+
+
+def test_other_xla_runtime_errors_are_not_called_out_of_memory():
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"), cli.user_errors():
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
 
 
 # --coordinator --------------------------------------------------------------------------------
