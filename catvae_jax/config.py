@@ -254,8 +254,8 @@ def recommended_config() -> ml_collections.ConfigDict:
     Chosen for sample quality at a fixed CPU budget (benchmarks/README.md, "Sample quality"):
     LPIPS turns blurred faces into cats with pupils and whiskers, and it dominates a step's cost
     on CPU, so the wider net costs little more; hvae drew better cats than resvae: over three
-    seeds at the quickstart's budget a tie in VGG16 (the network the loss does not use), −15 %
-    FD in AlexNet and twice the recall."""
+    seeds at both budgets a tie in VGG16 (the network the loss does not use), −15 % or more FD
+    in AlexNet and more recall."""
     c = get_config()
     c.model.name = "hvae"
     c.model.widths = (16, 32, 64, 128)
