@@ -313,7 +313,8 @@ def _fail(field: str, why: str) -> None:
     raise UserError(f"config field '{field}' {why}")
 
 
-def _seed(v) -> bool:
+def is_seed(v: Any) -> bool:
+    """Whether `v` is a seed: an int (not a bool) in [0, SEEDS)."""
     return not isinstance(v, bool) and isinstance(v, int) and 0 <= v < SEEDS
 
 
@@ -358,8 +359,8 @@ MAX_IMAGE_SIZE = 1024  # image_size and loss.lpips_size: larger is an out-of-mem
 
 # In order: the first failing check is the one reported.
 CHECKS = (
-    Check("seed", lambda v, c: _seed(v), "must be an integer in [0, 2**32), got {v!r}"),
-    Check("data.seed", lambda v, c: _seed(v), "must be an integer in [0, 2**32), got {v!r}"),
+    Check("seed", lambda v, c: is_seed(v), "must be an integer in [0, 2**32), got {v!r}"),
+    Check("data.seed", lambda v, c: is_seed(v), "must be an integer in [0, 2**32), got {v!r}"),
     Check("batch_size", lambda v, c: v > 0, "must be positive, got {v}"),
     Check("learning_rate", lambda v, c: v > 0, "must be positive, got {v}"),
     Check("lr_schedule", lambda v, c: v in ("cosine", "constant"),

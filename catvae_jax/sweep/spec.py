@@ -300,7 +300,7 @@ def _pruner_spec(spec: Any, where: str) -> tuple[str, dict]:
 
 def check_seed(seed: Any, where: str) -> None:
     """UserError unless `seed` is an int in [0, 2**32) (what a sampler takes)."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < config_lib.SEEDS:
+    if not config_lib.is_seed(seed):
         raise UserError(f"{where} must be an int from 0 to 2**32 - 1, got {seed!r}")
 
 
