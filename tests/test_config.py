@@ -19,7 +19,7 @@ def _load(name):
     return module.get_config()
 
 
-@pytest.mark.parametrize("name", ["default", "quickstart", "exp1", "exp2", "exp3"])
+@pytest.mark.parametrize("name", ["default", "quickstart", "long", "exp1", "exp2", "exp3"])
 def test_shipped_configs_are_valid(name):
     config_lib.validate(_load(name))
 
@@ -33,6 +33,13 @@ def test_the_quickstart_is_the_default_recipe_for_fewer_steps():
     for field in ("num_epochs", "lr_schedule", "log_every_steps"):
         quickstart[field] = default[field]
     assert quickstart == default
+
+
+def test_the_long_config_is_the_default_recipe_for_four_times_the_steps():
+    default, long = _load("default"), _load("long")
+    assert long.num_epochs == 4 * default.num_epochs
+    long.num_epochs = default.num_epochs
+    assert long == default
 
 
 def test_an_old_config_json_is_upgraded_once_where_it_is_read(tmp_path):
